@@ -1,0 +1,120 @@
+//! Config parsing and validation: every error names the file, line, column and field.
+
+use super::*;
+
+const GOOD: &str = r#"
+[proxy]
+prefix = "nginx"
+control = "127.0.0.1:18099"
+
+[[service]]
+name = "web"
+listen = "127.0.0.1:8000"
+image = "demo-app:{version}"
+port = 8080
+replicas = 2
+health = { path = "/health", interval = "100ms", healthy_after = 3 }
+env = { LATENCY_MS = "20" }
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    Config::parse(text, Path::new("switchyard.toml"))
+        .expect_err("config should be rejected")
+        .0
+}
+
+#[test]
+fn good_config_fills_preset_defaults() {
+    let c = Config::parse(GOOD, Path::new("switchyard.toml")).unwrap();
+    let web = c.service("web").unwrap();
+    assert_eq!(web.replicas, 2);
+    assert_eq!(web.health.healthy_after, 3);
+    assert_eq!(web.health.interval, Duration::from_millis(100));
+    assert_eq!(
+        web.drain_timeout,
+        Duration::from_secs(30),
+        "from strategies/blue-green.toml"
+    );
+    assert_eq!(web.retain, 1, "from strategies/blue-green.toml");
+    assert_eq!(
+        web.source_for(&Version::parse("v2").unwrap()),
+        Source::Image("demo-app:v2".into())
+    );
+    assert_eq!(
+        c.proxy.mode,
+        ProxyMode::Managed {
+            prefix: "nginx".into()
+        }
+    );
+}
+
+#[test]
+fn bad_service_name_is_located_by_line_and_field() {
+    let text = GOOD.replace("name = \"web\"", "name = \"web;evil\"");
+    let e = &errors(&text)[0];
+    assert_eq!((e.line, e.field.as_str()), (7, "service.name"));
+    assert!(
+        e.to_string()
+            .starts_with("switchyard.toml:7:8: service.name: invalid name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_field_is_located() {
+    let text = GOOD.replace("port = 8080", "prot = 8080");
+    let e = &errors(&text)[0];
+    assert_eq!(e.line, 10, "{e}");
+    assert!(e.message.contains("unknown field"), "{e}");
+    assert_eq!(e.field, "prot");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = GOOD
+        .replace("\"127.0.0.1:8000\"", "\"localhost\"")
+        .replace("\"100ms\"", "\"fast\"")
+        .replace("LATENCY_MS", "latency");
+    let fields: Vec<String> = errors(&text).into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        ["service.listen", "service.env", "service.health.interval"]
+    );
+}
+
+#[test]
+fn unavailable_strategy_and_missing_image_are_rejected() {
+    let text = GOOD.replace("replicas = 2", "replicas = 2\nstrategy = \"canary\"");
+    assert_eq!(errors(&text)[0].field, "service.strategy");
+    let text = GOOD.replace("image = \"demo-app:{version}\"", "");
+    assert_eq!(errors(&text)[0].field, "service.image");
+}
+
+#[test]
+fn duplicate_services_and_listeners_are_rejected() {
+    let svc = GOOD.split("[[service]]").nth(1).unwrap();
+    let text = format!("{GOOD}\n[[service]]{svc}");
+    let fields: Vec<String> = errors(&text).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["service.name", "service.listen"]);
+}
+
+#[test]
+fn control_address_must_be_loopback() {
+    let text = GOOD.replace("127.0.0.1:18099", "0.0.0.0:18099");
+    assert_eq!(errors(&text)[0].field, "proxy.control");
+}
+
+#[test]
+fn process_runtime_needs_a_command() {
+    let text = format!("[runtime]\nkind = \"process\"\n{GOOD}");
+    assert_eq!(errors(&text)[0].field, "service.command");
+    let text = text.replace("image =", "command = [\"./demo-app\"]\n#");
+    let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+    assert_eq!(c.runtime, RuntimeChoice::Process);
+}
+
+#[test]
+fn compiled_in_presets_parse() {
+    let p = preset(StrategyKind::BlueGreen);
+    parse_duration(&p.drain_timeout).unwrap();
+}

@@ -1,0 +1,96 @@
+//! Waiting until a new slot is healthy: [`wait_healthy`].
+//!
+//! Each replica must pass the HTTP health path `healthy_after` times in a row, polled every
+//! `interval`, before `deadline`; where the image defines a Docker HEALTHCHECK it must also
+//! report healthy. An exited or Docker-unhealthy replica fails at once. The failure message
+//! names the replica and shows its last health response.
+
+use tokio::time::Instant;
+
+use super::Deployer;
+use crate::config::ServiceSpec;
+use crate::model::Instance;
+use crate::seams::*;
+
+/// Returns the milliseconds waited, or why the slot is not healthy.
+pub(super) async fn wait_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    instances: &[Instance],
+) -> Result<u64, String> {
+    let h = &spec.health;
+    let start = Instant::now();
+    let mut next_heartbeat = start + super::HEARTBEAT_EVERY;
+    let mut passes = vec![0u32; instances.len()];
+    let mut last = vec![String::from("no response yet"); instances.len()];
+    loop {
+        for (i, instance) in instances.iter().enumerate() {
+            if passes[i] >= h.healthy_after {
+                continue;
+            }
+            let health = match d.runtime.status(instance).await {
+                Ok(InstanceStatus::Running { health }) => health,
+                Ok(InstanceStatus::Exited { code }) => {
+                    let logs = d.runtime.logs(instance, 20).await;
+                    let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+                    return Err(format!(
+                        "{} exited (code {code}) before it was healthy; last health response: {}; last output:\n{logs}",
+                        instance.name, last[i]
+                    ));
+                }
+                Ok(InstanceStatus::Missing) => {
+                    return Err(format!(
+                        "{} disappeared before it was healthy",
+                        instance.name
+                    ))
+                }
+                Err(e) => return Err(format!("checking {}: {e}", instance.name)),
+            };
+            if health == RuntimeHealth::Unhealthy {
+                return Err(format!(
+                    "{} is unhealthy by its Docker HEALTHCHECK; last health response: {}",
+                    instance.name, last[i]
+                ));
+            }
+            let probe = d.prober.probe(instance.addr(), &h.path, h.timeout).await;
+            let runtime_ok = matches!(health, RuntimeHealth::None | RuntimeHealth::Healthy);
+            passes[i] = if probe.ok && runtime_ok {
+                passes[i] + 1
+            } else {
+                0
+            };
+            last[i] = if probe.ok && !runtime_ok {
+                format!("{} (Docker HEALTHCHECK still starting)", probe.summary)
+            } else {
+                probe.summary
+            };
+            d.observer.event(&Event::Waiting {
+                instance: instance.name.clone(),
+                passes: passes[i],
+                needed: h.healthy_after,
+                last: last[i].clone(),
+            });
+        }
+        if passes.iter().all(|&p| p >= h.healthy_after) {
+            return Ok(start.elapsed().as_millis() as u64);
+        }
+        if start.elapsed() >= h.deadline {
+            let (i, instance) = instances
+                .iter()
+                .enumerate()
+                .find(|(i, _)| passes[*i] < h.healthy_after)
+                .expect("some replica is not yet healthy");
+            return Err(format!(
+                "{} did not pass GET {} {} times in a row within {:?}; last health response: {}",
+                instance.name, h.path, h.healthy_after, h.deadline, last[i]
+            ));
+        }
+        if Instant::now() >= next_heartbeat {
+            next_heartbeat += super::HEARTBEAT_EVERY;
+            d.store
+                .heartbeat(&spec.name, d.host.pid(), d.host.now_ms())
+                .map_err(|e| e.to_string())?;
+        }
+        tokio::time::sleep(h.interval).await;
+    }
+}

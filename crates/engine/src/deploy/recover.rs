@@ -1,0 +1,197 @@
+//! Finishing a deployment whose process was killed: [`resume`].
+//!
+//! The journal says how far it got. Before the route step, traffic never moved: the new
+//! instances are removed. From the route step on, traffic may be on the new slot: if it is
+//! healthy now, the deployment is rolled forward (drain, stop old, activate); if not, the old
+//! slot is brought back (restarted if it was already stopped), traffic is routed back to it,
+//! and the new instances are removed.
+
+use super::{health, upstream_set, DeployError, Deployer};
+use crate::config::ServiceSpec;
+use crate::model::*;
+use crate::seams::*;
+
+pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    record: &DeploymentRecord,
+    journal: &[JournalEntry],
+) -> Result<(), DeployError> {
+    let id = record.id;
+    let last = journal.last().map_or("begin", |e| e.step.name());
+    let reason = format!(
+        "deployment #{id} ({} to {}) was interrupted after step `{last}`",
+        record.kind.as_str(),
+        record.to_version
+    );
+    d.journal(
+        id,
+        &spec.name,
+        Step::Resume {
+            reason: reason.clone(),
+        },
+    )?;
+    d.observer.event(&Event::Resume {
+        deployment: id,
+        reason: reason.clone(),
+    });
+
+    let mut new: Vec<Instance> = Vec::new();
+    let mut routed = None;
+    let (mut route_intent, mut aborting) = (false, false);
+    for entry in journal {
+        match &entry.step {
+            Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
+                if !new.iter().any(|i| i.id == instance.id) {
+                    new.push(instance.clone());
+                }
+            }
+            Step::Route { .. } => route_intent = true,
+            Step::Routed {
+                generation,
+                old_workers,
+            } => routed = Some((*generation, old_workers.clone())),
+            Step::RemoveNew { .. } | Step::RouteBack { .. } => aborting = true,
+            _ => {}
+        }
+    }
+    let old = d
+        .store
+        .service(&spec.name)?
+        .active
+        .filter(|s| s.deployment != id);
+
+    if !route_intent || aborting {
+        return finish_failed(
+            d,
+            spec,
+            id,
+            &new,
+            old.as_ref(),
+            format!("{reason}; traffic never moved to it"),
+        )
+        .await;
+    }
+    if slot_healthy_now(d, spec, &new).await {
+        let reload = match routed {
+            Some((generation, old_workers)) => Reload {
+                generation,
+                old_workers,
+                confirm_ms: 0,
+            },
+            None => match d.route(spec, id, &new).await? {
+                Ok(reload) => reload,
+                Err(message) => {
+                    let message = format!("{reason}; re-applying its route failed: {message}");
+                    return finish_failed(d, spec, id, &new, old.as_ref(), message).await;
+                }
+            },
+        };
+        d.retire(spec, id, &reload, old.as_ref()).await?;
+        return d
+            .complete(spec, id, &format!("{reason}; completed on resume"))
+            .await;
+    }
+    let Some(old) = old else {
+        let message = format!(
+            "{reason}; its instances are unhealthy and there is no previous version to return to"
+        );
+        return finish_failed(d, spec, id, &new, None, message).await;
+    };
+    route_back(d, spec, id, &old).await?;
+    let message = format!(
+        "{reason}; its instances were unhealthy on resume, traffic was routed back to {}",
+        old.version
+    );
+    finish_failed(d, spec, id, &new, Some(&old), message).await
+}
+
+/// Aborts the interrupted deployment; its failure is history, not this run's error.
+async fn finish_failed<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    id: DeploymentId,
+    new: &[Instance],
+    old: Option<&Slot>,
+    message: String,
+) -> Result<(), DeployError> {
+    match d.abort(spec, id, new, old, message).await {
+        DeployError::Failed { .. } => Ok(()),
+        other => Err(other),
+    }
+}
+
+async fn slot_healthy_now<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    instances: &[Instance],
+) -> bool {
+    if instances.len() != usize::from(spec.replicas) {
+        return false;
+    }
+    for instance in instances {
+        let running = matches!(
+            d.runtime.status(instance).await,
+            Ok(InstanceStatus::Running {
+                health: RuntimeHealth::None | RuntimeHealth::Healthy
+            })
+        );
+        if !running
+            || !d
+                .prober
+                .probe(instance.addr(), &spec.health.path, spec.health.timeout)
+                .await
+                .ok
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Restarts the old slot where it was stopped, waits until healthy, routes traffic to it.
+async fn route_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    id: DeploymentId,
+    old: &Slot,
+) -> Result<(), DeployError> {
+    let set = upstream_set(spec, &old.instances);
+    d.journal(
+        id,
+        &spec.name,
+        Step::RouteBack {
+            backends: set.backends.clone(),
+        },
+    )?;
+    for instance in &old.instances {
+        if !matches!(
+            d.runtime.status(instance).await?,
+            InstanceStatus::Running { .. }
+        ) {
+            d.runtime.restart(instance).await?;
+        }
+    }
+    health::wait_healthy(d, spec, &old.instances)
+        .await
+        .map_err(|m| {
+            DeployError::Environment(format!(
+                "previous version {} is not healthy either: {m}",
+                old.version
+            ))
+        })?;
+    let reload = d
+        .router
+        .apply(&set)
+        .await
+        .map_err(|e| DeployError::Environment(e.to_string()))?;
+    d.observer.event(&Event::Reloaded {
+        generation: reload.generation,
+        confirm_ms: reload.confirm_ms,
+    });
+    d.router
+        .wait_drained(&reload, spec.drain_timeout)
+        .await
+        .map_err(|e| DeployError::Environment(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! The blue-green state machine against recording fakes, on paused tokio time.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::Config;
+use crate::fakes::*;
+
+const CONFIG: &str = r#"
+[proxy]
+prefix = "nginx"
+[[service]]
+name = "web"
+listen = "127.0.0.1:8000"
+image = "demo-app:{version}"
+replicas = 2
+"#;
+
+struct World {
+    shared: Rc<Shared>,
+    runtime: FakeRuntime,
+    router: FakeRouter,
+    store: MemStore,
+    host: FakeHost,
+    spec: ServiceSpec,
+}
+
+impl World {
+    fn new() -> World {
+        let shared = Shared::new();
+        let config = Config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        World {
+            runtime: FakeRuntime::new(&shared),
+            router: FakeRouter::new(&shared),
+            store: MemStore::new(&shared),
+            host: FakeHost::default(),
+            spec: config.services[0].clone(),
+            shared,
+        }
+    }
+
+    fn deployer(&self) -> Deployer<'_, FakeRuntime, FakeRuntime, FakeRouter, MemStore, FakeHost> {
+        Deployer {
+            runtime: &self.runtime,
+            prober: &self.runtime,
+            router: &self.router,
+            store: &self.store,
+            host: &self.host,
+            observer: &Quiet,
+        }
+    }
+
+    async fn deploy(&self, version: &str) -> Result<DeployReport, DeployError> {
+        self.deployer().deploy(&self.spec, &v(version)).await
+    }
+
+    /// Versions nginx sends traffic to, one per backend.
+    fn live_versions(&self) -> Vec<String> {
+        let backends = self.router.backends("web");
+        backends
+            .iter()
+            .map(|a| {
+                self.runtime
+                    .version_at(*a)
+                    .unwrap_or_else(|| format!("dead {a}"))
+            })
+            .collect()
+    }
+
+    /// Everything a healthy end state satisfies, whatever happened before.
+    fn assert_consistent(&self, version: &str) {
+        assert_eq!(
+            self.live_versions(),
+            vec![version.to_owned(); 2],
+            "nginx routes to the active version"
+        );
+        let record = self.store.service(&self.spec.name).unwrap();
+        let active = record.active.expect("an active slot");
+        assert_eq!(active.version.as_str(), version);
+        let active_ids: std::collections::BTreeSet<String> =
+            active.instances.iter().map(|i| i.id.clone()).collect();
+        assert_eq!(
+            self.runtime.running(),
+            active_ids,
+            "only the active slot runs"
+        );
+        assert!(
+            self.store.unfinished(&self.spec.name).unwrap().is_none(),
+            "no deployment left running"
+        );
+        assert!(
+            self.store.lock(&self.spec.name).unwrap().is_none(),
+            "lock released"
+        );
+    }
+}
+
+fn v(s: &str) -> Version {
+    Version::parse(s).unwrap()
+}
+
+fn position(calls: &[String], prefix: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no call {prefix:?} in {calls:#?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_deploy_starts_blue_and_routes_to_it() {
+    let w = World::new();
+    let report = w.deploy("v1").await.unwrap();
+    assert_eq!((report.color, report.from.clone()), (Color::Blue, None));
+    w.assert_consistent("v1");
+    assert!(
+        !w.shared
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("runtime.stop")),
+        "nothing to stop"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_slot_is_stopped_only_after_old_workers_drained() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    let before = w.shared.calls().len();
+    let report = w.deploy("v2").await.unwrap();
+    assert_eq!(
+        (report.color, report.from.as_ref().map(|v| v.as_str())),
+        (Color::Green, Some("v1"))
+    );
+    let calls = &w.shared.calls()[before..];
+    let started = position(calls, "runtime.start sy-web-green");
+    let applied = position(calls, "router.apply");
+    let drained = position(calls, "router.wait_drained");
+    let stopped = position(calls, "runtime.stop sy-web-blue");
+    assert!(
+        started < applied && applied < drained && drained < stopped,
+        "{calls:#?}"
+    );
+    // Every action is journaled before it happens.
+    assert!(position(calls, "journal route") < applied);
+    assert!(position(calls, "journal stop_old") < stopped);
+    w.assert_consistent("v2");
+    let record = w.store.service(&w.spec.name).unwrap();
+    assert_eq!(
+        record.retained[0].version.as_str(),
+        "v1",
+        "v1 kept for rollback"
+    );
+    assert_eq!(w.runtime.existing().len(), 4, "v1 stopped, not removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_version_gets_no_traffic_and_is_removed() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.runtime.unhealthy.borrow_mut().insert("v2".into());
+    let started = tokio::time::Instant::now();
+    let err = w.deploy("v2").await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    let msg = err.to_string();
+    assert!(msg.contains("traffic stays on v1"), "{msg}");
+    assert!(
+        msg.contains("did not pass GET /health 2 times in a row within 60s"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("last health response: 503 unhealthy at /health"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(60),
+        "waited for the deadline"
+    );
+    assert!(!w
+        .shared
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("router.apply") && c.contains("20003")));
+    w.assert_consistent("v1");
+    assert_eq!(w.runtime.existing().len(), 2, "v2 containers removed");
+    let last = &w.store.history(None, 1).unwrap()[0];
+    assert_eq!(last.outcome, Outcome::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashing_version_fails_fast_with_its_output() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.runtime.crashing.borrow_mut().insert("v2".into());
+    let started = tokio::time::Instant::now();
+    let msg = w.deploy("v2").await.unwrap_err().to_string();
+    assert!(
+        msg.contains("exited (code 1) before it was healthy"),
+        "{msg}"
+    );
+    assert!(msg.contains("log line"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_failure_removes_replicas_already_started() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.runtime.unstartable.borrow_mut().insert("v2".into());
+    let err = w.deploy("v2").await.unwrap_err();
+    assert!(err.to_string().contains("image not found"), "{err}");
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_nginx_config_moves_no_traffic() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.router.reject_next.set(true);
+    let err = w.deploy("v2").await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert!(
+        err.to_string()
+            .contains("nginx rejected the new config for web"),
+        "{err}"
+    );
+    w.assert_consistent("v1");
+    assert_eq!(w.runtime.existing().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_restarts_the_retained_slot() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    let v1_ids: Vec<String> = w
+        .store
+        .service(&w.spec.name)
+        .unwrap()
+        .active
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    w.deploy("v2").await.unwrap();
+    let report = w.deployer().rollback(&w.spec).await.unwrap();
+    assert_eq!(
+        (report.kind, report.to.as_str()),
+        (DeployKind::Rollback, "v1")
+    );
+    w.assert_consistent("v1");
+    let now: Vec<String> = w
+        .store
+        .service(&w.spec.name)
+        .unwrap()
+        .active
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(now, v1_ids, "the same containers, restarted");
+    assert_eq!(
+        w.store.service(&w.spec.name).unwrap().retained[0]
+            .version
+            .as_str(),
+        "v2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_of_a_retained_slot_that_crashes_keeps_it_retained() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.deploy("v2").await.unwrap();
+    w.runtime.crashing.borrow_mut().insert("v1".into());
+    let err = w.deployer().rollback(&w.spec).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    w.assert_consistent("v2");
+    let record = w.store.service(&w.spec.name).unwrap();
+    assert_eq!(
+        record.retained[0].version.as_str(),
+        "v1",
+        "still there to try again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_without_a_retained_version_is_refused() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    let err = w.deployer().rollback(&w.spec).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("nothing to roll back to"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retained_versions_beyond_retain_are_removed() {
+    let w = World::new();
+    for version in ["v1", "v2", "v3"] {
+        w.deploy(version).await.unwrap();
+    }
+    let record = w.store.service(&w.spec.name).unwrap();
+    let retained: Vec<&str> = record.retained.iter().map(|s| s.version.as_str()).collect();
+    assert_eq!(retained, ["v2"]);
+    assert_eq!(w.runtime.existing().len(), 4, "v1's containers removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_lock_refuses_a_second_deploy() {
+    let w = World::new();
+    let other = Lock {
+        service: w.spec.name.clone(),
+        pid: 42,
+        host: "testhost".into(),
+        deployment: Some(9),
+        acquired_ms: w.host.now_ms() - 5_000,
+        heartbeat_ms: w.host.now_ms() - 1_000,
+    };
+    w.host.alive.borrow_mut().insert(42);
+    w.store.try_lock(&other, None).unwrap().unwrap();
+    let err = w.deploy("v1").await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        "deploy of web refused: another deploy holds the lock (pid 42 on testhost, deployment #9, started 5s ago, heartbeat 1s ago)"
+    );
+    assert!(w.shared.calls().is_empty(), "nothing was touched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_left_by_a_dead_process_or_stale_heartbeat_is_taken_over() {
+    for (pid_alive, heartbeat_age_ms) in [(false, 0), (true, 61_000)] {
+        let w = World::new();
+        let dead = Lock {
+            service: w.spec.name.clone(),
+            pid: 42,
+            host: "testhost".into(),
+            deployment: None,
+            acquired_ms: 0,
+            heartbeat_ms: w.host.now_ms() - heartbeat_age_ms,
+        };
+        if pid_alive {
+            w.host.alive.borrow_mut().insert(42);
+        }
+        w.store.try_lock(&dead, None).unwrap().unwrap();
+        w.deploy("v1").await.unwrap();
+        w.assert_consistent("v1");
+    }
+}
+
+/// Number of journal writes in an uninterrupted v1 -> v2 deploy.
+async fn journal_writes_in_a_deploy() -> usize {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    let before = w
+        .shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count();
+    w.deploy("v2").await.unwrap();
+    w.shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count()
+        - before
+}
+
+/// Kills the v1 -> v2 deploy after journal write `n`, then runs `next` in a new process.
+async fn killed_then(n: usize, persist: bool, unhealthy_after_kill: bool) -> World {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.shared.kill_after_journal(n, persist);
+    let killed = tokio::time::timeout(Duration::from_secs(3600), w.deploy("v2")).await;
+    assert!(
+        w.shared.is_dead(),
+        "step {n}: the kill switch fired ({killed:?})"
+    );
+    w.shared.revive();
+    w.host.restart();
+    if unhealthy_after_kill {
+        w.runtime.unhealthy.borrow_mut().insert("v2".into());
+    }
+    w
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_killed_after_any_step_is_completed_by_the_next_deploy() {
+    let steps = journal_writes_in_a_deploy().await;
+    assert!(steps >= 10, "{steps}");
+    for n in 1..=steps {
+        for persist in [true, false] {
+            let w = killed_then(n, persist, false).await;
+            let status = w.store.unfinished(&w.spec.name).unwrap();
+            assert!(
+                status.is_some() || n == steps,
+                "step {n}: status shows the interrupted deployment"
+            );
+            w.deploy("v2")
+                .await
+                .unwrap_or_else(|e| panic!("step {n} persist {persist}: {e}"));
+            w.assert_consistent("v2");
+            let history = w.store.history(None, 10).unwrap();
+            assert!(
+                history.iter().all(|d| d.outcome != Outcome::Running),
+                "step {n}: {history:#?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_killed_after_any_step_is_settled_by_rollback() {
+    let steps = journal_writes_in_a_deploy().await;
+    for n in 1..=steps {
+        let w = killed_then(n, true, false).await;
+        let routed = w
+            .store
+            .unfinished(&w.spec.name)
+            .unwrap()
+            .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "route"));
+        match w.deployer().rollback(&w.spec).await {
+            // The resume rolled v2 forward, and the rollback went back to v1.
+            Ok(report) => {
+                assert!(
+                    routed || n == steps,
+                    "step {n}: only a routed deploy rolls forward"
+                );
+                assert_eq!(report.to.as_str(), "v1");
+            }
+            // The resume removed v2; v1 was live all along and nothing older is retained.
+            Err(e) => assert!(
+                matches!(e, DeployError::NoPrevious(_)) && !routed,
+                "step {n}: {e}"
+            ),
+        }
+        w.assert_consistent("v1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_routed_deploy_whose_new_slot_died_is_routed_back_on_resume() {
+    let steps = journal_writes_in_a_deploy().await;
+    for n in 1..=steps {
+        let w = killed_then(n, true, true).await;
+        let interrupted = w.store.unfinished(&w.spec.name).unwrap();
+        let routed = interrupted
+            .as_ref()
+            .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "route"));
+        let result = w.deploy("v3").await;
+        assert!(result.is_ok(), "step {n}: {result:?}");
+        w.assert_consistent("v3");
+        if let Some((record, _)) = interrupted {
+            let (after, _) = w.store.deployment(record.id).unwrap().unwrap();
+            assert_eq!(after.outcome, Outcome::Failed, "step {n}");
+            if routed {
+                assert!(
+                    after.message.contains("routed back to v1"),
+                    "step {n}: {}",
+                    after.message
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! Recording fakes of every seam, for the engine's unit tests: [`FakeRuntime`] (also the
+//! [`Prober`]), [`FakeRouter`], [`MemStore`], [`FakeHost`], sharing one [`Shared`] call log
+//! and kill switch.
+//!
+//! The kill switch simulates `kill -9` right after the Nth journal write (persisted or not):
+//! from then on every store write fails and every runtime and router call never returns,
+//! so nothing after that point has any effect, exactly as if the process had died there.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::model::*;
+use crate::names::Name;
+use crate::seams::*;
+
+/// The call log and kill switch all fakes of one test share.
+#[derive(Default)]
+pub struct Shared {
+    pub log: RefCell<Vec<String>>,
+    journal_writes: Cell<usize>,
+    kill_at: Cell<Option<(usize, bool)>>,
+    dead: Cell<bool>,
+}
+
+impl Shared {
+    pub fn new() -> Rc<Shared> {
+        Rc::new(Shared::default())
+    }
+
+    /// Dies right after journal write number `n` (1-based); `persist` says whether that
+    /// write reached the store.
+    pub fn kill_after_journal(&self, n: usize, persist: bool) {
+        self.journal_writes.set(0);
+        self.kill_at.set(Some((n, persist)));
+        self.dead.set(false);
+    }
+
+    /// A new process: alive again, no kill planned.
+    pub fn revive(&self) {
+        self.kill_at.set(None);
+        self.dead.set(false);
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.get()
+    }
+
+    pub fn record(&self, call: String) {
+        self.log.borrow_mut().push(call);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.log.borrow().clone()
+    }
+
+    async fn alive(&self) {
+        if self.dead.get() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn write_allowed(&self) -> Result<(), StoreError> {
+        if self.dead.get() {
+            Err(StoreError("process was killed".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a journal write; returns whether it persists.
+    fn journal_write(&self) -> Result<bool, StoreError> {
+        self.write_allowed()?;
+        let n = self.journal_writes.get() + 1;
+        self.journal_writes.set(n);
+        match self.kill_at.get() {
+            Some((at, persist)) if at == n => {
+                self.dead.set(true);
+                Ok(persist)
+            }
+            _ => Ok(true),
+        }
+    }
+}
+
+struct FakeInstance {
+    instance: Instance,
+    running: bool,
+}
+
+/// Containers in memory. Versions listed in `unhealthy` never pass a probe; versions in
+/// `crashing` exit right after start; versions in `unstartable` fail to start.
+pub struct FakeRuntime {
+    shared: Rc<Shared>,
+    instances: RefCell<BTreeMap<String, FakeInstance>>,
+    next: Cell<u16>,
+    pub unhealthy: RefCell<BTreeSet<String>>,
+    pub crashing: RefCell<BTreeSet<String>>,
+    pub unstartable: RefCell<BTreeSet<String>>,
+}
+
+impl FakeRuntime {
+    pub fn new(shared: &Rc<Shared>) -> FakeRuntime {
+        FakeRuntime {
+            shared: shared.clone(),
+            instances: RefCell::default(),
+            next: Cell::new(0),
+            unhealthy: RefCell::default(),
+            crashing: RefCell::default(),
+            unstartable: RefCell::default(),
+        }
+    }
+
+    /// Instances currently running, by id.
+    pub fn running(&self) -> BTreeSet<String> {
+        self.instances
+            .borrow()
+            .values()
+            .filter(|f| f.running)
+            .map(|f| f.instance.id.clone())
+            .collect()
+    }
+
+    /// Every instance that exists (running or stopped), by id.
+    pub fn existing(&self) -> BTreeSet<String> {
+        self.instances.borrow().keys().cloned().collect()
+    }
+
+    pub fn version_at(&self, addr: SocketAddr) -> Option<String> {
+        let instances = self.instances.borrow();
+        let found = instances
+            .values()
+            .find(|f| f.running && f.instance.addr() == addr);
+        found.map(|f| f.instance.version.to_string())
+    }
+
+    fn is_crashing(&self, instance: &Instance) -> bool {
+        self.crashing.borrow().contains(instance.version.as_str())
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        self.shared.alive().await;
+        let name = spec.instance_name();
+        self.shared.record(format!("runtime.start {name}"));
+        if self.unstartable.borrow().contains(spec.version.as_str()) {
+            return Err(RuntimeError::Failed {
+                what: name,
+                message: "image not found".into(),
+            });
+        }
+        let n = self.next.get() + 1;
+        self.next.set(n);
+        let instance = Instance {
+            id: format!("c{n}"),
+            name,
+            service: spec.service.clone(),
+            version: spec.version.clone(),
+            color: spec.color,
+            deployment: spec.deployment,
+            replica: spec.replica,
+            host_port: 20000 + n,
+        };
+        let running = !self.crashing.borrow().contains(spec.version.as_str());
+        self.instances.borrow_mut().insert(
+            instance.id.clone(),
+            FakeInstance {
+                instance: instance.clone(),
+                running,
+            },
+        );
+        Ok(instance)
+    }
+
+    async fn restart(&self, instance: &Instance) -> Result<Instance, RuntimeError> {
+        self.shared.alive().await;
+        self.shared
+            .record(format!("runtime.restart {}", instance.name));
+        let crashing = self.is_crashing(instance);
+        let mut instances = self.instances.borrow_mut();
+        let Some(found) = instances.get_mut(&instance.id) else {
+            return Err(RuntimeError::Failed {
+                what: instance.name.clone(),
+                message: "no such container".into(),
+            });
+        };
+        found.running = !crashing;
+        Ok(found.instance.clone())
+    }
+
+    async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError> {
+        self.shared.alive().await;
+        Ok(match self.instances.borrow().get(&instance.id) {
+            None => InstanceStatus::Missing,
+            Some(f) if f.running => InstanceStatus::Running {
+                health: RuntimeHealth::None,
+            },
+            Some(_) => InstanceStatus::Exited { code: Some(1) },
+        })
+    }
+
+    async fn stop(&self, instance: &Instance, _timeout: Duration) -> Result<(), RuntimeError> {
+        self.shared.alive().await;
+        self.shared
+            .record(format!("runtime.stop {}", instance.name));
+        if let Some(f) = self.instances.borrow_mut().get_mut(&instance.id) {
+            f.running = false;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        self.shared.alive().await;
+        self.shared
+            .record(format!("runtime.remove {}", instance.name));
+        self.instances.borrow_mut().remove(&instance.id);
+        Ok(())
+    }
+
+    async fn logs(&self, instance: &Instance, _lines: usize) -> String {
+        self.shared.alive().await;
+        format!("{} log line", instance.name)
+    }
+
+    async fn list(&self, service: &Name) -> Result<Vec<Instance>, RuntimeError> {
+        self.shared.alive().await;
+        let instances = self.instances.borrow();
+        Ok(instances
+            .values()
+            .filter(|f| &f.instance.service == service)
+            .map(|f| f.instance.clone())
+            .collect())
+    }
+}
+
+impl Prober for FakeRuntime {
+    async fn probe(&self, addr: SocketAddr, path: &str, _timeout: Duration) -> Probe {
+        self.shared.alive().await;
+        let ok = match self.version_at(addr) {
+            Some(v) => !self.unhealthy.borrow().contains(&v),
+            None => false,
+        };
+        let summary = match (ok, self.version_at(addr)) {
+            (true, _) => "200 ok".to_owned(),
+            (false, Some(_)) => format!("503 unhealthy at {path}"),
+            (false, None) => format!("connection refused: {addr}"),
+        };
+        Probe {
+            ok,
+            summary,
+            latency: Duration::from_millis(1),
+        }
+    }
+}
+
+/// nginx in memory: which backends each service's traffic goes to.
+pub struct FakeRouter {
+    shared: Rc<Shared>,
+    pub live: RefCell<BTreeMap<Name, Vec<SocketAddr>>>,
+    generation: Cell<u64>,
+    /// The next `apply` is refused as `nginx -t` would.
+    pub reject_next: Cell<bool>,
+}
+
+impl FakeRouter {
+    pub fn new(shared: &Rc<Shared>) -> FakeRouter {
+        FakeRouter {
+            shared: shared.clone(),
+            live: RefCell::default(),
+            generation: Cell::new(0),
+            reject_next: Cell::new(false),
+        }
+    }
+
+    pub fn backends(&self, service: &str) -> Vec<SocketAddr> {
+        let live = self.live.borrow();
+        live.iter()
+            .find(|(n, _)| n.as_str() == service)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Router for FakeRouter {
+    async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
+        self.shared.alive().await;
+        self.shared
+            .record(format!("router.apply {} {:?}", set.service, set.backends));
+        if self.reject_next.replace(false) {
+            return Err(RouterError::Rejected {
+                service: set.service.to_string(),
+                stderr: "nginx: [emerg] test".into(),
+            });
+        }
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        self.live
+            .borrow_mut()
+            .insert(set.service.clone(), set.backends.clone());
+        Ok(Reload {
+            generation,
+            old_workers: vec![generation as u32 * 100],
+            confirm_ms: 3,
+        })
+    }
+
+    async fn wait_drained(
+        &self,
+        reload: &Reload,
+        _timeout: Duration,
+    ) -> Result<Drained, RouterError> {
+        self.shared.alive().await;
+        self.shared
+            .record(format!("router.wait_drained {:?}", reload.old_workers));
+        Ok(Drained {
+            waited_ms: 7,
+            lingering: vec![],
+        })
+    }
+
+    fn preview(&self, set: &UpstreamSet) -> Result<ConfigDiff, RouterError> {
+        Ok(ConfigDiff {
+            path: format!("{}.conf", set.service),
+            old: format!("{:?}\n", self.backends(set.service.as_str())),
+            new: format!("{:?}\n", set.backends),
+        })
+    }
+}
+
+#[derive(Default)]
+struct MemState {
+    locks: BTreeMap<Name, Lock>,
+    deployments: Vec<(DeploymentRecord, Vec<JournalEntry>)>,
+    instances: BTreeMap<String, (Instance, InstanceState)>,
+}
+
+/// The store in memory, with the same semantics as the SQLite one.
+pub struct MemStore {
+    shared: Rc<Shared>,
+    state: RefCell<MemState>,
+}
+
+impl MemStore {
+    pub fn new(shared: &Rc<Shared>) -> MemStore {
+        MemStore {
+            shared: shared.clone(),
+            state: RefCell::default(),
+        }
+    }
+
+    fn slots(&self, service: &Name, state: InstanceState) -> Vec<Slot> {
+        let st = self.state.borrow();
+        let mut by_deployment: BTreeMap<DeploymentId, Slot> = BTreeMap::new();
+        for (instance, s) in st.instances.values() {
+            if &instance.service == service && *s == state {
+                let slot = by_deployment
+                    .entry(instance.deployment)
+                    .or_insert_with(|| Slot {
+                        version: instance.version.clone(),
+                        color: instance.color,
+                        deployment: instance.deployment,
+                        instances: vec![],
+                    });
+                slot.instances.push(instance.clone());
+            }
+        }
+        let mut slots: Vec<Slot> = by_deployment.into_values().rev().collect();
+        for slot in &mut slots {
+            slot.instances.sort_by_key(|i| i.replica);
+        }
+        slots
+    }
+}
+
+impl Store for MemStore {
+    fn try_lock(
+        &self,
+        lock: &Lock,
+        replace: Option<&Lock>,
+    ) -> Result<Result<(), Lock>, StoreError> {
+        self.shared.write_allowed()?;
+        let mut st = self.state.borrow_mut();
+        match st.locks.get(&lock.service) {
+            Some(held) if Some(held) != replace => Ok(Err(held.clone())),
+            _ => {
+                st.locks.insert(lock.service.clone(), lock.clone());
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    fn heartbeat(&self, service: &Name, pid: u32, now_ms: i64) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        if let Some(l) = self
+            .state
+            .borrow_mut()
+            .locks
+            .get_mut(service)
+            .filter(|l| l.pid == pid)
+        {
+            l.heartbeat_ms = now_ms;
+        }
+        Ok(())
+    }
+
+    fn unlock(&self, service: &Name, pid: u32) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        let mut st = self.state.borrow_mut();
+        if st.locks.get(service).is_some_and(|l| l.pid == pid) {
+            st.locks.remove(service);
+        }
+        Ok(())
+    }
+
+    fn lock(&self, service: &Name) -> Result<Option<Lock>, StoreError> {
+        Ok(self.state.borrow().locks.get(service).cloned())
+    }
+
+    fn begin(&self, d: &NewDeployment) -> Result<DeploymentId, StoreError> {
+        self.shared.write_allowed()?;
+        let mut st = self.state.borrow_mut();
+        let id = st.deployments.len() as DeploymentId + 1;
+        st.deployments.push((
+            DeploymentRecord {
+                id,
+                service: d.service.clone(),
+                kind: d.kind,
+                strategy: d.strategy.clone(),
+                from_version: d.from_version.clone(),
+                to_version: d.to_version.clone(),
+                color: d.color,
+                who: d.who.clone(),
+                started_ms: d.started_ms,
+                finished_ms: None,
+                outcome: Outcome::Running,
+                message: String::new(),
+            },
+            vec![],
+        ));
+        if let Some(l) = st.locks.get_mut(&d.service) {
+            l.deployment = Some(id);
+        }
+        Ok(id)
+    }
+
+    fn journal(&self, id: DeploymentId, at_ms: i64, step: &Step) -> Result<(), StoreError> {
+        let persist = self.shared.journal_write()?;
+        self.shared.record(format!("journal {}", step.name()));
+        if persist {
+            let mut st = self.state.borrow_mut();
+            let entries = &mut st.deployments[id as usize - 1].1;
+            let seq = entries.len() as i64 + 1;
+            entries.push(JournalEntry {
+                seq,
+                at_ms,
+                step: step.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        id: DeploymentId,
+        at_ms: i64,
+        outcome: Outcome,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        let mut st = self.state.borrow_mut();
+        let d = &mut st.deployments[id as usize - 1].0;
+        d.finished_ms = Some(at_ms);
+        d.outcome = outcome;
+        d.message = message.to_owned();
+        Ok(())
+    }
+
+    fn unfinished(
+        &self,
+        service: &Name,
+    ) -> Result<Option<(DeploymentRecord, Vec<JournalEntry>)>, StoreError> {
+        let st = self.state.borrow();
+        Ok(st
+            .deployments
+            .iter()
+            .rev()
+            .find(|(d, _)| &d.service == service && d.outcome == Outcome::Running)
+            .cloned())
+    }
+
+    fn deployment(
+        &self,
+        id: DeploymentId,
+    ) -> Result<Option<(DeploymentRecord, Vec<JournalEntry>)>, StoreError> {
+        Ok(self
+            .state
+            .borrow()
+            .deployments
+            .get(id as usize - 1)
+            .cloned())
+    }
+
+    fn history(
+        &self,
+        service: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let st = self.state.borrow();
+        let all = st.deployments.iter().rev().map(|(d, _)| d);
+        Ok(all
+            .filter(|d| service.is_none_or(|s| &d.service == s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn put_instance(&self, instance: &Instance, state: InstanceState) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        self.state
+            .borrow_mut()
+            .instances
+            .insert(instance.id.clone(), (instance.clone(), state));
+        Ok(())
+    }
+
+    fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        if let Some(entry) = self.state.borrow_mut().instances.get_mut(id) {
+            entry.1 = state;
+        }
+        Ok(())
+    }
+
+    fn starting(&self, id: DeploymentId) -> Result<Vec<Instance>, StoreError> {
+        let st = self.state.borrow();
+        let starting = st
+            .instances
+            .values()
+            .filter(|(i, s)| i.deployment == id && *s == InstanceState::Starting);
+        Ok(starting.map(|(i, _)| i.clone()).collect())
+    }
+
+    fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError> {
+        Ok(ServiceRecord {
+            active: self
+                .slots(service, InstanceState::Active)
+                .into_iter()
+                .next(),
+            retained: self.slots(service, InstanceState::Retained),
+        })
+    }
+
+    fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        self.shared.record(format!("store.activate #{id}"));
+        let mut st = self.state.borrow_mut();
+        for (instance, state) in st.instances.values_mut() {
+            if &instance.service != service {
+                continue;
+            }
+            if *state == InstanceState::Active {
+                *state = InstanceState::Retained;
+            }
+            if instance.deployment == id
+                && matches!(*state, InstanceState::Starting | InstanceState::Retained)
+            {
+                *state = InstanceState::Active;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The clock and process table: a fixed pid per "process", advanced by [`FakeHost::restart`].
+pub struct FakeHost {
+    pub now: Cell<i64>,
+    pub pid: Cell<u32>,
+    pub alive: RefCell<BTreeSet<u32>>,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost {
+            now: Cell::new(1_000_000),
+            pid: Cell::new(100),
+            alive: RefCell::new(BTreeSet::from([100])),
+        }
+    }
+}
+
+impl FakeHost {
+    /// The previous process died; a new one with a new pid runs.
+    pub fn restart(&self) {
+        let old = self.pid.get();
+        self.alive.borrow_mut().remove(&old);
+        self.pid.set(old + 1);
+        self.alive.borrow_mut().insert(old + 1);
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> i64 {
+        self.now.get()
+    }
+    fn pid(&self) -> u32 {
+        self.pid.get()
+    }
+    fn hostname(&self) -> String {
+        "testhost".into()
+    }
+    fn user(&self) -> String {
+        "tester".into()
+    }
+    fn process_alive(&self, pid: u32) -> bool {
+        self.alive.borrow().contains(&pid)
+    }
+}

@@ -1,0 +1,19 @@
+//! switchyard's engine: the config model, the strategies and the deploy state machine.
+//!
+//! It does no IO. It reaches containers, nginx, the state store and the clock only through
+//! the traits in [`seams`], so every strategy is unit-tested against the recording fakes in
+//! [`fakes`] on paused tokio time. Entry points: [`Config::parse`], [`deploy::Deployer`].
+
+pub mod config;
+pub mod deploy;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
+pub mod model;
+pub mod names;
+pub mod plan;
+pub mod seams;
+
+pub use config::{Config, ConfigError, ConfigErrors, ServiceSpec};
+pub use model::*;
+pub use names::{Name, Version};
+pub use seams::*;

@@ -1,0 +1,299 @@
+//! The nouns the engine and every seam share: [`Instance`], [`Color`], [`Slot`],
+//! [`ServiceRecord`], deployments ([`NewDeployment`], [`DeploymentRecord`], [`Outcome`]),
+//! the deploy [`Lock`] and the journal's [`Step`].
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Source;
+use crate::names::{Name, Version};
+
+pub type DeploymentId = i64;
+
+/// The two blue-green slots. The active one comes from the store, never from `docker ps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        match s {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+}
+
+/// What a runtime needs to start one replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    pub service: Name,
+    pub version: Version,
+    pub color: Color,
+    pub deployment: DeploymentId,
+    pub replica: u16,
+    pub source: Source,
+    /// The app's port inside its container; processes get their host port instead.
+    pub port: u16,
+    pub env: BTreeMap<String, String>,
+}
+
+impl InstanceSpec {
+    /// The runtime-visible name, unique per deployment and replica.
+    pub fn instance_name(&self) -> String {
+        format!(
+            "sy-{}-{}-d{}-r{}",
+            self.service,
+            self.color.as_str(),
+            self.deployment,
+            self.replica
+        )
+    }
+}
+
+/// One running (or stopped) replica, as a runtime started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Container id, or `pid:N` for the process runtime.
+    pub id: String,
+    pub name: String,
+    pub service: Name,
+    pub version: Version,
+    pub color: Color,
+    pub deployment: DeploymentId,
+    pub replica: u16,
+    /// Published on 127.0.0.1 only.
+    pub host_port: u16,
+}
+
+impl Instance {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.host_port))
+    }
+}
+
+/// The lifecycle of an instance as the store records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Started by a deployment that has not moved traffic to it yet.
+    Starting,
+    /// Receiving traffic.
+    Active,
+    /// Stopped and kept for rollback.
+    Retained,
+    /// Removed from the runtime.
+    Removed,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Active => "active",
+            InstanceState::Retained => "retained",
+            InstanceState::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InstanceState> {
+        [Self::Starting, Self::Active, Self::Retained, Self::Removed]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// The replicas of one version of a service that share a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub version: Version,
+    pub color: Color,
+    pub deployment: DeploymentId,
+    pub instances: Vec<Instance>,
+}
+
+/// What the store knows of a service: the live slot and the retained ones, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceRecord {
+    pub active: Option<Slot>,
+    pub retained: Vec<Slot>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployKind {
+    Deploy,
+    Rollback,
+}
+
+impl DeployKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployKind::Deploy => "deploy",
+            DeployKind::Rollback => "rollback",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    /// Failed before traffic moved: traffic stayed on the previous version.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [Self::Running, Self::Succeeded, Self::Failed]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeployment {
+    pub service: Name,
+    pub kind: DeployKind,
+    pub strategy: String,
+    pub from_version: Option<Version>,
+    pub to_version: Version,
+    pub color: Color,
+    /// `user@host (pid N)`.
+    pub who: String,
+    pub started_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploymentRecord {
+    pub id: DeploymentId,
+    pub service: Name,
+    pub kind: DeployKind,
+    pub strategy: String,
+    pub from_version: Option<Version>,
+    pub to_version: Version,
+    pub color: Color,
+    pub who: String,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// The per-service deploy lock. A dead owner pid or a stale heartbeat frees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lock {
+    pub service: Name,
+    pub pid: u32,
+    pub host: String,
+    pub deployment: Option<DeploymentId>,
+    pub acquired_ms: i64,
+    pub heartbeat_ms: i64,
+}
+
+/// One journal entry, written before the action it names (or after, for results).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    StartInstance {
+        replica: u16,
+        name: String,
+    },
+    RestartInstance {
+        instance: Instance,
+    },
+    InstanceStarted {
+        instance: Instance,
+    },
+    WaitHealthy,
+    Healthy {
+        waited_ms: u64,
+    },
+    Route {
+        backends: Vec<SocketAddr>,
+    },
+    Routed {
+        generation: u64,
+        old_workers: Vec<u32>,
+    },
+    Drain,
+    Drained {
+        waited_ms: u64,
+        lingering: Vec<u32>,
+    },
+    StopOld {
+        instances: Vec<String>,
+    },
+    OldStopped,
+    Prune {
+        instances: Vec<String>,
+    },
+    RemoveNew {
+        reason: String,
+    },
+    RouteBack {
+        backends: Vec<SocketAddr>,
+    },
+    Resume {
+        reason: String,
+    },
+}
+
+impl Step {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::StartInstance { .. } => "start_instance",
+            Step::RestartInstance { .. } => "restart_instance",
+            Step::InstanceStarted { .. } => "instance_started",
+            Step::WaitHealthy => "wait_healthy",
+            Step::Healthy { .. } => "healthy",
+            Step::Route { .. } => "route",
+            Step::Routed { .. } => "routed",
+            Step::Drain => "drain",
+            Step::Drained { .. } => "drained",
+            Step::StopOld { .. } => "stop_old",
+            Step::OldStopped => "old_stopped",
+            Step::Prune { .. } => "prune",
+            Step::RemoveNew { .. } => "remove_new",
+            Step::RouteBack { .. } => "route_back",
+            Step::Resume { .. } => "resume",
+        }
+    }
+}
+
+/// A journal row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalEntry {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub step: Step,
+}

@@ -1,0 +1,255 @@
+//! The seams through which the engine reaches the world: [`Runtime`] (containers or
+//! processes), [`Prober`] (HTTP health checks), [`Router`] (nginx), [`Store`] (SQLite),
+//! [`Host`] (clock and process table) and [`Observer`] (progress for humans and benchmarks).
+//!
+//! Each has one real implementation in its own crate and a recording fake in
+//! [`crate::fakes`]. Async seams use native `async fn` in traits; the engine is generic over
+//! them, so no boxing is needed.
+
+// The seams are implemented and called only inside this workspace, by generic code that runs
+// a deploy on one task: no caller needs the futures to be `Send`.
+#![allow(async_fn_in_trait)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::*;
+use crate::names::Name;
+
+/// Errors a runtime reports. `Unavailable` means the runtime itself is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{what}: {message}")]
+    Failed { what: String, message: String },
+}
+
+/// What the runtime says about an instance, apart from our own HTTP probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Running { health: RuntimeHealth },
+    Exited { code: Option<i64> },
+    Missing,
+}
+
+/// Docker's HEALTHCHECK status; `None` where the image defines no check (and for processes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeHealth {
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+pub trait Runtime {
+    /// "docker" or "process", for labels and messages.
+    fn kind(&self) -> &'static str;
+    /// Creates and starts one replica, published on a 127.0.0.1 port the runtime allocates.
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
+    /// Starts a stopped (retained) instance again, on the same host port.
+    async fn restart(&self, instance: &Instance) -> Result<Instance, RuntimeError>;
+    async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError>;
+    /// SIGTERM, then SIGKILL after `timeout`. Stopping a missing instance is not an error.
+    async fn stop(&self, instance: &Instance, timeout: Duration) -> Result<(), RuntimeError>;
+    /// Removes a (stopped or running) instance. Removing a missing one is not an error.
+    async fn remove(&self, instance: &Instance) -> Result<(), RuntimeError>;
+    /// The last lines of the instance's output, for error messages.
+    async fn logs(&self, instance: &Instance, lines: usize) -> String;
+    /// Every instance of `service` this runtime labelled, whatever the store says.
+    async fn list(&self, service: &Name) -> Result<Vec<Instance>, RuntimeError>;
+}
+
+/// One HTTP health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    pub ok: bool,
+    /// `200 ok`, `503 unhealthy: …`, or the connection error.
+    pub summary: String,
+    pub latency: Duration,
+}
+
+pub trait Prober {
+    /// GET `path` on `addr` over a fresh connection, within `timeout`. 2xx is ok.
+    async fn probe(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Probe;
+}
+
+/// The backends nginx should send a service's traffic to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamSet {
+    pub service: Name,
+    pub listen: SocketAddr,
+    pub backends: Vec<SocketAddr>,
+}
+
+/// A confirmed reload: the generation now live and the workers that were serving before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reload {
+    pub generation: u64,
+    pub old_workers: Vec<u32>,
+    /// From sending the reload signal to seeing the new generation answer.
+    pub confirm_ms: u64,
+}
+
+/// The result of waiting for old workers; `lingering` is non-empty if the wait timed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drained {
+    pub waited_ms: u64,
+    pub lingering: Vec<u32>,
+}
+
+/// A rendered change, for `plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigDiff {
+    pub path: String,
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    /// `nginx -t` refused the staged config; nothing was reloaded.
+    #[error("nginx rejected the new config for {service}; nothing was reloaded:\n{stderr}")]
+    Rejected { service: String, stderr: String },
+    /// The reload did not become live; the previous files were restored.
+    #[error("nginx reload not confirmed: {0}")]
+    NotConfirmed(String),
+    #[error("nginx: {0}")]
+    Unavailable(String),
+}
+
+pub trait Router {
+    /// Renders `set`, validates a staged copy of the whole tree, swaps it in atomically,
+    /// reloads and waits until the new generation answers. On error, traffic is unchanged.
+    async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError>;
+    /// Waits until every worker in `reload.old_workers` has exited, at most `timeout`.
+    async fn wait_drained(
+        &self,
+        reload: &Reload,
+        timeout: Duration,
+    ) -> Result<Drained, RouterError>;
+    /// The live file and what `apply(set)` would write in its place.
+    fn preview(&self, set: &UpstreamSet) -> Result<ConfigDiff, RouterError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(pub String);
+
+pub trait Store {
+    /// Takes the lock if it is free, or if it is held exactly as `replace` (a stale lock).
+    /// Returns the current holder otherwise.
+    fn try_lock(&self, lock: &Lock, replace: Option<&Lock>)
+        -> Result<Result<(), Lock>, StoreError>;
+    fn heartbeat(&self, service: &Name, pid: u32, now_ms: i64) -> Result<(), StoreError>;
+    fn unlock(&self, service: &Name, pid: u32) -> Result<(), StoreError>;
+    fn lock(&self, service: &Name) -> Result<Option<Lock>, StoreError>;
+    fn begin(&self, deployment: &NewDeployment) -> Result<DeploymentId, StoreError>;
+    fn journal(&self, id: DeploymentId, at_ms: i64, step: &Step) -> Result<(), StoreError>;
+    fn finish(
+        &self,
+        id: DeploymentId,
+        at_ms: i64,
+        outcome: Outcome,
+        message: &str,
+    ) -> Result<(), StoreError>;
+    /// The newest deployment of `service` still `running`, with its journal.
+    fn unfinished(
+        &self,
+        service: &Name,
+    ) -> Result<Option<(DeploymentRecord, Vec<JournalEntry>)>, StoreError>;
+    fn deployment(
+        &self,
+        id: DeploymentId,
+    ) -> Result<Option<(DeploymentRecord, Vec<JournalEntry>)>, StoreError>;
+    fn history(
+        &self,
+        service: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Inserts or replaces an instance row.
+    fn put_instance(&self, instance: &Instance, state: InstanceState) -> Result<(), StoreError>;
+    fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<(), StoreError>;
+    /// Instances of `service` in state `Starting` that belong to deployment `id`.
+    fn starting(&self, id: DeploymentId) -> Result<Vec<Instance>, StoreError>;
+    /// The active slot and the retained slots, newest first.
+    fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError>;
+    /// In one transaction: the deployment's instances become active, the previously active
+    /// ones retained.
+    fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError>;
+}
+
+/// The clock and the process table.
+pub trait Host {
+    fn now_ms(&self) -> i64;
+    fn pid(&self) -> u32;
+    fn hostname(&self) -> String;
+    fn user(&self) -> String;
+    /// Whether a process with this pid exists on this host.
+    fn process_alive(&self, pid: u32) -> bool;
+}
+
+/// Progress, for a human (the CLI) or a benchmark (timestamps of phases).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Begin {
+        deployment: DeploymentId,
+        service: String,
+        from: Option<String>,
+        to: String,
+        color: Color,
+    },
+    Resume {
+        deployment: DeploymentId,
+        reason: String,
+    },
+    Started {
+        instance: String,
+        addr: SocketAddr,
+        reused: bool,
+    },
+    Waiting {
+        instance: String,
+        passes: u32,
+        needed: u32,
+        last: String,
+    },
+    Healthy {
+        waited_ms: u64,
+    },
+    Reloaded {
+        generation: u64,
+        confirm_ms: u64,
+    },
+    Drained {
+        waited_ms: u64,
+        lingering: usize,
+    },
+    Stopped {
+        instance: String,
+    },
+    Removed {
+        instance: String,
+    },
+    Done {
+        deployment: DeploymentId,
+        outcome: Outcome,
+        message: String,
+    },
+}
+
+pub trait Observer {
+    fn event(&self, event: &Event);
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&self, _: &Event) {}
+}
