@@ -60,7 +60,7 @@ pub enum DeployError {
     Locked {
         kind: &'static str,
         service: Name,
-        lock: Lock,
+        lock: Box<Lock>,
         age_s: (i64, i64),
     },
     #[error("nothing to roll back to: {0}")]
@@ -194,7 +194,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         Err(DeployError::Locked {
             kind,
             service: service.clone(),
-            lock,
+            lock: Box::new(lock),
             age_s,
         })
     }

@@ -153,6 +153,12 @@ impl DeployKind {
             DeployKind::Rollback => "rollback",
         }
     }
+
+    pub fn parse(s: &str) -> Option<DeployKind> {
+        [Self::Deploy, Self::Rollback]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

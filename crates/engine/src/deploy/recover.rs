@@ -41,10 +41,10 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     let (mut route_intent, mut aborting) = (false, false);
     for entry in journal {
         match &entry.step {
-            Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
-                if !new.iter().any(|i| i.id == instance.id) {
-                    new.push(instance.clone());
-                }
+            Step::InstanceStarted { instance } | Step::RestartInstance { instance }
+                if !new.iter().any(|i| i.id == instance.id) =>
+            {
+                new.push(instance.clone())
             }
             Step::Route { .. } => route_intent = true,
             Step::Routed {

@@ -1,0 +1,318 @@
+//! The demo app's HTTP side: [`router`] builds the routes from a [`Config`], and [`serve`]
+//! runs them until a shutdown signal, draining in-flight requests for at most the grace
+//! period, and says how it ended in a [`Stopped`]. [`InFlight`] counts `/` requests being
+//! answered.
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+
+/// How many `/` requests are being answered right now.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+}
+
+/// Decrements on drop, so a request whose client went away is not counted forever.
+struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    version: HeaderValue,
+    latency: std::time::Duration,
+    fail_rate: f64,
+    health_fail: bool,
+    in_flight: InFlight,
+}
+
+/// The routes: `GET /`, `GET /health`, `GET /version`.
+pub fn router(config: &Config, in_flight: InFlight) -> Router {
+    let state = AppState {
+        version: HeaderValue::from_str(&config.version)
+            .expect("Config checks that APP_VERSION is a valid header value"),
+        latency: config.latency,
+        fail_rate: config.fail_rate,
+        health_fail: config.health_fail,
+        in_flight,
+    };
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .with_state(state)
+}
+
+async fn root(State(state): State<AppState>) -> Response {
+    let _guard = state.in_flight.enter();
+    if !state.latency.is_zero() {
+        tokio::time::sleep(state.latency).await;
+    }
+    let version = state.version.to_str().unwrap_or("dev");
+    // `random` is uniform in [0, 1), so 0.0 never fails and 1.0 always does.
+    if state.fail_rate > 0.0 && rand::random::<f64>() < state.fail_rate {
+        let body = format!("injected failure (FAIL_RATE={})\n", state.fail_rate);
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("x-version", state.version.clone())],
+            body,
+        )
+            .into_response();
+    }
+    let body = format!("{{\"version\":\"{version}\"}}\n");
+    (
+        [
+            ("x-version", state.version.clone()),
+            (
+                header::CONTENT_TYPE.as_str(),
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    if state.health_fail {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: HEALTH_FAIL is set",
+        )
+            .into_response()
+    } else {
+        "ok".into_response()
+    }
+}
+
+async fn version(State(state): State<AppState>) -> Response {
+    state
+        .version
+        .to_str()
+        .unwrap_or("dev")
+        .to_string()
+        .into_response()
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// What the shutdown future returned, e.g. `"SIGTERM"`.
+    pub signal: &'static str,
+    /// `/` requests still unanswered when the grace period ran out; 0 when all drained.
+    pub abandoned: usize,
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting and waits for
+/// in-flight requests, for at most `config.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    in_flight: InFlight,
+    shutdown: impl Future<Output = &'static str> + Send + 'static,
+) -> Stopped {
+    let (signalled_tx, signalled_rx) = oneshot::channel();
+    let server = axum::serve(listener, router(config, in_flight.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = signalled_tx.send(shutdown.await);
+        })
+        .into_future();
+    tokio::pin!(server);
+    let mut signalled_rx = signalled_rx;
+    let signal = tokio::select! {
+        // Draining with nothing in flight can finish in the same poll that saw the signal.
+        _ = &mut server => {
+            let signal = signalled_rx.try_recv().unwrap_or("shutdown");
+            return Stopped { signal, abandoned: 0 };
+        }
+        signal = &mut signalled_rx => signal.unwrap_or("shutdown"),
+    };
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(_) => Stopped {
+            signal,
+            abandoned: 0,
+        },
+        Err(_) => Stopped {
+            signal,
+            abandoned: in_flight.get(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::healthcheck::{self, http_get, RawResponse};
+
+    struct Running {
+        addr: SocketAddr,
+        in_flight: InFlight,
+        stop: oneshot::Sender<&'static str>,
+        server: JoinHandle<Stopped>,
+    }
+
+    async fn start(vars: &[(&str, &str)]) -> Running {
+        let config = Config::from_lookup(|name| match name {
+            "BIND_ADDR" => Some("127.0.0.1".to_string()),
+            "PORT" => Some("0".to_string()),
+            _ => vars
+                .iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.to_string()),
+        })
+        .unwrap();
+        let listener = TcpListener::bind(config.addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let in_flight = InFlight::default();
+        let (stop, stopped) = oneshot::channel();
+        let server = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move {
+                let shutdown = async move { stopped.await.unwrap_or("test dropped") };
+                serve(listener, &config, in_flight, shutdown).await
+            }
+        });
+        Running {
+            addr,
+            in_flight,
+            stop,
+            server,
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &'static str) -> RawResponse {
+        tokio::task::spawn_blocking(move || http_get(addr, path, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn wait_for_in_flight(in_flight: &InFlight, want: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while in_flight.get() != want {
+            assert!(
+                Instant::now() < deadline,
+                "in-flight stayed {} instead of {want}",
+                in_flight.get()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn root_reports_the_version_in_header_and_body() {
+        let app = start(&[("APP_VERSION", "v7")]).await;
+        let response = get(app.addr, "/").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("x-version"), Some("v7"));
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert_eq!(response.body, "{\"version\":\"v7\"}\n");
+        assert_eq!(get(app.addr, "/version").await.body, "v7");
+    }
+
+    #[tokio::test]
+    async fn health_answers_ok() {
+        let app = start(&[]).await;
+        let response = get(app.addr, "/health").await;
+        assert_eq!((response.status, response.body.as_str()), (200, "ok"));
+        let addr = app.addr;
+        let checked =
+            tokio::task::spawn_blocking(move || healthcheck::check(addr, Duration::from_secs(2)));
+        assert_eq!(checked.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn health_fail_answers_503_and_fails_the_healthcheck() {
+        let app = start(&[("HEALTH_FAIL", "1")]).await;
+        let response = get(app.addr, "/health").await;
+        assert_eq!(response.status, 503);
+        assert_eq!(response.body, "unhealthy: HEALTH_FAIL is set");
+        let addr = app.addr;
+        let checked =
+            tokio::task::spawn_blocking(move || healthcheck::check(addr, Duration::from_secs(2)));
+        let err = checked.await.unwrap().unwrap_err();
+        assert!(err.contains("answered 503"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fail_rate_one_answers_every_request_with_500() {
+        let app = start(&[("FAIL_RATE", "1"), ("APP_VERSION", "bad")]).await;
+        for _ in 0..5 {
+            let response = get(app.addr, "/").await;
+            assert_eq!(response.status, 500);
+            assert_eq!(response.header("x-version"), Some("bad"));
+        }
+        assert_eq!(get(app.addr, "/health").await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_the_request_in_flight() {
+        let app = start(&[("LATENCY_MS", "300")]).await;
+        let addr = app.addr;
+        let slow = tokio::spawn(get(addr, "/"));
+        wait_for_in_flight(&app.in_flight, 1).await;
+        app.stop.send("SIGTERM").unwrap();
+        assert_eq!(slow.await.unwrap().status, 200);
+        let stopped = app.server.await.unwrap();
+        assert_eq!(
+            stopped,
+            Stopped {
+                signal: "SIGTERM",
+                abandoned: 0
+            }
+        );
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_up_after_the_grace_period() {
+        let app = start(&[("LATENCY_MS", "60000"), ("SHUTDOWN_GRACE_MS", "100")]).await;
+        let mut client = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        wait_for_in_flight(&app.in_flight, 1).await;
+        let asked = Instant::now();
+        app.stop.send("SIGINT").unwrap();
+        let stopped = app.server.await.unwrap();
+        assert_eq!(
+            stopped,
+            Stopped {
+                signal: "SIGINT",
+                abandoned: 1
+            }
+        );
+        assert!(asked.elapsed() < Duration::from_secs(5));
+    }
+}

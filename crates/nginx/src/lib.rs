@@ -1,0 +1,20 @@
+//! switchyard's nginx router: everything that touches nginx.
+//!
+//! - [`templates`]: tera rendering of `templates/` into nginx files ([`Templates`]).
+//! - [`stage`]: the [`Layout`] of an nginx's files, staged validation with `nginx -t`,
+//!   atomic installs.
+//! - [`router`]: [`NginxRouter`], the engine's `Router`: confirmed reloads and drain waits.
+//! - [`managed`]: [`ManagedNginx`], an nginx switchyard starts with its own prefix.
+//! - [`procs`] and [`control`]: the master's workers from `/proc`, the generation endpoint.
+
+pub mod control;
+pub mod managed;
+pub mod procs;
+pub mod router;
+pub mod stage;
+pub mod templates;
+
+pub use managed::ManagedNginx;
+pub use router::NginxRouter;
+pub use stage::Layout;
+pub use templates::Templates;

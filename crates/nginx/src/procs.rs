@@ -1,0 +1,68 @@
+//! The nginx master and its workers, read from `/proc`: [`read_pid`], [`workers`],
+//! [`is_worker`], [`alive`].
+//!
+//! Old workers are "the master's children that existed before the reload"; a reload is
+//! drained when none of them is still a live child of the master.
+
+use std::path::Path;
+
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// The pid in an nginx pid file, if the file exists and holds one.
+pub fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether a process with `pid` exists (zombies included).
+pub fn alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}
+
+/// The live (non-zombie) children of `master`.
+pub fn workers(master: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| is_worker(master, pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Whether `pid` is a live child of `master`.
+pub fn is_worker(master: u32, pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+    state != Some("Z") && ppid == Some(master)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_of_this_process_are_found_and_exited_ones_are_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        assert!(workers(me).contains(&child.id()));
+        assert!(is_worker(me, child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!is_worker(me, child.id()));
+        assert!(!workers(me).contains(&child.id()));
+    }
+}

@@ -1,0 +1,147 @@
+//! The database schema and its [`migrate`] function, versioned with `PRAGMA user_version`.
+//!
+//! [`MIGRATIONS`]`[i]` takes a database from version `i` to `i + 1`. A later switchyard adds
+//! tables by appending a migration; it never edits one that has shipped.
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+/// Version 1, the initial schema.
+///
+/// `journal` and `services` reference `deployments`; `instances` and `locks` do not, because
+/// they record what was found in the world (a runtime's labels, a process's lock) and must be
+/// storable even when that names a deployment this file never saw.
+const V1: &str = "
+CREATE TABLE deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    service TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    from_version TEXT,
+    to_version TEXT NOT NULL,
+    color TEXT NOT NULL,
+    who TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    outcome TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX deployments_by_service ON deployments (service, outcome, id);
+
+CREATE TABLE journal (
+    deployment INTEGER NOT NULL REFERENCES deployments (id),
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    -- Step::name(), so a person with the sqlite3 shell can read the journal.
+    name TEXT NOT NULL,
+    -- The Step as JSON.
+    step TEXT NOT NULL,
+    PRIMARY KEY (deployment, seq)
+);
+
+CREATE TABLE services (
+    name TEXT PRIMARY KEY,
+    active_deployment INTEGER REFERENCES deployments (id),
+    updated_ms INTEGER NOT NULL
+);
+
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    service TEXT NOT NULL,
+    version TEXT NOT NULL,
+    color TEXT NOT NULL,
+    deployment INTEGER NOT NULL,
+    replica INTEGER NOT NULL,
+    host_port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX instances_by_service ON instances (service, state);
+CREATE INDEX instances_by_deployment ON instances (deployment, state);
+
+CREATE TABLE locks (
+    service TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    deployment INTEGER,
+    acquired_ms INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+";
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub const CURRENT: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database up to [`CURRENT`], in one `BEGIN IMMEDIATE` transaction so that two
+/// processes opening a new file at once do not both create the tables. Refuses a file
+/// written by a newer switchyard.
+pub fn migrate(conn: &Connection) -> Result<(), String> {
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let found: u32 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if found > CURRENT {
+        return Err(format!(
+            "schema version {found} is newer than this switchyard understands ({CURRENT})"
+        ));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = from + 1;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("to version {to}: {e}"))?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(|e| format!("to version {to}: {e}"))?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let names = stmt.query_map([], |row| row.get(0)).unwrap();
+        names.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn a_new_database_gets_every_table_and_the_current_version() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, CURRENT);
+        assert_eq!(
+            tables(&conn),
+            [
+                "deployments",
+                "instances",
+                "journal",
+                "locks",
+                "services",
+                "sqlite_sequence"
+            ]
+        );
+    }
+
+    #[test]
+    fn migrating_twice_changes_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn.execute("INSERT INTO locks VALUES ('web', 1, 'h', NULL, 1, 1)", [])
+            .unwrap();
+        migrate(&conn).expect("a second migrate must not re-run CREATE TABLE");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM locks", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+}
