@@ -26,7 +26,10 @@ pub struct Config {
     pub latency: Duration,
     /// `FAIL_RATE` (0.0–1.0): fraction of `/` requests answered 500.
     pub fail_rate: f64,
-    /// `HEALTH_FAIL` (`1`/`true`): `/health` always answers 503.
+    /// `HEALTH_FAIL` (`1`/`true`): `/health` always answers 503. Also set when
+    /// `APP_VERSION` is listed in `UNHEALTHY_VERSIONS` (comma-separated), so one service
+    /// config can hold a version that never becomes healthy (the process runtime has no
+    /// per-version image to bake it into).
     pub health_fail: bool,
     /// `SHUTDOWN_GRACE_MS` (default 10000): longest wait for in-flight requests on shutdown.
     pub shutdown_grace: Duration,
@@ -91,11 +94,13 @@ impl Config {
         }
         Ok(Config {
             addr: SocketAddr::new(ip, port),
-            version,
+            version: version.clone(),
             start_delay: millis(get("START_DELAY_MS"), "START_DELAY_MS", 0)?,
             latency: millis(get("LATENCY_MS"), "LATENCY_MS", 0)?,
             fail_rate,
-            health_fail: flag(get("HEALTH_FAIL"), "HEALTH_FAIL")?,
+            health_fail: flag(get("HEALTH_FAIL"), "HEALTH_FAIL")?
+                || get("UNHEALTHY_VERSIONS")
+                    .is_some_and(|list| list.split(',').any(|v| v.trim() == version)),
             shutdown_grace: millis(get("SHUTDOWN_GRACE_MS"), "SHUTDOWN_GRACE_MS", 10_000)?,
         })
     }
@@ -232,5 +237,13 @@ mod tests {
     fn version_length_is_bounded() {
         assert!(config(&[("APP_VERSION", &"v".repeat(128))]).is_ok());
         assert!(config(&[("APP_VERSION", &"v".repeat(129))]).is_err());
+    }
+
+    #[test]
+    fn unhealthy_versions_targets_only_listed_versions() {
+        let listed = config(&[("APP_VERSION", "v2"), ("UNHEALTHY_VERSIONS", "v3, v2")]).unwrap();
+        assert!(listed.health_fail);
+        let other = config(&[("APP_VERSION", "v1"), ("UNHEALTHY_VERSIONS", "v3,v2")]).unwrap();
+        assert!(!other.health_fail);
     }
 }

@@ -325,7 +325,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 .runtime
                 .start(&instance_spec)
                 .await
-                .map_err(|e| format!("starting {name}: {e}"))?;
+                .map_err(|e| format!("starting replica {replica}: {e}"))?;
             self.note_started(spec, id, &instance, false)
                 .map_err(|e| e.to_string())?;
             new.push(instance);
@@ -358,17 +358,13 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 .restart(&instance)
                 .await
                 .map_err(|e| format!("restarting {}: {e}", instance.name))?;
-            self.note_started(
-                spec,
-                id,
-                &Instance {
-                    deployment: id,
-                    ..restarted
-                },
-                true,
-            )
-            .map_err(|e| e.to_string())?;
-            new.push(instance);
+            let restarted = Instance {
+                deployment: id,
+                ..restarted
+            };
+            self.note_started(spec, id, &restarted, true)
+                .map_err(|e| e.to_string())?;
+            new.push(restarted);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ pub mod names;
 pub mod plan;
 pub mod seams;
 
-pub use config::{Config, ConfigError, ConfigErrors, ServiceSpec};
+pub use config::{Config, ConfigError, ConfigErrors, ServiceSpec, Source};
 pub use model::*;
 pub use names::{Name, Version};
 pub use seams::*;

@@ -74,7 +74,7 @@ impl InstanceSpec {
 /// One running (or stopped) replica, as a runtime started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
-    /// Container id, or `pid:N` for the process runtime.
+    /// Container id, or the instance name for the process runtime.
     pub id: String,
     pub name: String,
     pub service: Name,

@@ -88,6 +88,11 @@ impl ManagedNginx {
         Ok(nginx)
     }
 
+    /// Leaves nginx running when this handle is dropped (the CLI starts it for later runs).
+    pub fn detach(mut self) {
+        self.owned = false;
+    }
+
     /// Fast shutdown (SIGTERM), waiting for the master to exit.
     pub async fn stop(mut self) {
         self.terminate();

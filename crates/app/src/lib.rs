@@ -1,0 +1,51 @@
+//! switchyard's wiring, used by both the binary and the tests.
+//!
+//! - [`settings`]: the second stage of config loading (read the file, resolve paths).
+//! - [`live`]: [`live::Live`], the real seams built from a config (Docker or processes,
+//!   nginx, SQLite, the clock) and the HTTP health prober.
+//! - [`sandbox`]: a throwaway installation (temp dir, managed nginx on free ports,
+//!   labelled containers) for the demo, the end-to-end tests and the benchmarks.
+//! - [`demo`]: `switchyard demo`. [`load`]: the load generator. [`progress`]: human output.
+
+pub mod demo;
+pub mod live;
+pub mod load;
+pub mod progress;
+pub mod sandbox;
+pub mod settings;
+
+use switchyard_engine::deploy::DeployError;
+
+/// An error with the exit code the CLI returns for it: 1 deploy failed (and traffic stayed
+/// on a healthy version), 2 bad input, 3 environment (nginx, Docker, the store).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AppError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl AppError {
+    pub fn input(message: impl Into<String>) -> AppError {
+        AppError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    pub fn environment(message: impl Into<String>) -> AppError {
+        AppError {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DeployError> for AppError {
+    fn from(e: DeployError) -> AppError {
+        AppError {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}

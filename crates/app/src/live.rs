@@ -1,0 +1,284 @@
+//! The real seams, built from a validated config: [`Live`], [`AnyRuntime`] (Docker or
+//! processes, chosen by config), [`SystemHost`] and [`HttpProber`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchyard_docker::DockerRuntime;
+use switchyard_engine::config::{ProxyMode, RuntimeChoice};
+use switchyard_engine::deploy::Deployer;
+use switchyard_engine::*;
+use switchyard_nginx::{Layout, ManagedNginx, NginxRouter, Templates};
+use switchyard_process::ProcessRuntime;
+use switchyard_store::SqliteStore;
+
+use crate::AppError;
+
+/// The runtime the config chose.
+pub enum AnyRuntime {
+    Docker(DockerRuntime),
+    Process(ProcessRuntime),
+}
+
+macro_rules! delegate {
+    ($self:ident, $r:ident => $call:expr) => {
+        match $self {
+            AnyRuntime::Docker($r) => $call,
+            AnyRuntime::Process($r) => $call,
+        }
+    };
+}
+
+impl Runtime for AnyRuntime {
+    fn kind(&self) -> &'static str {
+        delegate!(self, r => r.kind())
+    }
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        delegate!(self, r => r.start(spec).await)
+    }
+    async fn restart(&self, instance: &Instance) -> Result<Instance, RuntimeError> {
+        delegate!(self, r => r.restart(instance).await)
+    }
+    async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError> {
+        delegate!(self, r => r.status(instance).await)
+    }
+    async fn stop(&self, instance: &Instance, timeout: Duration) -> Result<(), RuntimeError> {
+        delegate!(self, r => r.stop(instance, timeout).await)
+    }
+    async fn remove(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        delegate!(self, r => r.remove(instance).await)
+    }
+    async fn logs(&self, instance: &Instance, lines: usize) -> String {
+        delegate!(self, r => r.logs(instance, lines).await)
+    }
+    async fn list(&self, service: &Name) -> Result<Vec<Instance>, RuntimeError> {
+        delegate!(self, r => r.list(service).await)
+    }
+}
+
+/// The clock and process table of this machine.
+pub struct SystemHost;
+
+impl Host for SystemHost {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    fn hostname(&self) -> String {
+        nix::unistd::gethostname()
+            .map_or_else(|_| "localhost".into(), |h| h.to_string_lossy().into_owned())
+    }
+    fn user(&self) -> String {
+        std::env::var("USER").unwrap_or_else(|_| nix::unistd::getuid().to_string())
+    }
+    fn process_alive(&self, pid: u32) -> bool {
+        let Ok(pid) = i32::try_from(pid) else {
+            return false;
+        };
+        // EPERM means it exists but belongs to someone else.
+        !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    }
+}
+
+/// Health probes over HTTP, each on a fresh connection (a pooled one could outlive the app).
+pub struct HttpProber {
+    client: reqwest::Client,
+}
+
+impl Default for HttpProber {
+    fn default() -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("a plain HTTP client builds");
+        HttpProber { client }
+    }
+}
+
+impl Prober for HttpProber {
+    async fn probe(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Probe {
+        let started = std::time::Instant::now();
+        let response = self
+            .client
+            .get(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .send()
+            .await;
+        let (ok, summary) = match response {
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                let body: String = body.trim().chars().take(200).collect();
+                (status.is_success(), format!("{} {body}", status.as_u16()))
+            }
+            Err(e) => (false, error_chain(&e)),
+        };
+        Probe {
+            ok,
+            summary,
+            latency: started.elapsed(),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// A config with its live clients.
+pub struct Live {
+    pub config: Config,
+    pub runtime: AnyRuntime,
+    pub router: NginxRouter,
+    pub store: SqliteStore,
+    pub host: SystemHost,
+    pub prober: HttpProber,
+}
+
+impl Live {
+    pub async fn open(config: Config) -> Result<Live, AppError> {
+        let state_dir = config
+            .state_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| AppError::environment(format!("creating {}: {e}", state_dir.display())))?;
+        let store = SqliteStore::open(&config.state_path)
+            .map_err(|e| AppError::environment(e.to_string()))?;
+        let runtime = match config.runtime {
+            RuntimeChoice::Docker => {
+                let docker = DockerRuntime::connect(&scope(&config.state_path))
+                    .await
+                    .map_err(|e| {
+                        AppError::environment(format!(
+                            "{e}\nhint: on a host without Docker, set [runtime] kind = \"process\""
+                        ))
+                    })?;
+                AnyRuntime::Docker(docker)
+            }
+            RuntimeChoice::Process => AnyRuntime::Process(
+                ProcessRuntime::new(state_dir.join("processes"))
+                    .map_err(|e| AppError::environment(e.to_string()))?,
+            ),
+        };
+        let layout = match &config.proxy.mode {
+            ProxyMode::Managed { prefix } => Layout::managed(&config.proxy.nginx, prefix),
+            ProxyMode::System {
+                main_conf,
+                conf_dir,
+            } => Layout::system(&config.proxy.nginx, main_conf, conf_dir),
+        };
+        let router = NginxRouter::new(layout, config.proxy.control, Templates::builtin());
+        Ok(Live {
+            config,
+            runtime,
+            router,
+            store,
+            host: SystemHost,
+            prober: HttpProber::default(),
+        })
+    }
+
+    pub fn spec(&self, service: &str) -> Result<&ServiceSpec, AppError> {
+        self.config.service(service).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .config
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            AppError::input(format!(
+                "no service {service:?} in the config (services: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// Starts the managed nginx if it is not running (and leaves it running), or checks that
+    /// the system nginx runs.
+    pub async fn ensure_nginx(&self) -> Result<(), AppError> {
+        match &self.config.proxy.mode {
+            ProxyMode::Managed { .. } => {
+                let drain = self
+                    .config
+                    .services
+                    .iter()
+                    .map(|s| s.drain_timeout)
+                    .max()
+                    .unwrap_or(Duration::from_secs(30));
+                let nginx = ManagedNginx::start(&self.router, drain)
+                    .await
+                    .map_err(|e| AppError::environment(e.to_string()))?;
+                nginx.detach();
+                Ok(())
+            }
+            ProxyMode::System { .. } => self
+                .router
+                .master()
+                .map(|_| ())
+                .map_err(|e| AppError::environment(e.to_string())),
+        }
+    }
+
+    pub fn deployer<'a>(
+        &'a self,
+        observer: &'a dyn Observer,
+    ) -> Deployer<'a, AnyRuntime, HttpProber, NginxRouter, SqliteStore, SystemHost> {
+        Deployer {
+            runtime: &self.runtime,
+            prober: &self.prober,
+            router: &self.router,
+            store: &self.store,
+            host: &self.host,
+            observer,
+        }
+    }
+
+    /// Removes every instance of every configured service (tests, the demo).
+    pub async fn remove_all(&self) -> Result<(), AppError> {
+        for spec in &self.config.services {
+            let instances = self
+                .runtime
+                .list(&spec.name)
+                .await
+                .map_err(|e| AppError::environment(e.to_string()))?;
+            for instance in instances {
+                self.runtime
+                    .remove(&instance)
+                    .await
+                    .map_err(|e| AppError::environment(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Docker label that keeps this installation's containers apart: a hash of the state
+/// database's absolute path.
+pub fn scope(state_path: &Path) -> String {
+    let absolute: PathBuf =
+        std::path::absolute(state_path).unwrap_or_else(|_| state_path.to_owned());
+    // FNV-1a: stable across Rust versions, unlike std's hasher.
+    let hash = absolute
+        .to_string_lossy()
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    format!("sy{hash:08x}")
+}

@@ -1,0 +1,776 @@
+//! A bounded HTTP load generator, used by the demo, the end-to-end tests and the benchmarks
+//! to show that no request fails while traffic moves between versions.
+//!
+//! [`Load::start`] spawns [`LoadConfig::connections`] tokio tasks. Each task owns its own
+//! `reqwest::Client` with `pool_max_idle_per_host(1)` and sends GETs one after another, so
+//! each task is one keep-alive connection (reopened when the server closes it, as a real
+//! client would). Every task stops on its own once the shared [`LoadConfig::max_requests`]
+//! budget is spent or [`LoadConfig::max_duration`] has passed, whether or not anyone calls
+//! [`Load::stop`]; dropping a [`Load`] stops it too.
+//!
+//! A request fails when it errors (connect, reset, timeout, broken body) or answers a
+//! non-2xx status. The [`LoadReport`] counts both, keeps the first [`MAX_FAILURES_KEPT`]
+//! [`Failure`]s, tallies successful responses per `x-version` header in [`VersionSeen`],
+//! and keeps one [`Sample`] (send time and latency) per successful request, at most
+//! [`MAX_SAMPLES_KEPT`] of them (32 MB), so latency can be split into steady state and
+//! during-deploy windows with [`LoadReport::percentile`]. All times are when the request
+//! was sent.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+/// How many failures a report keeps in detail; the rest are only counted.
+pub const MAX_FAILURES_KEPT: usize = 50;
+/// How many latency samples a report keeps; later successes are only counted.
+pub const MAX_SAMPLES_KEPT: usize = 4_000_000;
+/// Pause after a transport error, so a closed port is not hammered in a tight loop.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// What to load and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// An `http://` URL; each request is a GET to it.
+    pub url: String,
+    /// Concurrent keep-alive connections, one task each.
+    pub connections: usize,
+    /// Requests sent across all connections before the tasks stop.
+    pub max_requests: u64,
+    /// Time after [`Load::start`] at which the tasks stop sending.
+    pub max_duration: Duration,
+    /// Limit on one request, connect through body.
+    pub request_timeout: Duration,
+}
+
+impl LoadConfig {
+    /// 4 connections, at most 100 000 requests over at most 60 s, 5 s per request.
+    /// Change fields with struct update syntax: `LoadConfig { connections: 8, ..LoadConfig::new(url) }`.
+    pub fn new(url: impl Into<String>) -> LoadConfig {
+        LoadConfig {
+            url: url.into(),
+            connections: 4,
+            max_requests: 100_000,
+            max_duration: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One failed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// When it was sent, since [`LoadReport::started`].
+    pub at: Duration,
+    /// Which connection task sent it, `0..connections`.
+    pub connection: usize,
+    pub kind: FailureKind,
+}
+
+/// What went wrong with a [`Failure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The server answered with a non-2xx status.
+    Status { code: u16, version: Option<String> },
+    /// No complete response: the error and its sources, joined with `": "`.
+    Error(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.at.as_secs_f64();
+        write!(f, "+{at:.3}s connection {}: ", self.connection)?;
+        match &self.kind {
+            FailureKind::Status {
+                code,
+                version: Some(version),
+            } => write!(f, "HTTP {code} from version {version}"),
+            FailureKind::Status {
+                code,
+                version: None,
+            } => write!(f, "HTTP {code}"),
+            FailureKind::Error(error) => f.write_str(error),
+        }
+    }
+}
+
+/// Successful responses that carried one `x-version` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionSeen {
+    pub count: u64,
+    /// Send time of the first and last such request.
+    pub first: Instant,
+    pub last: Instant,
+}
+
+/// One successful request: when it was sent and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Milliseconds from [`LoadReport::started`] to sending.
+    pub at_ms: u32,
+    pub latency_us: u32,
+}
+
+/// Counts so far ([`Load::snapshot`]) or final ([`Load::stop`], [`Load::wait`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    pub started: Instant,
+    /// From start to the last completed request (final reports) or to the snapshot.
+    pub elapsed: Duration,
+    /// `ok + failed`: requests that completed, successfully or not.
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// The first [`MAX_FAILURES_KEPT`] failures, in the order they were recorded.
+    pub failures: Vec<Failure>,
+    /// Successful responses by their `x-version` header; those without one are not here.
+    pub by_version: BTreeMap<String, VersionSeen>,
+    /// One per successful request, up to [`MAX_SAMPLES_KEPT`], in completion order.
+    pub samples: Vec<Sample>,
+    /// Successful requests beyond [`MAX_SAMPLES_KEPT`], counted but not sampled.
+    pub samples_dropped: u64,
+    /// GETs sent again because the reused keep-alive connection they went out on was closed
+    /// before any response byte came back (see [`send_loop`]). Not failures, but reported.
+    pub retried: u64,
+}
+
+impl LoadReport {
+    /// The `p`th percentile (0–100, nearest rank) of successful requests' latency,
+    /// over requests sent in `[from, to)` when a window is given. `None` without samples.
+    pub fn percentile(&self, p: f64, window: Option<(Instant, Instant)>) -> Option<Duration> {
+        let mut latencies: Vec<u32> = self
+            .samples
+            .iter()
+            .filter(|sample| match window {
+                None => true,
+                Some((from, to)) => {
+                    let sent = self.sent_at(sample);
+                    from <= sent && sent < to
+                }
+            })
+            .map(|sample| sample.latency_us)
+            .collect();
+        if latencies.is_empty() {
+            return None;
+        }
+        latencies.sort_unstable();
+        let rank = (p.clamp(0.0, 100.0) / 100.0 * latencies.len() as f64).ceil() as usize;
+        let index = rank.clamp(1, latencies.len()) - 1;
+        Some(Duration::from_micros(u64::from(latencies[index])))
+    }
+
+    /// Completed requests per second over [`LoadReport::elapsed`].
+    pub fn requests_per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.total as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// When `sample`'s request was sent.
+    pub fn sent_at(&self, sample: &Sample) -> Instant {
+        self.started + Duration::from_millis(u64::from(sample.at_ms))
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} requests, {} ok, {} failed in {:.2}s ({:.0} req/s)",
+            self.total,
+            self.ok,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            self.requests_per_second()
+        )?;
+        if let (Some(p50), Some(p99)) = (self.percentile(50.0, None), self.percentile(99.0, None)) {
+            write!(f, ", p50 {p50:?}, p99 {p99:?}")?;
+        }
+        for (version, seen) in &self.by_version {
+            write!(f, "\n  version {version}: {} ok", seen.count)?;
+        }
+        for failure in &self.failures {
+            write!(f, "\n  failed {failure}")?;
+        }
+        let unlisted = self.failed.saturating_sub(self.failures.len() as u64);
+        if unlisted > 0 {
+            write!(f, "\n  and {unlisted} more failures")?;
+        }
+        Ok(())
+    }
+}
+
+/// Running load; see the module docs.
+#[derive(Debug)]
+pub struct Load {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// Spawns one task per connection on the current tokio runtime (panics outside one).
+    pub fn start(config: LoadConfig) -> Load {
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            started,
+            // None only when max_duration is too large to add to an Instant.
+            deadline: started.checked_add(config.max_duration),
+            max_requests: config.max_requests,
+            sent: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            tally: Mutex::new(Tally::default()),
+        });
+        let tasks = (0..config.connections)
+            .map(|connection| {
+                let shared = Arc::clone(&shared);
+                let config = config.clone();
+                tokio::spawn(async move { send_loop(connection, &config, &shared).await })
+            })
+            .collect();
+        Load { shared, tasks }
+    }
+
+    /// Counts so far, without stopping. Copies every sample, so call it now and then,
+    /// not per request.
+    pub fn snapshot(&self) -> LoadReport {
+        self.shared.report(Instant::now())
+    }
+
+    /// True once every task has stopped (budget spent, time up, or stopped).
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Tells the tasks to stop, lets requests in flight finish, and returns the final report.
+    pub async fn stop(mut self) -> LoadReport {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.join().await
+    }
+
+    /// Waits until the tasks stop on their own (budget spent or time up).
+    pub async fn wait(mut self) -> LoadReport {
+        self.join().await
+    }
+
+    async fn join(&mut self) -> LoadReport {
+        for task in std::mem::take(&mut self.tasks) {
+            if let Err(err) = task.await {
+                if err.is_panic() {
+                    std::panic::resume_unwind(err.into_panic());
+                }
+            }
+        }
+        let end = self.shared.tally().last_completed;
+        self.shared.report(end.unwrap_or_else(Instant::now))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    started: Instant,
+    deadline: Option<Instant>,
+    max_requests: u64,
+    /// Requests handed out so far; the shared budget.
+    sent: AtomicU64,
+    stop: AtomicBool,
+    tally: Mutex<Tally>,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    failures: Vec<Failure>,
+    by_version: BTreeMap<String, VersionSeen>,
+    samples: Vec<Sample>,
+    samples_dropped: u64,
+    retried: u64,
+    last_completed: Option<Instant>,
+}
+
+enum Outcome {
+    Ok { version: Option<String> },
+    Status { code: u16, version: Option<String> },
+    Error(String),
+}
+
+impl Shared {
+    fn tally(&self) -> MutexGuard<'_, Tally> {
+        // A panic while recording leaves counts that are still worth reading.
+        self.tally
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a task may send one more request, taking it from the budget if so.
+    fn take_request(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst)
+            && self
+                .deadline
+                .is_none_or(|deadline| Instant::now() < deadline)
+            && self.sent.fetch_add(1, Ordering::SeqCst) < self.max_requests
+    }
+
+    fn record(&self, connection: usize, sent: Instant, latency: Duration, outcome: Outcome) {
+        let at = sent.duration_since(self.started);
+        let mut tally = self.tally();
+        tally.last_completed = Some(Instant::now());
+        let failure = match outcome {
+            Outcome::Ok { version } => {
+                tally.ok += 1;
+                if let Some(version) = version {
+                    tally
+                        .by_version
+                        .entry(version)
+                        .and_modify(|seen| {
+                            seen.count += 1;
+                            seen.first = seen.first.min(sent);
+                            seen.last = seen.last.max(sent);
+                        })
+                        .or_insert(VersionSeen {
+                            count: 1,
+                            first: sent,
+                            last: sent,
+                        });
+                }
+                if tally.samples.len() < MAX_SAMPLES_KEPT {
+                    tally.samples.push(Sample {
+                        at_ms: saturate_u32(at.as_millis()),
+                        latency_us: saturate_u32(latency.as_micros()),
+                    });
+                } else {
+                    tally.samples_dropped += 1;
+                }
+                return;
+            }
+            Outcome::Status { code, version } => FailureKind::Status { code, version },
+            Outcome::Error(error) => FailureKind::Error(error),
+        };
+        tally.failed += 1;
+        if tally.failures.len() < MAX_FAILURES_KEPT {
+            tally.failures.push(Failure {
+                at,
+                connection,
+                kind: failure,
+            });
+        }
+    }
+
+    fn report(&self, end: Instant) -> LoadReport {
+        let tally = self.tally();
+        LoadReport {
+            started: self.started,
+            elapsed: end.saturating_duration_since(self.started),
+            total: tally.ok + tally.failed,
+            ok: tally.ok,
+            failed: tally.failed,
+            failures: tally.failures.clone(),
+            by_version: tally.by_version.clone(),
+            samples: tally.samples.clone(),
+            samples_dropped: tally.samples_dropped,
+            retried: tally.retried,
+        }
+    }
+}
+
+fn saturate_u32(value: u128) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+async fn send_loop(connection: usize, config: &LoadConfig, shared: &Shared) {
+    // One idle connection per client and requests sent one at a time: one keep-alive
+    // connection per task.
+    let client = match reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(config.request_timeout)
+        .no_proxy()
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            let error = format!("cannot build the HTTP client: {}", error_chain(&err));
+            shared.record(
+                connection,
+                Instant::now(),
+                Duration::ZERO,
+                Outcome::Error(error),
+            );
+            return;
+        }
+    };
+    // Whether the next request goes out on a connection that already carried one.
+    let mut reused = false;
+    while shared.take_request() {
+        let sent = Instant::now();
+        let mut outcome = send(&client, &config.url).await;
+        // What HTTP clients do (Go's Transport, browsers, curl): a GET sent on a reused
+        // keep-alive connection that the server closed before answering is sent once more on
+        // a fresh connection (RFC 9110 9.2.2). nginx's old workers close idle keep-alive
+        // connections the moment a reload starts, and one can cross a request in flight.
+        if reused && closed_before_response(&outcome) {
+            shared.tally().retried += 1;
+            outcome = send(&client, &config.url).await;
+        }
+        let transport_error = matches!(outcome, Outcome::Error(_));
+        reused = !transport_error;
+        shared.record(connection, sent, sent.elapsed(), outcome);
+        if transport_error {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
+    }
+}
+
+/// The connection closed before any byte of a response: hyper's "incomplete message", or
+/// a reset.
+fn closed_before_response(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Error(e) if e.contains("connection closed before message completed") || e.contains("Connection reset by peer"))
+}
+
+async fn send(client: &reqwest::Client, url: &str) -> Outcome {
+    let response = match client.get(url).send().await {
+        Ok(response) => response,
+        Err(err) => return Outcome::Error(error_chain(&err)),
+    };
+    let status = response.status();
+    let version = response
+        .headers()
+        .get("x-version")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    // Read the whole body: a broken body is a failure, and the connection is reused only
+    // once the body is consumed.
+    if let Err(err) = response.bytes().await {
+        return Outcome::Error(error_chain(&err));
+    }
+    if status.is_success() {
+        Outcome::Ok { version }
+    } else {
+        Outcome::Status {
+            code: status.as_u16(),
+            version,
+        }
+    }
+}
+
+/// reqwest's own message says only "error sending request"; the cause is in the sources.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the test server answers to its `n`th request (from 0): a status and maybe
+    /// an `x-version`, status 0 to close the connection unanswered, or `None` to never answer.
+    type Respond = fn(u64) -> Option<(u16, Option<&'static str>)>;
+
+    struct TestServer {
+        url: String,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicU64>,
+    }
+
+    /// A keep-alive HTTP/1.1 server on 127.0.0.1:0, just enough for GETs.
+    async fn test_server(respond: Respond) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (accepted, counter) = (Arc::clone(&connections), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_connection(stream, respond, Arc::clone(&counter)));
+            }
+        });
+        TestServer {
+            url: format!("http://{addr}/"),
+            connections,
+            requests,
+        }
+    }
+
+    async fn serve_connection(
+        stream: tokio::net::TcpStream,
+        respond: Respond,
+        counter: Arc<AtomicU64>,
+    ) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        loop {
+            // Request line and headers, up to the blank line; GETs carry no body.
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) if line.is_empty() => break,
+                    Ok(Some(_)) => continue,
+                    _ => return,
+                }
+            }
+            let Some((code, version)) = respond(counter.fetch_add(1, Ordering::SeqCst)) else {
+                std::future::pending::<()>().await;
+                return;
+            };
+            // Status 0: close the connection without answering, as an exiting nginx worker
+            // does to an idle keep-alive connection.
+            if code == 0 {
+                return;
+            }
+            let version = version
+                .map(|v| format!("x-version: {v}\r\n"))
+                .unwrap_or_default();
+            let response = format!("HTTP/1.1 {code} X\r\n{version}content-length: 2\r\n\r\nok");
+            if write.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn config(url: &str, connections: usize, max_requests: u64) -> LoadConfig {
+        LoadConfig {
+            connections,
+            max_requests,
+            max_duration: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(5),
+            ..LoadConfig::new(url)
+        }
+    }
+
+    fn closed_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_ok_failed_and_versions_and_stops_at_max_requests() {
+        // Every 4th request fails; the first 100 come from v1, the rest from v2.
+        let server = test_server(|n| match n {
+            n if n % 4 == 3 => Some((500, Some("v1"))),
+            n if n < 100 => Some((200, Some("v1"))),
+            _ => Some((200, Some("v2"))),
+        })
+        .await;
+        let report = Load::start(config(&server.url, 4, 200)).wait().await;
+        assert_eq!(
+            (report.total, report.ok, report.failed),
+            (200, 150, 50),
+            "{report}"
+        );
+        assert_eq!(server.requests.load(Ordering::SeqCst), 200);
+        assert_eq!(report.failures.len(), MAX_FAILURES_KEPT);
+        assert!(report.failures.iter().all(|failure| failure.kind
+            == FailureKind::Status {
+                code: 500,
+                version: Some("v1".to_string())
+            }));
+        assert_eq!(report.by_version["v1"].count, 75);
+        assert_eq!(report.by_version["v2"].count, 75);
+        assert!(report.by_version["v1"].first <= report.by_version["v2"].last);
+        assert_eq!(report.samples.len(), 150);
+        assert!(report.percentile(50.0, None).is_some());
+        assert!(report.requests_per_second() > 0.0);
+    }
+
+    #[tokio::test]
+    async fn each_task_keeps_one_keep_alive_connection() {
+        let server = test_server(|_| Some((200, None))).await;
+        let report = Load::start(config(&server.url, 3, 600)).wait().await;
+        assert_eq!(report.ok, 600, "{report}");
+        assert!(report.by_version.is_empty());
+        // Far fewer connections than requests; a reused connection can race a fresh
+        // one in hyper's pool now and then, so not exactly 3.
+        let connections = server.connections.load(Ordering::SeqCst);
+        assert!((3..=6).contains(&connections), "{connections} connections");
+    }
+
+    #[tokio::test]
+    async fn stops_at_max_duration_without_being_stopped() {
+        let server = test_server(|_| Some((200, Some("v1")))).await;
+        let load = Load::start(LoadConfig {
+            max_requests: u64::MAX,
+            max_duration: Duration::from_millis(300),
+            ..config(&server.url, 2, 0)
+        });
+        let report = tokio::time::timeout(Duration::from_secs(10), load.wait())
+            .await
+            .expect("load kept going past max_duration");
+        assert!(report.ok > 0 && report.failed == 0, "{report}");
+        assert!(report.elapsed < Duration::from_secs(5), "{report}");
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_load_early() {
+        let server = test_server(|_| Some((200, Some("v1")))).await;
+        let load = Load::start(LoadConfig {
+            max_requests: u64::MAX,
+            max_duration: Duration::from_secs(60),
+            ..config(&server.url, 2, 0)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while load.snapshot().ok < 20 {
+            assert!(Instant::now() < deadline, "{}", load.snapshot());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!load.is_finished());
+        let asked = Instant::now();
+        let report = load.stop().await;
+        assert!(asked.elapsed() < Duration::from_secs(5));
+        assert!(report.ok >= 20 && report.failed == 0, "{report}");
+        assert_eq!(report.total, server.requests.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_failures() {
+        let url = format!("http://{}/", closed_port());
+        let report = Load::start(config(&url, 1, 5)).wait().await;
+        assert_eq!(
+            (report.total, report.ok, report.failed),
+            (5, 0, 5),
+            "{report}"
+        );
+        let FailureKind::Error(error) = &report.failures[0].kind else {
+            panic!("expected a transport error: {report}");
+        };
+        assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_time_out_as_failures() {
+        let server = test_server(|_| None).await;
+        let report = Load::start(LoadConfig {
+            request_timeout: Duration::from_millis(100),
+            ..config(&server.url, 2, 4)
+        })
+        .wait()
+        .await;
+        assert_eq!((report.total, report.failed), (4, 4), "{report}");
+        let FailureKind::Error(error) = &report.failures[0].kind else {
+            panic!("expected a timeout: {report}");
+        };
+        assert!(error.contains("timed out"), "{error}");
+    }
+
+    #[test]
+    fn percentile_over_a_window() {
+        let started = Instant::now();
+        let sample = |at_ms, latency_ms: u32| Sample {
+            at_ms,
+            latency_us: latency_ms * 1000,
+        };
+        let report = LoadReport {
+            started,
+            elapsed: Duration::from_secs(4),
+            total: 8,
+            ok: 8,
+            failed: 0,
+            failures: Vec::new(),
+            by_version: BTreeMap::new(),
+            // Steady at 10 ms for the first second, then 100–400 ms during a deploy.
+            samples: vec![
+                sample(0, 10),
+                sample(250, 10),
+                sample(500, 10),
+                sample(750, 10),
+                sample(1000, 100),
+                sample(1500, 200),
+                sample(2000, 300),
+                sample(2500, 400),
+            ],
+            samples_dropped: 0,
+            retried: 0,
+        };
+        let ms = Duration::from_millis;
+        let steady = Some((started, started + ms(1000)));
+        let deploy = Some((started + ms(1000), started + ms(3000)));
+        assert_eq!(report.percentile(99.0, steady), Some(ms(10)));
+        assert_eq!(report.percentile(50.0, deploy), Some(ms(200)));
+        assert_eq!(report.percentile(100.0, deploy), Some(ms(400)));
+        assert_eq!(report.percentile(0.0, None), Some(ms(10)));
+        assert_eq!(report.percentile(50.0, None), Some(ms(10)));
+        assert_eq!(report.percentile(75.0, None), Some(ms(200)));
+        let later = Some((started + ms(5000), started + ms(6000)));
+        assert_eq!(report.percentile(50.0, later), None);
+        assert_eq!(report.requests_per_second(), 2.0);
+    }
+
+    #[test]
+    fn failure_display_names_time_connection_and_cause() {
+        let failure = Failure {
+            at: Duration::from_millis(1500),
+            connection: 3,
+            kind: FailureKind::Status {
+                code: 502,
+                version: Some("v2".to_string()),
+            },
+        };
+        assert_eq!(
+            failure.to_string(),
+            "+1.500s connection 3: HTTP 502 from version v2"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_unanswered_is_retried_not_failed() {
+        let server = test_server(|n| {
+            if n == 1 {
+                Some((0, None))
+            } else {
+                Some((200, Some("v1")))
+            }
+        })
+        .await;
+        let report = Load::start(config(&server.url, 1, 5)).wait().await;
+        assert_eq!(
+            (report.ok, report.failed, report.retried),
+            (5, 0, 1),
+            "{report:?}"
+        );
+        assert_eq!(
+            server.connections.load(Ordering::SeqCst),
+            2,
+            "the retry used a fresh connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_connection_closed_unanswered_is_a_failure() {
+        let server = test_server(|n| {
+            if n == 0 {
+                Some((0, None))
+            } else {
+                Some((200, Some("v1")))
+            }
+        })
+        .await;
+        let report = Load::start(config(&server.url, 1, 3)).wait().await;
+        assert_eq!((report.failed, report.retried), (1, 0), "{report:?}");
+    }
+}

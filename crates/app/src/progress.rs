@@ -1,0 +1,123 @@
+//! Human-readable progress for deploys: [`Progress`], an engine `Observer` that prints one
+//! line per event (health waits are summarised) and remembers when each phase happened,
+//! which the demo and the benchmarks use to measure cutover latency.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use switchyard_engine::{Event, Observer};
+
+pub struct Progress {
+    start: Instant,
+    print: bool,
+    pub healthy_at: Mutex<Option<Instant>>,
+    pub reloaded_at: Mutex<Option<Instant>>,
+    pub drained_at: Mutex<Option<Instant>>,
+    last_failure: Mutex<String>,
+}
+
+impl Progress {
+    /// `print = false` records timestamps only.
+    pub fn new(print: bool) -> Progress {
+        Progress {
+            start: Instant::now(),
+            print,
+            healthy_at: Mutex::new(None),
+            reloaded_at: Mutex::new(None),
+            drained_at: Mutex::new(None),
+            last_failure: Mutex::new(String::new()),
+        }
+    }
+
+    fn line(&self, text: String) {
+        if self.print {
+            eprintln!("  {:>6.2}s  {text}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn mark(slot: &Mutex<Option<Instant>>) {
+    *slot.lock().expect("progress lock") = Some(Instant::now());
+}
+
+impl Observer for Progress {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::Begin {
+                deployment,
+                service,
+                from,
+                to,
+                color,
+            } => {
+                let from = from.as_deref().unwrap_or("nothing");
+                self.line(format!(
+                    "deployment #{deployment}: {service} {from} -> {to} ({} slot)",
+                    color.as_str()
+                ))
+            }
+            Event::Resume { reason, .. } => self.line(format!("resuming: {reason}")),
+            Event::Started {
+                instance,
+                addr,
+                reused,
+            } => {
+                let how = if *reused { "restarted" } else { "started" };
+                self.line(format!("{how} {instance} on {addr}"))
+            }
+            // A line when a replica passes, and one per new failure text: a 60 s wait polled
+            // every 200 ms stays readable.
+            Event::Waiting {
+                instance,
+                passes,
+                needed,
+                last,
+            } => {
+                if passes == needed {
+                    self.line(format!("{instance} healthy ({needed} passes in a row)"))
+                } else if *passes == 0 {
+                    let mut seen = self.last_failure.lock().expect("progress lock");
+                    if *seen != *last {
+                        self.line(format!("{instance} not healthy yet: {last}"));
+                        *seen = last.clone();
+                    }
+                }
+            }
+            Event::Healthy { waited_ms } => {
+                mark(&self.healthy_at);
+                self.line(format!("all replicas healthy after {waited_ms} ms"))
+            }
+            Event::Reloaded {
+                generation,
+                confirm_ms,
+            } => {
+                mark(&self.reloaded_at);
+                self.line(format!(
+                    "nginx generation {generation} live (confirmed in {confirm_ms} ms)"
+                ))
+            }
+            Event::Drained {
+                waited_ms,
+                lingering,
+            } => {
+                mark(&self.drained_at);
+                match lingering {
+                    0 => self.line(format!("old nginx workers exited after {waited_ms} ms")),
+                    n => self.line(format!("{n} old nginx worker(s) still running after {waited_ms} ms (drain timeout)")),
+                }
+            }
+            Event::Stopped { instance } => {
+                self.line(format!("stopped {instance} (kept for rollback)"))
+            }
+            Event::Removed { instance } => self.line(format!("removed {instance}")),
+            Event::Done {
+                deployment,
+                outcome,
+                message,
+            } => self.line(format!(
+                "deployment #{deployment} {}: {message}",
+                outcome.as_str()
+            )),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! A throwaway switchyard installation: [`Sandbox`].
+//!
+//! A temp directory with a generated `switchyard.toml`, a managed nginx on free loopback
+//! ports, and one service `web` running the static demo-app, either as Docker containers
+//! (scratch images built on demand) or as local processes. The demo, the end-to-end tests
+//! and the benchmarks all use it. [`Sandbox::shutdown`] removes every instance and stops
+//! nginx; dropping a sandbox that was not shut down does the same, so a failing test
+//! leaves nothing behind.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use switchyard_docker::image::{build_scratch_image, ScratchImage};
+use switchyard_engine::config::RuntimeChoice;
+use switchyard_engine::deploy::DeployReport;
+use switchyard_engine::{Observer, ServiceSpec, Version};
+use switchyard_nginx::ManagedNginx;
+
+use crate::live::{AnyRuntime, Live};
+use crate::{settings, AppError};
+
+pub const SERVICE: &str = "web";
+pub const IMAGE: &str = "switchyard-demo";
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub runtime: RuntimeChoice,
+    pub replicas: u16,
+    /// The static demo-app binary.
+    pub app_binary: PathBuf,
+    /// The service's environment (demo-app knobs such as `LATENCY_MS`, `UNHEALTHY_VERSIONS`).
+    pub env: Vec<(String, String)>,
+    /// `health = { ... }` inline table contents.
+    pub health: String,
+    pub drain_timeout: String,
+}
+
+impl SandboxOptions {
+    pub fn new(runtime: RuntimeChoice, app_binary: PathBuf) -> SandboxOptions {
+        SandboxOptions {
+            runtime,
+            replicas: 1,
+            app_binary,
+            env: Vec::new(),
+            health: r#"path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s""#
+                .into(),
+            drain_timeout: "10s".into(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> SandboxOptions {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn replicas(mut self, replicas: u16) -> SandboxOptions {
+        self.replicas = replicas;
+        self
+    }
+}
+
+/// Where `scripts/build-demo-app` puts the static demo-app, or `$SWITCHYARD_DEMO_APP`.
+pub fn demo_app_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SWITCHYARD_DEMO_APP") {
+        return PathBuf::from(path);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/demo-app")
+}
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub listen: SocketAddr,
+    live: Option<Live>,
+    nginx: Option<ManagedNginx>,
+    app_binary: PathBuf,
+}
+
+/// Image tags this process has built, so each is built once.
+static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+impl Sandbox {
+    pub async fn start(options: &SandboxOptions) -> Result<Sandbox, AppError> {
+        if !options.app_binary.exists() {
+            return Err(AppError::environment(format!(
+                "demo-app binary not found at {} (build it with scripts/build-demo-app)",
+                options.app_binary.display()
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-sandbox-")
+            .tempdir()
+            .map_err(|e| AppError::environment(format!("creating a sandbox directory: {e}")))?;
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?)
+            .parse()
+            .expect("loopback address");
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, config_text(options, listen, free_port()?)).map_err(|e| {
+            AppError::environment(format!("writing {}: {e}", config_path.display()))
+        })?;
+        let live = Live::open(settings::load(&config_path)?).await?;
+        let drain = live.spec(SERVICE)?.drain_timeout;
+        let nginx = ManagedNginx::start(&live.router, drain)
+            .await
+            .map_err(|e| AppError::environment(e.to_string()))?;
+        Ok(Sandbox {
+            dir,
+            config_path,
+            listen,
+            live: Some(live),
+            nginx: Some(nginx),
+            app_binary: options.app_binary.clone(),
+        })
+    }
+
+    pub fn live(&self) -> &Live {
+        self.live
+            .as_ref()
+            .expect("a sandbox has its live clients until shutdown")
+    }
+
+    pub fn spec(&self) -> &ServiceSpec {
+        self.live()
+            .spec(SERVICE)
+            .expect("the sandbox config has the web service")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.listen)
+    }
+
+    pub fn nginx_master(&self) -> Option<u32> {
+        self.nginx.as_ref().map(|n| n.master)
+    }
+
+    /// Builds `switchyard-demo:<version>` from the demo-app binary when Docker is the runtime.
+    pub async fn ensure_image(&self, version: &str) -> Result<(), AppError> {
+        let AnyRuntime::Docker(docker) = &self.live().runtime else {
+            return Ok(());
+        };
+        let tag = format!("{IMAGE}:{version}");
+        if BUILT
+            .lock()
+            .expect("image cache")
+            .get_or_insert_with(HashSet::new)
+            .contains(&tag)
+        {
+            return Ok(());
+        }
+        let image = ScratchImage {
+            tag: &tag,
+            binary: &self.app_binary,
+            env: &[],
+            healthcheck: None,
+        };
+        build_scratch_image(docker, &image)
+            .await
+            .map_err(|e| AppError::environment(e.to_string()))?;
+        BUILT
+            .lock()
+            .expect("image cache")
+            .get_or_insert_with(HashSet::new)
+            .insert(tag);
+        Ok(())
+    }
+
+    pub async fn deploy(
+        &self,
+        version: &str,
+        observer: &dyn Observer,
+    ) -> Result<DeployReport, AppError> {
+        self.ensure_image(version).await?;
+        let version = Version::parse(version).map_err(AppError::input)?;
+        Ok(self
+            .live()
+            .deployer(observer)
+            .deploy(self.spec(), &version)
+            .await?)
+    }
+
+    pub async fn rollback(&self, observer: &dyn Observer) -> Result<DeployReport, AppError> {
+        Ok(self.live().deployer(observer).rollback(self.spec()).await?)
+    }
+
+    /// Removes every instance and stops nginx.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        let removed = match self.live.take() {
+            Some(live) => live.remove_all().await,
+            None => Ok(()),
+        };
+        if let Some(nginx) = self.nginx.take() {
+            nginx.stop().await;
+        }
+        removed
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Not shut down: a test failed or panicked. Clean up on a runtime of our own, since
+        // the caller's may be gone.
+        if let Some(live) = self.live.take() {
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(runtime) = runtime {
+                    if let Err(e) = runtime.block_on(live.remove_all()) {
+                        eprintln!("sandbox cleanup: {e}");
+                    }
+                }
+            });
+            let _ = cleanup.join();
+        }
+        // ManagedNginx stops its master when dropped.
+    }
+}
+
+fn free_port() -> Result<u16, AppError> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| AppError::environment(format!("finding a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| AppError::environment(e.to_string()))
+}
+
+fn config_text(o: &SandboxOptions, listen: SocketAddr, control: u16) -> String {
+    let (kind, source) = match o.runtime {
+        RuntimeChoice::Docker => ("docker", format!("image = \"{IMAGE}:{{version}}\"")),
+        RuntimeChoice::Process => (
+            "process",
+            format!("command = [{:?}]", o.app_binary.display().to_string()),
+        ),
+    };
+    let env: String = o
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k} = {v:?}\n"))
+        .collect();
+    format!(
+        r#"# Generated by switchyard's sandbox.
+[proxy]
+prefix = "nginx"
+control = "127.0.0.1:{control}"
+
+[state]
+path = "state/switchyard.db"
+
+[runtime]
+kind = "{kind}"
+
+[[service]]
+name = "{SERVICE}"
+listen = "{listen}"
+{source}
+port = 8080
+replicas = {replicas}
+stop_timeout = "5s"
+health = {{ {health} }}
+drain = {{ timeout = "{drain}" }}
+
+[service.env]
+{env}"#,
+        replicas = o.replicas,
+        health = o.health,
+        drain = o.drain_timeout,
+    )
+}

@@ -1,0 +1,44 @@
+//! The second stage of loading a config: [`load`] reads the file, runs the engine's
+//! validation (no IO) and resolves relative paths against the file's directory.
+
+use std::path::{Path, PathBuf};
+
+use switchyard_engine::config::ProxyMode;
+use switchyard_engine::{Config, Source};
+
+use crate::AppError;
+
+pub fn load(path: &Path) -> Result<Config, AppError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AppError::input(format!("reading {}: {e}", path.display())))?;
+    let mut config = Config::parse(&text, path).map_err(|e| AppError::input(e.to_string()))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    resolve(&mut config.state_path);
+    match &mut config.proxy.mode {
+        ProxyMode::Managed { prefix } => resolve(prefix),
+        ProxyMode::System {
+            main_conf,
+            conf_dir,
+        } => {
+            resolve(main_conf);
+            resolve(conf_dir);
+        }
+    }
+    for service in &mut config.services {
+        if let Source::Command(argv) = &mut service.source {
+            // A program named by a relative path (not a bare name found on PATH).
+            if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
+                argv[0] = base.join(&argv[0]).display().to_string();
+            }
+        }
+    }
+    Ok(config)
+}

@@ -1,0 +1,54 @@
+//! `switchyard demo`: see `switchyard_app::demo`. Exits 1 if any request failed.
+
+use std::path::PathBuf;
+
+use switchyard_app::demo::{self, DemoOptions};
+use switchyard_app::sandbox::demo_app_binary;
+use switchyard_app::AppError;
+use switchyard_engine::config::RuntimeChoice;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// The static demo-app binary (default: where scripts/build-demo-app puts it).
+    #[arg(long)]
+    app_binary: Option<PathBuf>,
+    /// docker or process (default: docker when the daemon answers).
+    #[arg(long)]
+    runtime: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 2)]
+    replicas: u16,
+    /// Backend latency of the demo-app, per request.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u32,
+}
+
+pub async fn run(args: &DemoArgs) -> Result<(), AppError> {
+    let runtime = match args.runtime.as_deref() {
+        None => None,
+        Some("docker") => Some(RuntimeChoice::Docker),
+        Some("process") => Some(RuntimeChoice::Process),
+        Some(other) => {
+            return Err(AppError::input(format!(
+                "--runtime: unknown runtime {other:?}: use docker or process"
+            )))
+        }
+    };
+    let options = DemoOptions {
+        runtime,
+        app_binary: args.app_binary.clone().unwrap_or_else(demo_app_binary),
+        connections: args.connections,
+        replicas: args.replicas,
+        latency_ms: args.latency_ms,
+    };
+    let summary = demo::run(&options).await?;
+    println!("{}", summary.table());
+    if summary.failed > 0 {
+        return Err(AppError {
+            code: 1,
+            message: format!("{} requests failed during the deploy", summary.failed),
+        });
+    }
+    Ok(())
+}

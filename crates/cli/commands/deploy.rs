@@ -1,0 +1,64 @@
+//! `switchyard deploy` and `switchyard rollback`.
+
+use switchyard_app::progress::Progress;
+use switchyard_app::AppError;
+use switchyard_engine::deploy::DeployReport;
+use switchyard_engine::Version;
+
+use super::{json, open};
+use crate::{Cli, Output};
+
+pub async fn deploy(
+    cli: &Cli,
+    service: &str,
+    version: &str,
+    strategy: Option<&str>,
+) -> Result<(), AppError> {
+    let version =
+        Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
+    if let Some(s) = strategy.filter(|s| *s != "blue-green") {
+        return Err(AppError::input(format!(
+            "--strategy: {s:?} is not available yet: use \"blue-green\""
+        )));
+    }
+    let live = open(cli).await?;
+    let spec = live.spec(service)?;
+    live.ensure_nginx().await?;
+    let progress = Progress::new(cli.output == Output::Human);
+    let report = live.deployer(&progress).deploy(spec, &version).await?;
+    print_report(cli, &report);
+    Ok(())
+}
+
+pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
+    let live = open(cli).await?;
+    let spec = live.spec(service)?;
+    live.ensure_nginx().await?;
+    let progress = Progress::new(cli.output == Output::Human);
+    let report = live.deployer(&progress).rollback(spec).await?;
+    print_report(cli, &report);
+    Ok(())
+}
+
+fn print_report(cli: &Cli, r: &DeployReport) {
+    if json(cli, r) {
+        return;
+    }
+    let from = r
+        .from
+        .as_ref()
+        .map_or("nothing".to_owned(), |v| v.to_string());
+    println!(
+        "{} {} is live ({} slot, was {from}): healthy after {} ms, reload confirmed in {} ms, old workers gone after {} ms, {} ms in all",
+        r.service,
+        r.to,
+        r.color.as_str(),
+        r.healthy_ms,
+        r.reload.confirm_ms,
+        r.drained.waited_ms,
+        r.total_ms
+    );
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+}

@@ -1,0 +1,52 @@
+//! One module per subcommand; [`run`] dispatches.
+
+pub mod demo;
+mod deploy;
+mod history;
+mod plan;
+mod status;
+mod validate;
+
+use serde::Serialize;
+use switchyard_app::live::Live;
+use switchyard_app::{settings, AppError};
+
+use crate::{Cli, Command, Output};
+
+pub async fn run(cli: &Cli) -> Result<(), AppError> {
+    match &cli.command {
+        Command::Deploy {
+            service,
+            version,
+            strategy,
+        } => deploy::deploy(cli, service, version, strategy.as_deref()).await,
+        Command::Rollback { service } => deploy::rollback(cli, service).await,
+        Command::Status { service } => status::run(cli, service.as_deref()).await,
+        Command::History { service, limit } => history::run(cli, service.as_deref(), *limit).await,
+        Command::Plan { service, version } => plan::run(cli, service, version).await,
+        Command::Validate => validate::run(cli),
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn open(cli: &Cli) -> Result<Live, AppError> {
+    Live::open(settings::load(&cli.config)?).await
+}
+
+/// Prints `value` as JSON on stdout when `--output json`; returns whether it did.
+fn json<T: Serialize>(cli: &Cli, value: &T) -> bool {
+    if cli.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("serializable")
+        );
+        return true;
+    }
+    false
+}
+
+/// `2026-11-24T22:40:01Z` from milliseconds since the epoch.
+fn timestamp(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

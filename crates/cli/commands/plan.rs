@@ -1,0 +1,58 @@
+//! `switchyard plan`: the steps a deploy would take and the nginx diff; changes nothing.
+
+use serde::Serialize;
+use similar::TextDiff;
+use switchyard_app::AppError;
+use switchyard_engine::plan::{self, Plan};
+use switchyard_engine::{ConfigDiff, Router, Store, Version};
+
+use super::{json, open};
+use crate::Cli;
+
+#[derive(Serialize)]
+struct PlanOutput {
+    #[serde(flatten)]
+    plan: Plan,
+    nginx: ConfigDiff,
+}
+
+pub async fn run(cli: &Cli, service: &str, version: &str) -> Result<(), AppError> {
+    let version =
+        Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
+    let live = open(cli).await?;
+    let spec = live.spec(service)?;
+    let record = live
+        .store
+        .service(&spec.name)
+        .map_err(|e| AppError::environment(e.to_string()))?;
+    let plan = plan::blue_green(spec, &record, &version);
+    let diff = live
+        .router
+        .preview(&plan.upstream)
+        .map_err(|e| AppError::environment(e.to_string()))?;
+    let out = PlanOutput { plan, nginx: diff };
+    if json(cli, &out) {
+        return Ok(());
+    }
+    let from = out.plan.from.as_deref().unwrap_or("nothing");
+    println!(
+        "plan: {} {from} -> {} (blue-green, {} slot)",
+        out.plan.service,
+        out.plan.to,
+        out.plan.color.as_str()
+    );
+    for (i, step) in out.plan.steps.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
+    }
+    println!(
+        "\nnginx ({}; host ports shown as :0 are allocated when replicas start):",
+        out.nginx.path
+    );
+    let diff = TextDiff::from_lines(&out.nginx.old, &out.nginx.new);
+    print!(
+        "{}",
+        diff.unified_diff()
+            .header(&out.nginx.path, &format!("{} (planned)", out.nginx.path))
+    );
+    Ok(())
+}

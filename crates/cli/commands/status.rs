@@ -1,0 +1,170 @@
+//! `switchyard status`: per service, the live version and colour, each instance with its
+//! port, runtime state and a health probe, the retained versions, the deploy lock, and an
+//! interrupted deployment if there is one (with what the next run will do about it).
+
+use serde::Serialize;
+use switchyard_app::live::Live;
+use switchyard_app::AppError;
+use switchyard_engine::deploy::LOCK_STALE_AFTER;
+use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Store};
+
+use super::{json, open};
+use crate::Cli;
+
+#[derive(Serialize)]
+struct ServiceStatus {
+    service: String,
+    listen: String,
+    version: Option<String>,
+    color: Option<String>,
+    deployment: Option<i64>,
+    instances: Vec<InstanceReport>,
+    retained: Vec<String>,
+    lock: Option<LockReport>,
+    interrupted: Option<String>,
+}
+
+#[derive(Serialize)]
+struct InstanceReport {
+    name: String,
+    addr: String,
+    state: InstanceStatus,
+    health: String,
+}
+
+#[derive(Serialize)]
+struct LockReport {
+    #[serde(flatten)]
+    lock: Lock,
+    stale: bool,
+}
+
+pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
+    let live = open(cli).await?;
+    let specs: Vec<&ServiceSpec> = match service {
+        Some(name) => vec![live.spec(name)?],
+        None => live.config.services.iter().collect(),
+    };
+    let mut all = Vec::new();
+    for spec in specs {
+        all.push(service_status(&live, spec).await?);
+    }
+    if json(cli, &all) {
+        return Ok(());
+    }
+    for s in &all {
+        print_human(s);
+    }
+    Ok(())
+}
+
+async fn service_status(live: &Live, spec: &ServiceSpec) -> Result<ServiceStatus, AppError> {
+    let env = |e: switchyard_engine::StoreError| AppError::environment(e.to_string());
+    let record = live.store.service(&spec.name).map_err(env)?;
+    let mut instances = Vec::new();
+    for instance in record.active.iter().flat_map(|s| &s.instances) {
+        let state = live
+            .runtime
+            .status(instance)
+            .await
+            .map_err(|e| AppError::environment(e.to_string()))?;
+        let probe = live
+            .prober
+            .probe(instance.addr(), &spec.health.path, spec.health.timeout)
+            .await;
+        let health = format!("{} ({} ms)", probe.summary, probe.latency.as_millis());
+        instances.push(InstanceReport {
+            name: instance.name.clone(),
+            addr: instance.addr().to_string(),
+            state,
+            health,
+        });
+    }
+    let now = live.host.now_ms();
+    let lock = live.store.lock(&spec.name).map_err(env)?.map(|lock| {
+        let stale = (lock.host == live.host.hostname() && !live.host.process_alive(lock.pid))
+            || now - lock.heartbeat_ms > LOCK_STALE_AFTER.as_millis() as i64;
+        LockReport { lock, stale }
+    });
+    let interrupted = live.store.unfinished(&spec.name).map_err(env)?.map(|(d, journal)| {
+        let last = journal.last().map_or("begin", |e| e.step.name());
+        let holder_alive = lock.as_ref().is_some_and(|l| !l.stale && l.lock.deployment == Some(d.id));
+        if holder_alive {
+            format!("deployment #{} ({} to {}) is in progress, at step `{last}`", d.id, d.kind.as_str(), d.to_version)
+        } else {
+            format!(
+                "deployment #{} ({} to {}) was interrupted after step `{last}`; the next deploy or rollback of {} finishes it first",
+                d.id,
+                d.kind.as_str(),
+                d.to_version,
+                spec.name
+            )
+        }
+    });
+    let active = record.active.as_ref();
+    Ok(ServiceStatus {
+        service: spec.name.to_string(),
+        listen: spec.listen.to_string(),
+        version: active.map(|s| s.version.to_string()),
+        color: active.map(|s| s.color.as_str().to_owned()),
+        deployment: active.map(|s| s.deployment),
+        instances,
+        retained: record
+            .retained
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({}, deployment #{})",
+                    s.version,
+                    s.color.as_str(),
+                    s.deployment
+                )
+            })
+            .collect(),
+        lock,
+        interrupted,
+    })
+}
+
+fn print_human(s: &ServiceStatus) {
+    match (&s.version, &s.color, s.deployment) {
+        (Some(v), Some(c), Some(d)) => println!(
+            "{}  {v} ({c})  deployment #{d}  listening on {}",
+            s.service, s.listen
+        ),
+        _ => println!(
+            "{}  nothing deployed yet  listening on {}",
+            s.service, s.listen
+        ),
+    }
+    for i in &s.instances {
+        let state = match &i.state {
+            InstanceStatus::Running { .. } => "running".to_owned(),
+            InstanceStatus::Exited { code } => {
+                format!("exited ({})", code.map_or("?".into(), |c| c.to_string()))
+            }
+            InstanceStatus::Missing => "missing".to_owned(),
+        };
+        println!("  {}  {}  {state}  health: {}", i.name, i.addr, i.health);
+    }
+    if !s.retained.is_empty() {
+        println!("  retained for rollback: {}", s.retained.join(", "));
+    }
+    match &s.lock {
+        None => println!("  lock: free"),
+        Some(l) => println!(
+            "  lock: held by pid {} on {} (deployment #{}){}",
+            l.lock.pid,
+            l.lock.host,
+            l.lock.deployment.map_or("?".into(), |d| d.to_string()),
+            if l.stale {
+                " — stale: the next deploy takes it over"
+            } else {
+                ""
+            }
+        ),
+    }
+    if let Some(i) = &s.interrupted {
+        println!("  {i}");
+    }
+}

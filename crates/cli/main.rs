@@ -1,0 +1,97 @@
+//! The `switchyard` binary: the CLI definition and glue. Each subcommand lives in
+//! `commands/<name>.rs` and calls into `switchyard-app`; errors become exit codes
+//! (1 deploy failed and traffic stayed on a healthy version, 2 bad input, 3 environment).
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Zero-downtime deploys of containers behind nginx, on one host"
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "switchyard.toml",
+        env = "SWITCHYARD_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Output for humans or for programs.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Deploy a version of a service with zero failed requests.
+    Deploy {
+        service: String,
+        #[arg(long)]
+        version: String,
+        /// Overrides the service's strategy for this deploy.
+        #[arg(long)]
+        strategy: Option<String>,
+    },
+    /// Bring back the previous version (kept stopped after the last deploy).
+    Rollback { service: String },
+    /// Active version, colour, instances, ports, health, lock and any interrupted deploy.
+    Status { service: Option<String> },
+    /// Past deployments, newest first.
+    History {
+        service: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// What a deploy would do, with the nginx diff; changes nothing.
+    Plan {
+        service: String,
+        #[arg(long)]
+        version: String,
+    },
+    /// Check the config file and report every problem with its line.
+    Validate,
+    /// v1 up, load running, blue-green to v2, and a summary of every request.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SWITCHYARD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(commands::run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code as u8)
+        }
+    }
+}

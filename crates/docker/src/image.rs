@@ -1,0 +1,88 @@
+//! Building `FROM scratch` images from a static binary: [`build_scratch_image`].
+//!
+//! No registry can be reached where switchyard is tested, so the demo and the tests build
+//! their images locally: a tar context holding the binary and a Dockerfile with the
+//! given environment baked in and, optionally, a HEALTHCHECK that runs the binary itself.
+
+use std::path::Path;
+
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::StreamExt;
+use switchyard_engine::RuntimeError;
+
+use crate::DockerRuntime;
+
+/// What goes into a scratch image.
+pub struct ScratchImage<'a> {
+    pub tag: &'a str,
+    /// A statically linked executable; it becomes `/app`, the entrypoint.
+    pub binary: &'a Path,
+    pub env: &'a [(&'a str, &'a str)],
+    /// Arguments to `/app` for a Docker HEALTHCHECK (`["healthcheck"]` for demo-app).
+    pub healthcheck: Option<&'a [&'a str]>,
+}
+
+pub async fn build_scratch_image(
+    runtime: &DockerRuntime,
+    image: &ScratchImage<'_>,
+) -> Result<(), RuntimeError> {
+    let fail = |message: String| RuntimeError::Failed {
+        what: format!("building image {}", image.tag),
+        message,
+    };
+    let context =
+        tar_context(image).map_err(|e| fail(format!("packing {}: {e}", image.binary.display())))?;
+    let options = BuildImageOptionsBuilder::new()
+        .t(image.tag)
+        .rm(true)
+        .forcerm(true)
+        .build();
+    let mut stream =
+        runtime
+            .docker
+            .build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| fail(e.to_string()))?;
+        if let Some(detail) = info.error_detail {
+            return Err(fail(detail.message.unwrap_or_default()));
+        }
+    }
+    Ok(())
+}
+
+fn dockerfile(image: &ScratchImage<'_>) -> String {
+    let mut text = String::from("FROM scratch\nCOPY app /app\n");
+    for (k, v) in image.env {
+        text.push_str(&format!("ENV {k}={v:?}\n"));
+    }
+    if let Some(args) = image.healthcheck {
+        let argv: Vec<String> = std::iter::once("/app")
+            .chain(args.iter().copied())
+            .map(|a| format!("{a:?}"))
+            .collect();
+        text.push_str(&format!(
+            "HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD [{}]\n",
+            argv.join(", ")
+        ));
+    }
+    text.push_str("ENTRYPOINT [\"/app\"]\n");
+    text
+}
+
+fn tar_context(image: &ScratchImage<'_>) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    // Plain ustar entries from memory: a linker's output can be sparse on disk, and the
+    // engine's tar reader rejects GNU sparse entries.
+    let binary = std::fs::read(image.binary)?;
+    for (name, data, mode) in [
+        ("Dockerfile", dockerfile(image).into_bytes(), 0o644),
+        ("app", binary, 0o755),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data.as_slice())?;
+    }
+    tar.into_inner()
+}

@@ -1,0 +1,166 @@
+//! Golden tests of the built-in templates (a set in, nginx text out, compared with
+//! `src/golden/`) and of [`Templates::with_overrides`].
+//!
+//! Refresh the goldens with `UPDATE_EXPECT=1 cargo test -p switchyard-nginx`, never by hand,
+//! and read the diff before committing it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use switchyard_engine::{Name, UpstreamSet};
+
+use super::*;
+
+/// Compares `actual` with `src/golden/<name>`, or writes it there when `UPDATE_EXPECT=1`.
+fn check_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_EXPECT").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading golden {}: {e}; create it with UPDATE_EXPECT=1",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{} differs from the rendered text; if the change is intended, refresh it with \
+         UPDATE_EXPECT=1\n--- golden\n{expected}\n--- rendered\n{actual}",
+        path.display()
+    );
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn web_set() -> UpstreamSet {
+    UpstreamSet {
+        service: Name::parse("web").unwrap(),
+        listen: addr("127.0.0.1:8080"),
+        backends: vec![addr("127.0.0.1:9001"), addr("127.0.0.1:9002")],
+    }
+}
+
+const PREFIX: &str = "/srv/switchyard/nginx";
+
+#[test]
+fn service_file_for_two_backends_matches_golden() {
+    let text = Templates::builtin().service(&web_set()).unwrap();
+    check_golden("service-web.conf", &text);
+    // What the rest of the crate relies on, whatever the golden says.
+    assert!(text.contains("upstream sy_web {"), "{text}");
+    assert!(
+        text.contains("server 127.0.0.1:9001 max_fails=0;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("server 127.0.0.1:9002 max_fails=0;"),
+        "{text}"
+    );
+    assert!(text.contains("listen 127.0.0.1:8080;"), "{text}");
+    assert!(text.contains("proxy_pass http://sy_web;"), "{text}");
+}
+
+#[test]
+fn control_file_matches_golden_and_names_its_generation() {
+    let text = Templates::builtin()
+        .control(addr("127.0.0.1:9900"), 7)
+        .unwrap();
+    check_golden("control.conf", &text);
+    // NginxRouter::disk_generation reads this comment back.
+    assert!(text.lines().any(|l| l == "# generation 7"), "{text}");
+    assert!(text.contains("listen 127.0.0.1:9900;"), "{text}");
+    assert!(text.contains("return 200 \"7\\n\";"), "{text}");
+}
+
+#[test]
+fn main_conf_matches_golden_and_includes_conf_dir_relatively() {
+    let text = Templates::builtin()
+        .main_conf(Path::new(PREFIX), Duration::from_secs(30))
+        .unwrap();
+    check_golden("nginx.conf", &text);
+    // stage::validate copies the tree and relies on the include being relative.
+    assert!(text.contains("include switchyard/*.conf;"), "{text}");
+    assert!(text.contains("worker_shutdown_timeout 30000ms;"), "{text}");
+    assert!(text.contains(PREFIX), "{text}");
+}
+
+#[test]
+fn nginx_time_keeps_milliseconds() {
+    assert_eq!(nginx_time(Duration::from_millis(1500)), "1500ms");
+    assert_eq!(nginx_time(Duration::ZERO), "0ms");
+}
+
+fn override_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn an_override_replaces_only_the_template_it_names() {
+    let dir = override_dir(&[(SERVICE, "custom {{ service }} on {{ listen }}\n")]);
+    let templates = Templates::with_overrides(dir.path()).unwrap();
+    let builtin = Templates::builtin();
+
+    assert_eq!(
+        templates.service(&web_set()).unwrap(),
+        "custom web on 127.0.0.1:8080\n"
+    );
+    let control = addr("127.0.0.1:9900");
+    assert_eq!(
+        templates.control(control, 3).unwrap(),
+        builtin.control(control, 3).unwrap()
+    );
+    let timeout = Duration::from_secs(5);
+    assert_eq!(
+        templates.main_conf(Path::new(PREFIX), timeout).unwrap(),
+        builtin.main_conf(Path::new(PREFIX), timeout).unwrap()
+    );
+}
+
+#[test]
+fn an_empty_override_dir_changes_nothing() {
+    let dir = override_dir(&[("unrelated.tera", "{{ nonsense")]);
+    let templates = Templates::with_overrides(dir.path()).unwrap();
+    assert_eq!(
+        templates.service(&web_set()).unwrap(),
+        Templates::builtin().service(&web_set()).unwrap()
+    );
+}
+
+#[test]
+fn a_broken_override_is_an_error_naming_the_file() {
+    let dir = override_dir(&[(CONTROL, "{% for x in xs %}never closed\n")]);
+    let err = match Templates::with_overrides(dir.path()) {
+        Ok(_) => panic!("a template with an unclosed for loop was accepted"),
+        Err(err) => err,
+    };
+    let path: PathBuf = dir.path().join(CONTROL);
+    assert!(
+        err.contains(&path.display().to_string()),
+        "error does not name {}: {err}",
+        path.display()
+    );
+}
+
+#[test]
+fn an_override_that_fails_to_render_is_an_error_naming_the_template() {
+    let dir = override_dir(&[(SERVICE, "listen {{ no_such_variable }};\n")]);
+    let templates = Templates::with_overrides(dir.path()).unwrap();
+    let err = templates.service(&web_set()).unwrap_err();
+    assert!(
+        err.contains(SERVICE),
+        "error does not name {SERVICE}: {err}"
+    );
+    assert!(err.contains("no_such_variable"), "{err}");
+}

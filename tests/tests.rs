@@ -1,0 +1,7 @@
+//! switchyard's integration and end-to-end tests: one binary, one module per area.
+//! Run with `cargo test --test tests`; areas needing nginx or Docker fail under `CI` when
+//! the component is missing and skip loudly elsewhere.
+
+mod support;
+
+mod nginx;
