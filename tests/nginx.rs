@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchyard_engine::{Name, Router, RouterError, UpstreamSet};
+use switchyard_engine::{Name, Reload, Router, RouterError, UpstreamSet};
 use switchyard_nginx::{procs, Layout, ManagedNginx, NginxRouter, Templates};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -232,6 +232,21 @@ impl Nginx {
         }
     }
 
+    /// Applies `backend` and waits for the old workers to exit. `apply` returns once one fresh
+    /// connection sees the new generation, but the master tells the old workers to stop
+    /// accepting only 100 ms after starting the new ones: until they are gone, a fresh
+    /// connection may still get the old config.
+    async fn apply_drained(&self, backend: &Backend) -> Reload {
+        let reload = self.router.apply(&self.set(backend)).await.unwrap();
+        let drained = self
+            .router
+            .wait_drained(&reload, DRAIN_TIMEOUT)
+            .await
+            .unwrap();
+        assert!(drained.lingering.is_empty(), "{drained:?}");
+        reload
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.router.layout.conf_dir.join(name)
     }
@@ -276,7 +291,7 @@ async fn apply_switches_traffic_and_old_workers_drain() {
     );
     let n = Nginx::start(&bin).await;
 
-    let first = n.router.apply(&n.set(&a)).await.unwrap();
+    let first = n.apply_drained(&a).await;
     assert_eq!(first.generation, 1);
     assert_eq!(n.router.live_generation().await, Ok(1));
     n.assert_serves(&a, 5).await;
@@ -328,7 +343,7 @@ async fn a_rejected_config_is_never_reloaded_and_the_old_one_keeps_serving() {
         Backend::start("backend-b").await,
     );
     let n = Nginx::start(&bin).await;
-    n.router.apply(&n.set(&a)).await.unwrap();
+    n.apply_drained(&a).await;
     let files_before = n.files();
     let workers_before = procs::workers(n.nginx.master);
 
@@ -361,9 +376,7 @@ async fn a_rejected_config_is_never_reloaded_and_the_old_one_keeps_serving() {
     n.assert_serves(&a, 10).await;
 
     // The rejected apply left nothing locked or half-written behind.
-    let reload = n.router.apply(&n.set(&b)).await.unwrap();
-    assert_eq!(reload.generation, 2);
-    n.router.wait_drained(&reload, DRAIN_TIMEOUT).await.unwrap();
+    assert_eq!(n.apply_drained(&b).await.generation, 2);
     n.assert_serves(&b, 5).await;
 }
 
@@ -379,7 +392,7 @@ async fn a_reload_that_fails_after_validation_restores_the_old_files() {
     let mut n = Nginx::start(&bin).await;
     // nginx retries a failed bind() for about 2.5 s before giving the reload up.
     n.router.confirm_timeout = Duration::from_secs(5);
-    n.router.apply(&n.set(&a)).await.unwrap();
+    n.apply_drained(&a).await;
     let files_before = n.files();
 
     // `nginx -t` does not bind listen addresses; the reload does, and this one is taken.
@@ -401,9 +414,7 @@ async fn a_reload_that_fails_after_validation_restores_the_old_files() {
     n.assert_serves(&a, 10).await;
     assert!(procs::alive(n.nginx.master));
 
-    let reload = n.router.apply(&n.set(&b)).await.unwrap();
-    assert_eq!(reload.generation, 2);
-    n.router.wait_drained(&reload, DRAIN_TIMEOUT).await.unwrap();
+    assert_eq!(n.apply_drained(&b).await.generation, 2);
     n.assert_serves(&b, 5).await;
     drop(taken);
 }
@@ -422,7 +433,7 @@ async fn preview_shows_the_live_file_and_the_rendered_one_without_writing() {
     assert_eq!(unseen.old, "", "a service never applied has no live file");
     assert!(!n.file("web.conf").exists());
 
-    n.router.apply(&n.set(&a)).await.unwrap();
+    n.apply_drained(&a).await;
     let files_before = n.files();
     let diff = n.router.preview(&n.set(&b)).unwrap();
     assert_eq!(diff.path, n.file("web.conf").display().to_string());
@@ -499,8 +510,7 @@ async fn no_request_fails_across_reloads_under_load() {
         Backend::start("backend-b").await,
     );
     let n = Nginx::start(&bin).await;
-    let reload = n.router.apply(&n.set(&a)).await.unwrap();
-    n.router.wait_drained(&reload, DRAIN_TIMEOUT).await.unwrap();
+    n.apply_drained(&a).await;
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(20);

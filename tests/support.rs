@@ -58,3 +58,28 @@ where
     }
     panic!("timed out after {timeout:?} waiting for {what}");
 }
+
+/// The static demo-app binary, built by `scripts/build-demo-app`.
+pub fn require_demo_app() -> Option<PathBuf> {
+    let path = switchyard_app::sandbox::demo_app_binary();
+    require(path.exists(), &format!("the static demo-app at {} (scripts/build-demo-app)", path.display())).then_some(path)
+}
+
+/// Whether the Docker engine answers.
+pub async fn require_docker() -> bool {
+    let reachable = switchyard_docker::DockerRuntime::connect("probe").await;
+    if let Err(e) = &reachable {
+        eprintln!("docker: {e}");
+    }
+    require(reachable.is_ok(), "a reachable Docker engine")
+}
+
+/// Everything an end-to-end test of `runtime` needs; None (after a loud skip) if missing.
+pub async fn require_e2e(runtime: switchyard_engine::config::RuntimeChoice) -> Option<PathBuf> {
+    require_nginx()?;
+    let app = require_demo_app()?;
+    if runtime == switchyard_engine::config::RuntimeChoice::Docker && !require_docker().await {
+        return None;
+    }
+    Some(app)
+}

@@ -4,4 +4,6 @@
 
 mod support;
 
+mod cli;
+mod e2e;
 mod nginx;

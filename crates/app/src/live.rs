@@ -119,7 +119,8 @@ impl Prober for HttpProber {
                 let body: String = body.trim().chars().take(200).collect();
                 (status.is_success(), format!("{} {body}", status.as_u16()))
             }
-            Err(e) => (false, error_chain(&e)),
+            Err(e) if e.is_timeout() => (false, format!("no answer within {timeout:?}")),
+            Err(e) => (false, root_cause(&e)),
         };
         Probe {
             ok,
@@ -129,14 +130,13 @@ impl Prober for HttpProber {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
+/// The innermost error: "Connection refused (os error 111)" rather than reqwest's layers.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
     }
-    text
+    cause.to_string()
 }
 
 /// A config with its live clients.

@@ -1,0 +1,228 @@
+//! The `switchyard` binary, end to end: exit codes, validation messages, plan, status,
+//! history, rollback, and a deploy killed with SIGKILL mid-way that the next deploy
+//! completes. Services run as local processes behind the nginx the CLI starts itself;
+//! a load runs through every deploy and no request may fail.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use switchyard_app::live::Live;
+use switchyard_app::load::{Load, LoadConfig, LoadReport};
+use switchyard_app::settings;
+use switchyard_engine::{Name, Store};
+use switchyard_store::SqliteStore;
+
+use crate::support::{eventually, free_port, require_demo_app, require_nginx};
+
+/// A config directory used through the CLI; dropping it stops the nginx the CLI started and
+/// removes every process it deployed.
+struct Project {
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+}
+
+impl Project {
+    fn new(app: &Path, env: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            r#"[proxy]
+prefix = "nginx"
+control = "127.0.0.1:{control}"
+
+[state]
+path = "state/switchyard.db"
+
+[runtime]
+kind = "process"
+
+[[service]]
+name = "web"
+listen = "{listen}"
+command = [{app:?}]
+replicas = 2
+stop_timeout = "5s"
+health = {{ path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s" }}
+drain = {{ timeout = "10s" }}
+env = {{ LATENCY_MS = "5" {env} }}
+"#,
+            control = free_port(),
+            app = app.display().to_string(),
+        );
+        std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+        Project { dir, listen }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("--config").arg(self.config()).args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn load(&self) -> Load {
+        let mut config = LoadConfig::new(format!("http://{}/", self.listen));
+        config.connections = 16;
+        config.max_requests = 1_000_000;
+        config.max_duration = Duration::from_secs(60);
+        Load::start(config)
+    }
+
+    fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.dir.path().join("state/switchyard.db")).unwrap()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let config = self.config();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(live) = Live::open(settings::load(&config).unwrap()).await {
+                    let _ = live.remove_all().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+        let pid_file = self.dir.path().join("nginx/logs/nginx.pid");
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+}
+
+fn assert_no_failures(report: &LoadReport) {
+    assert_eq!(report.failed, 0, "failed requests while traffic moved:\n{report}");
+    assert!(report.ok > 50, "the load ran: {report}");
+}
+
+#[test]
+fn bad_config_is_rejected_with_file_line_and_field_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, "[proxy]\nprefix = \"nginx\"\n\n[[service]]\nname = \"web;\"\nlisten = \"127.0.0.1:80\"\nimage = \"x:{version}\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("--config").arg(&path).arg("validate").output().unwrap();
+    assert_exit(&out, 2);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{}:5:8: service.name: invalid name \"web;\"", path.display())), "{stderr}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["--config", "/nonexistent/switchyard.toml", "validate"]).output().unwrap();
+    assert_exit(&missing, 2);
+    assert!(text(&missing.stderr).contains("reading /nonexistent/switchyard.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_status_plan_history_and_rollback_through_the_cli() {
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else { return };
+    let project = Project::new(&app, "");
+    assert_exit(&project.run(&["validate"]), 0);
+
+    let plan = project.run(&["plan", "web", "--version", "v1"]);
+    assert_exit(&plan, 0);
+    let plan = text(&plan.stdout);
+    assert!(plan.contains("plan: web nothing -> v1 (blue-green, blue slot)"), "{plan}");
+    assert!(plan.contains("+    server 127.0.0.1:0 max_fails=0;"), "{plan}");
+
+    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    let load = project.load();
+    let deployed = project.run(&["deploy", "web", "--version", "v2"]);
+    assert_exit(&deployed, 0);
+    assert!(text(&deployed.stdout).contains("web v2 is live (green slot, was v1)"), "{}", text(&deployed.stdout));
+
+    let status = project.run(&["status", "--output", "json"]);
+    assert_exit(&status, 0);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status[0]["version"], "v2");
+    assert_eq!(status[0]["color"], "green");
+    let instances = status[0]["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    assert!(instances.iter().all(|i| i["health"].as_str().unwrap().starts_with("200 ok")), "{status}");
+    assert_eq!(status[0]["lock"], serde_json::Value::Null);
+
+    let plan = text(&project.run(&["plan", "web", "--version", "v3"]).stdout);
+    assert!(plan.contains("stop web v2 (green slot, 2 instance(s))"), "{plan}");
+    assert!(plan.contains(&format!("-    server 127.0.0.1:{}", instances[0]["addr"].as_str().unwrap().rsplit(':').next().unwrap())), "{plan}");
+
+    let rollback = project.run(&["rollback", "web"]);
+    assert_exit(&rollback, 0);
+    assert!(text(&rollback.stdout).contains("web v1 is live (blue slot, was v2)"));
+    let report = load.stop().await;
+    assert_no_failures(&report);
+    assert!(report.by_version.contains_key("v1") && report.by_version.contains_key("v2"), "{report}");
+
+    let history = project.run(&["history", "--output", "json"]);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let rows: Vec<(String, String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["kind"].as_str().unwrap().into(), d["to_version"].as_str().unwrap().into(), d["outcome"].as_str().unwrap().into()))
+        .collect();
+    let expected = [("rollback", "v1"), ("deploy", "v2"), ("deploy", "v1")].map(|(k, v)| (k.to_owned(), v.to_owned(), "succeeded".to_owned()));
+    assert_eq!(rows, expected);
+
+    let refused = project.run(&["deploy", "web", "--version", "v3", "--strategy", "canary"]);
+    assert_exit(&refused, 2);
+    let bad_version = project.run(&["deploy", "web", "--version", "v3;rm"]);
+    assert_exit(&bad_version, 2);
+    assert!(text(&bad_version.stderr).contains("--version: invalid version"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_next_deploy() {
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else { return };
+    // Slow starts keep the deploy in its health wait long enough to kill it there.
+    let project = Project::new(&app, r#", START_DELAY_MS = "2000""#);
+    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    let load = project.load();
+    let mut child = project.command(&["deploy", "web", "--version", "v2"]).spawn().unwrap();
+    let store = project.store();
+    let name = Name::parse("web").unwrap();
+    eventually(Duration::from_secs(15), "the deploy to reach its health wait", || async {
+        store.unfinished(&name).unwrap().is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "wait_healthy"))
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL: no cleanup runs.
+    child.wait().unwrap();
+
+    let status = project.run(&["status"]);
+    assert_exit(&status, 0);
+    let status = text(&status.stdout);
+    assert!(status.contains("(deploy to v2) was interrupted after step `wait_healthy`"), "{status}");
+    assert!(status.contains("stale: the next deploy takes it over"), "{status}");
+    assert!(status.contains("v1 (blue)"), "{status}");
+
+    let redeploy = project.run(&["deploy", "web", "--version", "v2"]);
+    assert_exit(&redeploy, 0);
+    assert!(text(&redeploy.stderr).contains("resuming: deployment #2 (deploy to v2) was interrupted"), "{}", text(&redeploy.stderr));
+    let report = load.stop().await;
+    assert_no_failures(&report);
+
+    let history = store.history(None, 10).unwrap();
+    let outcomes: Vec<&str> = history.iter().map(|d| d.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["succeeded", "failed", "succeeded"]);
+    // The killed deployment's replicas were removed; v1 is retained, v2 active.
+    let live = Live::open(settings::load(&project.config()).unwrap()).await.unwrap();
+    let instances = switchyard_engine::Runtime::list(&live.runtime, &name).await.unwrap();
+    let mut deployments: Vec<i64> = instances.iter().map(|i| i.deployment).collect();
+    deployments.sort();
+    assert_eq!(deployments, [1, 1, 3, 3], "{instances:#?}");
+}
