@@ -86,7 +86,10 @@ impl Drop for Project {
     fn drop(&mut self) {
         let config = self.config();
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
                 if let Ok(live) = Live::open(settings::load(&config).unwrap()).await {
                     let _ = live.remove_all().await;
@@ -95,8 +98,14 @@ impl Drop for Project {
         });
         let _ = cleanup.join();
         let pid_file = self.dir.path().join("nginx/logs/nginx.pid");
-        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        if let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
 }
@@ -107,11 +116,20 @@ fn text(out: &[u8]) -> String {
 
 #[track_caller]
 fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(out.status.code(), Some(code), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 fn assert_no_failures(report: &LoadReport) {
-    assert_eq!(report.failed, 0, "failed requests while traffic moved:\n{report}");
+    assert_eq!(
+        report.failed, 0,
+        "failed requests while traffic moved:\n{report}"
+    );
     assert!(report.ok > 50, "the load ran: {report}");
 }
 
@@ -120,32 +138,58 @@ fn bad_config_is_rejected_with_file_line_and_field_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, "[proxy]\nprefix = \"nginx\"\n\n[[service]]\nname = \"web;\"\nlisten = \"127.0.0.1:80\"\nimage = \"x:{version}\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("--config").arg(&path).arg("validate").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&path)
+        .arg("validate")
+        .output()
+        .unwrap();
     assert_exit(&out, 2);
     let stderr = text(&out.stderr);
-    assert!(stderr.contains(&format!("{}:5:8: service.name: invalid name \"web;\"", path.display())), "{stderr}");
-    let missing = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["--config", "/nonexistent/switchyard.toml", "validate"]).output().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "{}:5:8: service.name: invalid name \"web;\"",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    let missing = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--config", "/nonexistent/switchyard.toml", "validate"])
+        .output()
+        .unwrap();
     assert_exit(&missing, 2);
     assert!(text(&missing.stderr).contains("reading /nonexistent/switchyard.toml"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_status_plan_history_and_rollback_through_the_cli() {
-    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else { return };
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
     let project = Project::new(&app, "");
     assert_exit(&project.run(&["validate"]), 0);
 
     let plan = project.run(&["plan", "web", "--version", "v1"]);
     assert_exit(&plan, 0);
     let plan = text(&plan.stdout);
-    assert!(plan.contains("plan: web nothing -> v1 (blue-green, blue slot)"), "{plan}");
-    assert!(plan.contains("+    server 127.0.0.1:0 max_fails=0;"), "{plan}");
+    assert!(
+        plan.contains("plan: web nothing -> v1 (blue-green, blue slot)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("+    server 127.0.0.1:0 max_fails=0;"),
+        "{plan}"
+    );
 
     assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
     let load = project.load();
     let deployed = project.run(&["deploy", "web", "--version", "v2"]);
     assert_exit(&deployed, 0);
-    assert!(text(&deployed.stdout).contains("web v2 is live (green slot, was v1)"), "{}", text(&deployed.stdout));
+    assert!(
+        text(&deployed.stdout).contains("web v2 is live (green slot, was v1)"),
+        "{}",
+        text(&deployed.stdout)
+    );
 
     let status = project.run(&["status", "--output", "json"]);
     assert_exit(&status, 0);
@@ -154,19 +198,41 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
     assert_eq!(status[0]["color"], "green");
     let instances = status[0]["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 2);
-    assert!(instances.iter().all(|i| i["health"].as_str().unwrap().starts_with("200 ok")), "{status}");
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["health"].as_str().unwrap().starts_with("200 ok")),
+        "{status}"
+    );
     assert_eq!(status[0]["lock"], serde_json::Value::Null);
 
     let plan = text(&project.run(&["plan", "web", "--version", "v3"]).stdout);
-    assert!(plan.contains("stop web v2 (green slot, 2 instance(s))"), "{plan}");
-    assert!(plan.contains(&format!("-    server 127.0.0.1:{}", instances[0]["addr"].as_str().unwrap().rsplit(':').next().unwrap())), "{plan}");
+    assert!(
+        plan.contains("stop web v2 (green slot, 2 instance(s))"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "-    server 127.0.0.1:{}",
+            instances[0]["addr"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+        )),
+        "{plan}"
+    );
 
     let rollback = project.run(&["rollback", "web"]);
     assert_exit(&rollback, 0);
     assert!(text(&rollback.stdout).contains("web v1 is live (blue slot, was v2)"));
     let report = load.stop().await;
     assert_no_failures(&report);
-    assert!(report.by_version.contains_key("v1") && report.by_version.contains_key("v2"), "{report}");
+    assert!(
+        report.by_version.contains_key("v1") && report.by_version.contains_key("v2"),
+        "{report}"
+    );
 
     let history = project.run(&["history", "--output", "json"]);
     let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
@@ -174,9 +240,16 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["kind"].as_str().unwrap().into(), d["to_version"].as_str().unwrap().into(), d["outcome"].as_str().unwrap().into()))
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().into(),
+                d["to_version"].as_str().unwrap().into(),
+                d["outcome"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    let expected = [("rollback", "v1"), ("deploy", "v2"), ("deploy", "v1")].map(|(k, v)| (k.to_owned(), v.to_owned(), "succeeded".to_owned()));
+    let expected = [("rollback", "v1"), ("deploy", "v2"), ("deploy", "v1")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned(), "succeeded".to_owned()));
     assert_eq!(rows, expected);
 
     let refused = project.run(&["deploy", "web", "--version", "v3", "--strategy", "canary"]);
@@ -188,17 +261,29 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_next_deploy() {
-    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else { return };
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
     // Slow starts keep the deploy in its health wait long enough to kill it there.
     let project = Project::new(&app, r#", START_DELAY_MS = "2000""#);
     assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
     let load = project.load();
-    let mut child = project.command(&["deploy", "web", "--version", "v2"]).spawn().unwrap();
+    let mut child = project
+        .command(&["deploy", "web", "--version", "v2"])
+        .spawn()
+        .unwrap();
     let store = project.store();
     let name = Name::parse("web").unwrap();
-    eventually(Duration::from_secs(15), "the deploy to reach its health wait", || async {
-        store.unfinished(&name).unwrap().is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "wait_healthy"))
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the deploy to reach its health wait",
+        || async {
+            store
+                .unfinished(&name)
+                .unwrap()
+                .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "wait_healthy"))
+        },
+    )
     .await;
     child.kill().unwrap(); // SIGKILL: no cleanup runs.
     child.wait().unwrap();
@@ -206,13 +291,23 @@ async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_nex
     let status = project.run(&["status"]);
     assert_exit(&status, 0);
     let status = text(&status.stdout);
-    assert!(status.contains("(deploy to v2) was interrupted after step `wait_healthy`"), "{status}");
-    assert!(status.contains("stale: the next deploy takes it over"), "{status}");
+    assert!(
+        status.contains("(deploy to v2) was interrupted after step `wait_healthy`"),
+        "{status}"
+    );
+    assert!(
+        status.contains("stale: the next deploy takes it over"),
+        "{status}"
+    );
     assert!(status.contains("v1 (blue)"), "{status}");
 
     let redeploy = project.run(&["deploy", "web", "--version", "v2"]);
     assert_exit(&redeploy, 0);
-    assert!(text(&redeploy.stderr).contains("resuming: deployment #2 (deploy to v2) was interrupted"), "{}", text(&redeploy.stderr));
+    assert!(
+        text(&redeploy.stderr).contains("resuming: deployment #2 (deploy to v2) was interrupted"),
+        "{}",
+        text(&redeploy.stderr)
+    );
     let report = load.stop().await;
     assert_no_failures(&report);
 
@@ -220,8 +315,12 @@ async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_nex
     let outcomes: Vec<&str> = history.iter().map(|d| d.outcome.as_str()).collect();
     assert_eq!(outcomes, ["succeeded", "failed", "succeeded"]);
     // The killed deployment's replicas were removed; v1 is retained, v2 active.
-    let live = Live::open(settings::load(&project.config()).unwrap()).await.unwrap();
-    let instances = switchyard_engine::Runtime::list(&live.runtime, &name).await.unwrap();
+    let live = Live::open(settings::load(&project.config()).unwrap())
+        .await
+        .unwrap();
+    let instances = switchyard_engine::Runtime::list(&live.runtime, &name)
+        .await
+        .unwrap();
     let mut deployments: Vec<i64> = instances.iter().map(|i| i.deployment).collect();
     deployments.sort();
     assert_eq!(deployments, [1, 1, 3, 3], "{instances:#?}");

@@ -16,9 +16,16 @@ use crate::support::{eventually, require_e2e};
 
 const CONNECTIONS: usize = 32;
 
-async fn sandbox(runtime: RuntimeChoice, configure: impl FnOnce(SandboxOptions) -> SandboxOptions) -> Option<Sandbox> {
+async fn sandbox(
+    runtime: RuntimeChoice,
+    configure: impl FnOnce(SandboxOptions) -> SandboxOptions,
+) -> Option<Sandbox> {
     let app = require_e2e(runtime).await?;
-    let options = configure(SandboxOptions::new(runtime, app).replicas(2).env("LATENCY_MS", "5"));
+    let options = configure(
+        SandboxOptions::new(runtime, app)
+            .replicas(2)
+            .env("LATENCY_MS", "5"),
+    );
     Some(Sandbox::start(&options).await.expect("sandbox starts"))
 }
 
@@ -32,38 +39,73 @@ fn load(sandbox: &Sandbox) -> Load {
 
 /// Waits until the load has seen `n` responses from `version`.
 async fn responses_from(load: &Load, version: &str, n: u64) {
-    eventually(Duration::from_secs(20), &format!("{n} responses from {version}"), || async {
-        load.snapshot().by_version.get(version).is_some_and(|v| v.count >= n)
-    })
+    eventually(
+        Duration::from_secs(20),
+        &format!("{n} responses from {version}"),
+        || async {
+            load.snapshot()
+                .by_version
+                .get(version)
+                .is_some_and(|v| v.count >= n)
+        },
+    )
     .await;
 }
 
 fn assert_no_failures(report: &LoadReport) {
-    assert_eq!(report.failed, 0, "failed requests while traffic moved:\n{report}");
+    assert_eq!(
+        report.failed, 0,
+        "failed requests while traffic moved:\n{report}"
+    );
     assert!(report.ok > 100, "the load ran: {report}");
 }
 
 fn active_version(sandbox: &Sandbox) -> Option<String> {
     let name = Name::parse(SERVICE).unwrap();
-    sandbox.live().store.service(&name).unwrap().active.map(|s| s.version.to_string())
+    sandbox
+        .live()
+        .store
+        .service(&name)
+        .unwrap()
+        .active
+        .map(|s| s.version.to_string())
 }
 
 async fn blue_green_under_load(runtime: RuntimeChoice) {
-    let Some(sandbox) = sandbox(runtime, |o| o).await else { return };
-    sandbox.deploy("v1", &Progress::new(false)).await.expect("v1 deploys");
+    let Some(sandbox) = sandbox(runtime, |o| o).await else {
+        return;
+    };
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
     let load = load(&sandbox);
     responses_from(&load, "v1", 200).await;
-    sandbox.deploy("v2", &Progress::new(false)).await.expect("v2 deploys");
+    sandbox
+        .deploy("v2", &Progress::new(false))
+        .await
+        .expect("v2 deploys");
     let flipped = Instant::now();
     responses_from(&load, "v2", 200).await;
     let report = load.stop().await;
     assert_no_failures(&report);
     let (v1, v2) = (&report.by_version["v1"], &report.by_version["v2"]);
-    assert!(v1.last <= flipped, "no request sent after the deploy returned was answered by v1");
-    assert!(v2.first < flipped, "v2 answered before the deploy returned (traffic moved, then old stopped)");
+    assert!(
+        v1.last <= flipped,
+        "no request sent after the deploy returned was answered by v1"
+    );
+    assert!(
+        v2.first < flipped,
+        "v2 answered before the deploy returned (traffic moved, then old stopped)"
+    );
     assert_eq!(active_version(&sandbox).as_deref(), Some("v2"));
     // v1 is kept, stopped, for rollback; nothing else is left behind.
-    let instances = sandbox.live().runtime.list(&Name::parse(SERVICE).unwrap()).await.unwrap();
+    let instances = sandbox
+        .live()
+        .runtime
+        .list(&Name::parse(SERVICE).unwrap())
+        .await
+        .unwrap();
     let mut versions: Vec<String> = instances.iter().map(|i| i.version.to_string()).collect();
     versions.sort();
     assert_eq!(versions, ["v1", "v1", "v2", "v2"]);
@@ -82,27 +124,49 @@ async fn process_blue_green_under_load_fails_no_request() {
 
 async fn unhealthy_version_gets_no_traffic(runtime: RuntimeChoice) {
     let Some(sandbox) = sandbox(runtime, |mut o| {
-        o.health = r#"path = "/health", interval = "100ms", healthy_after = 2, deadline = "3s""#.into();
+        o.health =
+            r#"path = "/health", interval = "100ms", healthy_after = 2, deadline = "3s""#.into();
         o.env("UNHEALTHY_VERSIONS", "v2")
     })
     .await
     else {
         return;
     };
-    sandbox.deploy("v1", &Progress::new(false)).await.expect("v1 deploys");
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
     let load = load(&sandbox);
     responses_from(&load, "v1", 200).await;
-    let err = sandbox.deploy("v2", &Progress::new(false)).await.expect_err("v2 never becomes healthy");
+    let err = sandbox
+        .deploy("v2", &Progress::new(false))
+        .await
+        .expect_err("v2 never becomes healthy");
     assert_eq!(err.code, 1, "{err}");
     assert!(err.message.contains("traffic stays on v1"), "{err}");
-    assert!(err.message.contains("last health response: 503 unhealthy: HEALTH_FAIL is set"), "{err}");
+    assert!(
+        err.message
+            .contains("last health response: 503 unhealthy: HEALTH_FAIL is set"),
+        "{err}"
+    );
     responses_from(&load, "v1", 400).await;
     let report = load.stop().await;
     assert_no_failures(&report);
-    assert!(!report.by_version.contains_key("v2"), "v2 got no traffic: {report}");
+    assert!(
+        !report.by_version.contains_key("v2"),
+        "v2 got no traffic: {report}"
+    );
     assert_eq!(active_version(&sandbox).as_deref(), Some("v1"));
-    let instances = sandbox.live().runtime.list(&Name::parse(SERVICE).unwrap()).await.unwrap();
-    assert!(instances.iter().all(|i| i.version.as_str() == "v1"), "v2 instances removed: {instances:?}");
+    let instances = sandbox
+        .live()
+        .runtime
+        .list(&Name::parse(SERVICE).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        instances.iter().all(|i| i.version.as_str() == "v1"),
+        "v2 instances removed: {instances:?}"
+    );
     sandbox.shutdown().await.unwrap();
 }
 
@@ -117,18 +181,32 @@ async fn process_unhealthy_version_gets_no_traffic() {
 }
 
 async fn rollback_under_load(runtime: RuntimeChoice) {
-    let Some(sandbox) = sandbox(runtime, |o| o).await else { return };
-    sandbox.deploy("v1", &Progress::new(false)).await.expect("v1 deploys");
-    sandbox.deploy("v2", &Progress::new(false)).await.expect("v2 deploys");
+    let Some(sandbox) = sandbox(runtime, |o| o).await else {
+        return;
+    };
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    sandbox
+        .deploy("v2", &Progress::new(false))
+        .await
+        .expect("v2 deploys");
     let load = load(&sandbox);
     responses_from(&load, "v2", 200).await;
-    let report = sandbox.rollback(&Progress::new(false)).await.expect("rollback succeeds");
+    let report = sandbox
+        .rollback(&Progress::new(false))
+        .await
+        .expect("rollback succeeds");
     assert_eq!(report.to.as_str(), "v1");
     let rolled_back = Instant::now();
     responses_from(&load, "v1", 200).await;
     let traffic = load.stop().await;
     assert_no_failures(&traffic);
-    assert!(traffic.by_version["v2"].last <= rolled_back, "v2 stopped answering once the rollback returned");
+    assert!(
+        traffic.by_version["v2"].last <= rolled_back,
+        "v2 stopped answering once the rollback returned"
+    );
     assert_eq!(active_version(&sandbox).as_deref(), Some("v1"));
     sandbox.shutdown().await.unwrap();
 }
@@ -146,28 +224,50 @@ async fn process_rollback_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_concurrent_deploy_is_refused_and_the_first_completes() {
     // START_DELAY_MS keeps the first deploy in its health wait long enough to collide.
-    let Some(sandbox) = sandbox(RuntimeChoice::Process, |o| o.env("START_DELAY_MS", "1500")).await else { return };
-    sandbox.deploy("v1", &Progress::new(false)).await.expect("v1 deploys");
+    let Some(sandbox) = sandbox(RuntimeChoice::Process, |o| o.env("START_DELAY_MS", "1500")).await
+    else {
+        return;
+    };
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
     // A second process would open its own connection to the store: so does this.
-    let other = Live::open(settings::load(&sandbox.config_path).unwrap()).await.unwrap();
+    let other = Live::open(settings::load(&sandbox.config_path).unwrap())
+        .await
+        .unwrap();
     let name = Name::parse(SERVICE).unwrap();
     let load = load(&sandbox);
     let quiet = Progress::new(false);
     let first = sandbox.deploy("v2", &quiet);
     let second = async {
-        eventually(Duration::from_secs(10), "the first deploy to take the lock", || async {
-            other.store.lock(&name).unwrap().is_some_and(|l| l.deployment.is_some())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the first deploy to take the lock",
+            || async {
+                other
+                    .store
+                    .lock(&name)
+                    .unwrap()
+                    .is_some_and(|l| l.deployment.is_some())
+            },
+        )
         .await;
         let spec = other.spec(SERVICE).unwrap();
-        other.deployer(&Progress::new(false)).deploy(spec, &Version::parse("v3").unwrap()).await
+        other
+            .deployer(&Progress::new(false))
+            .deploy(spec, &Version::parse("v3").unwrap())
+            .await
     };
     let (first, second) = tokio::join!(first, second);
     first.expect("the first deploy completes");
     let refused = second.expect_err("the second deploy is refused");
     assert_eq!(refused.exit_code(), 2);
     let message = refused.to_string();
-    assert!(message.starts_with("deploy of web refused: another deploy holds the lock (pid"), "{message}");
+    assert!(
+        message.starts_with("deploy of web refused: another deploy holds the lock (pid"),
+        "{message}"
+    );
     let traffic = load.stop().await;
     assert_no_failures(&traffic);
     assert_eq!(active_version(&sandbox).as_deref(), Some("v2"));

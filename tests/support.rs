@@ -62,7 +62,14 @@ where
 /// The static demo-app binary, built by `scripts/build-demo-app`.
 pub fn require_demo_app() -> Option<PathBuf> {
     let path = switchyard_app::sandbox::demo_app_binary();
-    require(path.exists(), &format!("the static demo-app at {} (scripts/build-demo-app)", path.display())).then_some(path)
+    require(
+        path.exists(),
+        &format!(
+            "the static demo-app at {} (scripts/build-demo-app)",
+            path.display()
+        ),
+    )
+    .then_some(path)
 }
 
 /// Whether the Docker engine answers.
