@@ -274,3 +274,154 @@ async fn a_second_concurrent_deploy_is_refused_and_the_first_completes() {
     assert!(other.store.lock(&name).unwrap().is_none(), "lock released");
     sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_healthcheck_is_waited_for_and_an_unhealthy_one_fails_fast() {
+    let Some(sandbox) = sandbox(RuntimeChoice::Docker, |mut o| {
+        o.docker_healthcheck = true;
+        o.health =
+            r#"path = "/health", interval = "100ms", healthy_after = 2, deadline = "30s""#.into();
+        o.env("UNHEALTHY_VERSIONS", "v2")
+    })
+    .await
+    else {
+        return;
+    };
+    let v1 = sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    // Our own probe passes within ~200 ms; Docker's first check runs after its 1 s interval.
+    assert!(
+        v1.healthy_ms >= 500,
+        "waited for Docker's HEALTHCHECK: {} ms",
+        v1.healthy_ms
+    );
+    let load = load(&sandbox);
+    responses_from(&load, "v1", 200).await;
+    let started = Instant::now();
+    let err = sandbox
+        .deploy("v2", &Progress::new(false))
+        .await
+        .expect_err("v2 is unhealthy");
+    assert!(
+        err.message
+            .contains("is unhealthy by its Docker HEALTHCHECK"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "failed before the 30 s deadline"
+    );
+    let report = load.stop().await;
+    assert_no_failures(&report);
+    assert!(!report.by_version.contains_key("v2"), "{report}");
+    sandbox.shutdown().await.unwrap();
+}
+
+/// An nginx started from a main config the way a distribution's would be (absolute paths,
+/// `include switchyard/*.conf;` inside `http`), stopped on drop.
+struct SystemNginx {
+    dir: tempfile::TempDir,
+}
+
+impl SystemNginx {
+    fn start(nginx: &std::path::Path) -> SystemNginx {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["etc/switchyard", "run", "log", "tmp"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let r = root.display();
+        let main = format!(
+            "pid {r}/run/nginx.pid;\nerror_log {r}/log/error.log;\nworker_shutdown_timeout 10s;\nevents {{}}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {r}/tmp/body;\n    proxy_temp_path {r}/tmp/proxy;\n    \
+             fastcgi_temp_path {r}/tmp/fastcgi;\n    uwsgi_temp_path {r}/tmp/uwsgi;\n    scgi_temp_path {r}/tmp/scgi;\n    \
+             include switchyard/*.conf;\n}}\n"
+        );
+        std::fs::write(root.join("etc/nginx.conf"), main).unwrap();
+        let status = std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(root.join("etc/nginx.conf"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "the test's nginx starts");
+        SystemNginx { dir }
+    }
+}
+
+impl Drop for SystemNginx {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("run/nginx.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_nginx_mode_deploys_under_load() {
+    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
+        return;
+    };
+    let nginx = SystemNginx::start(&crate::support::nginx().unwrap());
+    let listen = format!("127.0.0.1:{}", crate::support::free_port());
+    let config = format!(
+        r#"[proxy]
+main_conf = "etc/nginx.conf"
+conf_dir = "etc/switchyard"
+pid_file = "run/nginx.pid"
+control = "127.0.0.1:{control}"
+[state]
+path = "state/switchyard.db"
+[runtime]
+kind = "process"
+[[service]]
+name = "web"
+listen = "{listen}"
+command = [{app:?}]
+replicas = 2
+health = {{ path = "/health", interval = "100ms" }}
+env = {{ LATENCY_MS = "5" }}
+"#,
+        control = crate::support::free_port(),
+        app = app.display().to_string(),
+    );
+    let path = nginx.dir.path().join("switchyard.toml");
+    std::fs::write(&path, config).unwrap();
+    let live = Live::open(settings::load(&path).unwrap()).await.unwrap();
+    live.ensure_nginx()
+        .await
+        .expect("the system nginx is found by its pid file");
+    let spec = live.spec("web").unwrap();
+    let quiet = Progress::new(false);
+    let result = async {
+        live.deployer(&quiet)
+            .deploy(spec, &Version::parse("v1").unwrap())
+            .await?;
+        let mut config = LoadConfig::new(format!("http://{listen}/"));
+        config.connections = CONNECTIONS;
+        config.max_duration = Duration::from_secs(60);
+        let load = Load::start(config);
+        responses_from(&load, "v1", 200).await;
+        live.deployer(&quiet)
+            .deploy(spec, &Version::parse("v2").unwrap())
+            .await?;
+        responses_from(&load, "v2", 200).await;
+        Ok::<_, switchyard_engine::deploy::DeployError>(load.stop().await)
+    }
+    .await;
+    live.remove_all().await.unwrap();
+    let report = result.expect("deploys through the system nginx");
+    assert_no_failures(&report);
+    let file = std::fs::read_to_string(nginx.dir.path().join("etc/switchyard/web.conf")).unwrap();
+    assert!(
+        file.starts_with("# Generated by switchyard for service web."),
+        "{file}"
+    );
+}

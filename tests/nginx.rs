@@ -47,6 +47,13 @@ impl Backend {
     }
 }
 
+async fn backends() -> (Backend, Backend) {
+    (
+        Backend::start("backend-a").await,
+        Backend::start("backend-b").await,
+    )
+}
+
 impl Drop for Backend {
     fn drop(&mut self) {
         self.accept.abort();
@@ -285,10 +292,7 @@ async fn apply_switches_traffic_and_old_workers_drain() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (a, b) = (
-        Backend::start("backend-a").await,
-        Backend::start("backend-b").await,
-    );
+    let (a, b) = backends().await;
     let n = Nginx::start(&bin).await;
 
     let first = n.apply_drained(&a).await;
@@ -300,13 +304,12 @@ async fn apply_switches_traffic_and_old_workers_drain() {
     assert_eq!(second.generation, 2);
     assert_eq!(n.router.disk_generation(), 2);
     assert!(!second.old_workers.is_empty(), "{second:?}");
-    // Old workers may accept for a moment after the new generation answers.
-    support::eventually(
-        Duration::from_secs(5),
-        "fresh requests reaching b",
-        || async { fetch(n.listen).await.as_deref() == Ok("backend-b") },
-    )
-    .await;
+    // Regression: `apply` used to return as soon as one fresh connection saw the new
+    // generation, while old workers still accepted for ~100 ms (the master sleeps before
+    // telling them to stop). Now every fresh connection after `apply` reaches b.
+    for _ in 0..20 {
+        assert_eq!(fetch(n.listen).await.as_deref(), Ok("backend-b"));
+    }
 
     let drained = n.router.wait_drained(&second, DRAIN_TIMEOUT).await.unwrap();
     assert!(drained.lingering.is_empty(), "{drained:?}");
@@ -338,10 +341,7 @@ async fn a_rejected_config_is_never_reloaded_and_the_old_one_keeps_serving() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (a, b) = (
-        Backend::start("backend-a").await,
-        Backend::start("backend-b").await,
-    );
+    let (a, b) = backends().await;
     let n = Nginx::start(&bin).await;
     n.apply_drained(&a).await;
     let files_before = n.files();
@@ -385,10 +385,7 @@ async fn a_reload_that_fails_after_validation_restores_the_old_files() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (a, b) = (
-        Backend::start("backend-a").await,
-        Backend::start("backend-b").await,
-    );
+    let (a, b) = backends().await;
     let mut n = Nginx::start(&bin).await;
     // nginx retries a failed bind() for about 2.5 s before giving the reload up.
     n.router.confirm_timeout = Duration::from_secs(5);
@@ -424,10 +421,7 @@ async fn preview_shows_the_live_file_and_the_rendered_one_without_writing() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (a, b) = (
-        Backend::start("backend-a").await,
-        Backend::start("backend-b").await,
-    );
+    let (a, b) = backends().await;
     let n = Nginx::start(&bin).await;
     let unseen = n.router.preview(&n.set(&a)).unwrap();
     assert_eq!(unseen.old, "", "a service never applied has no live file");
@@ -457,7 +451,6 @@ async fn preview_shows_the_live_file_and_the_rendered_one_without_writing() {
 #[derive(Default)]
 struct Tally {
     sent: AtomicU64,
-    failed: AtomicU64,
     retried: AtomicU64,
     by_body: Mutex<BTreeMap<String, u64>>,
     failures: Mutex<Vec<String>>,
@@ -488,10 +481,7 @@ fn load(
             {
                 match client.get().await {
                     Ok(body) => *tally.by_body.lock().unwrap().entry(body).or_default() += 1,
-                    Err(e) => {
-                        tally.failed.fetch_add(1, Ordering::Relaxed);
-                        tally.failures.lock().unwrap().push(e);
-                    }
+                    Err(e) => tally.failures.lock().unwrap().push(e),
                 }
             }
             tally.retried.fetch_add(client.retried, Ordering::Relaxed);
@@ -505,10 +495,7 @@ async fn no_request_fails_across_reloads_under_load() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (a, b) = (
-        Backend::start("backend-a").await,
-        Backend::start("backend-b").await,
-    );
+    let (a, b) = backends().await;
     let n = Nginx::start(&bin).await;
     n.apply_drained(&a).await;
 
@@ -562,7 +549,6 @@ async fn no_request_fails_across_reloads_under_load() {
         failures.len(),
         &failures[..failures.len().min(10)]
     );
-    assert_eq!(tally.failed.load(Ordering::Relaxed), 0);
     assert!(
         by_body.keys().all(|k| k == "backend-a" || k == "backend-b"),
         "{by_body:?}"
@@ -577,21 +563,22 @@ async fn managed_nginx_stops_its_master_on_stop_and_on_drop() {
     };
 
     let n = Nginx::start(&bin).await;
-    let Nginx { nginx, router, .. } = &n;
-    let (master, workers) = (nginx.master, procs::workers(nginx.master));
-    assert!(in_proc(master) && !workers.is_empty());
+    let master = n.nginx.master;
+    assert!(in_proc(master));
     // Starting again on the same prefix adopts the running master; dropping that handle
-    // must leave it running.
-    let adopted = ManagedNginx::start(router, DRAIN_TIMEOUT).await.unwrap();
+    // must leave it running, so the apply after it still reloads.
+    let adopted = ManagedNginx::start(&n.router, DRAIN_TIMEOUT).await.unwrap();
     assert_eq!(adopted.master, master);
     drop(adopted);
     let backend = Backend::start("backend-a").await;
-    router.apply(&n.set(&backend)).await.unwrap();
+    n.apply_drained(&backend).await;
+    let workers = procs::workers(master);
+    assert!(!workers.is_empty());
 
     let Nginx {
         nginx,
         router,
-        _prefix,
+        _prefix: prefix,
         ..
     } = n;
     nginx.stop().await;
@@ -604,7 +591,7 @@ async fn managed_nginx_stops_its_master_on_stop_and_on_drop() {
         "workers outlived the master"
     );
     assert!(router.live_generation().await.is_err());
-    drop(_prefix);
+    drop(prefix);
 
     let n = Nginx::start(&bin).await;
     let master = n.nginx.master;

@@ -181,7 +181,8 @@ impl Live {
             ProxyMode::System {
                 main_conf,
                 conf_dir,
-            } => Layout::system(&config.proxy.nginx, main_conf, conf_dir),
+                pid_file,
+            } => Layout::system(&config.proxy.nginx, main_conf, conf_dir, pid_file),
         };
         let router = NginxRouter::new(layout, config.proxy.control, Templates::builtin());
         Ok(Live {

@@ -35,6 +35,8 @@ pub struct SandboxOptions {
     /// `health = { ... }` inline table contents.
     pub health: String,
     pub drain_timeout: String,
+    /// Docker images get a HEALTHCHECK (`/app healthcheck`, every second).
+    pub docker_healthcheck: bool,
 }
 
 impl SandboxOptions {
@@ -47,6 +49,7 @@ impl SandboxOptions {
             health: r#"path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s""#
                 .into(),
             drain_timeout: "10s".into(),
+            docker_healthcheck: false,
         }
     }
 
@@ -77,6 +80,7 @@ pub struct Sandbox {
     live: Option<Live>,
     nginx: Option<ManagedNginx>,
     app_binary: PathBuf,
+    docker_healthcheck: bool,
 }
 
 /// Image tags this process has built, so each is built once.
@@ -113,6 +117,7 @@ impl Sandbox {
             live: Some(live),
             nginx: Some(nginx),
             app_binary: options.app_binary.clone(),
+            docker_healthcheck: options.docker_healthcheck,
         })
     }
 
@@ -141,7 +146,7 @@ impl Sandbox {
         let AnyRuntime::Docker(docker) = &self.live().runtime else {
             return Ok(());
         };
-        let tag = format!("{IMAGE}:{version}");
+        let tag = format!("{}:{version}", image_name(self.docker_healthcheck));
         if BUILT
             .lock()
             .expect("image cache")
@@ -154,7 +159,7 @@ impl Sandbox {
             tag: &tag,
             binary: &self.app_binary,
             env: &[],
-            healthcheck: None,
+            healthcheck: self.docker_healthcheck.then_some(&["healthcheck"][..]),
         };
         build_scratch_image(docker, &image)
             .await
@@ -219,6 +224,15 @@ impl Drop for Sandbox {
     }
 }
 
+/// Images with a HEALTHCHECK get their own name: one tag cannot mean both.
+fn image_name(healthcheck: bool) -> String {
+    if healthcheck {
+        format!("{IMAGE}-hc")
+    } else {
+        IMAGE.to_owned()
+    }
+}
+
 fn free_port() -> Result<u16, AppError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| AppError::environment(format!("finding a free port: {e}")))?;
@@ -230,7 +244,13 @@ fn free_port() -> Result<u16, AppError> {
 
 fn config_text(o: &SandboxOptions, listen: SocketAddr, control: u16) -> String {
     let (kind, source) = match o.runtime {
-        RuntimeChoice::Docker => ("docker", format!("image = \"{IMAGE}:{{version}}\"")),
+        RuntimeChoice::Docker => (
+            "docker",
+            format!(
+                "image = \"{}:{{version}}\"",
+                image_name(o.docker_healthcheck)
+            ),
+        ),
         RuntimeChoice::Process => (
             "process",
             format!("command = [{:?}]", o.app_binary.display().to_string()),

@@ -27,9 +27,11 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         ProxyMode::System {
             main_conf,
             conf_dir,
+            pid_file,
         } => {
             resolve(main_conf);
             resolve(conf_dir);
+            resolve(pid_file);
         }
     }
     for service in &mut config.services {

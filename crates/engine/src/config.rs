@@ -40,10 +40,12 @@ pub struct ProxyConfig {
 pub enum ProxyMode {
     /// switchyard starts and owns an nginx with this prefix directory (tests, the demo).
     Managed { prefix: PathBuf },
-    /// The system nginx: `main_conf` includes `conf_dir/*.conf` (relatively) inside `http {}`.
+    /// The system nginx: `main_conf` includes `conf_dir/*.conf` (relatively) inside `http {}`;
+    /// its master writes its pid to `pid_file` (`proxy.pid_file`, Debian's `/run/nginx.pid`).
     System {
         main_conf: PathBuf,
         conf_dir: PathBuf,
+        pid_file: PathBuf,
     },
 }
 
@@ -186,6 +188,7 @@ struct RawProxy {
     prefix: Option<String>,
     main_conf: Option<Spanned<String>>,
     conf_dir: Option<Spanned<String>>,
+    pid_file: Option<String>,
     control: Option<Spanned<String>>,
 }
 
@@ -351,6 +354,7 @@ impl Checker<'_> {
             (None, Some(main), Some(dir)) => ProxyMode::System {
                 main_conf: PathBuf::from(main.into_inner()),
                 conf_dir: PathBuf::from(dir.into_inner()),
+                pid_file: PathBuf::from(raw.pid_file.unwrap_or_else(|| "/run/nginx.pid".into())),
             },
             (_, main, dir) => {
                 let span = main.or(dir).map(|s| s.span());

@@ -99,6 +99,8 @@ pub struct FakeRuntime {
     pub unhealthy: RefCell<BTreeSet<String>>,
     pub crashing: RefCell<BTreeSet<String>>,
     pub unstartable: RefCell<BTreeSet<String>>,
+    /// Docker HEALTHCHECK status by version; versions not listed have no HEALTHCHECK.
+    pub docker_health: RefCell<BTreeMap<String, RuntimeHealth>>,
 }
 
 impl FakeRuntime {
@@ -110,6 +112,7 @@ impl FakeRuntime {
             unhealthy: RefCell::default(),
             crashing: RefCell::default(),
             unstartable: RefCell::default(),
+            docker_health: RefCell::default(),
         }
     }
 
@@ -197,10 +200,15 @@ impl Runtime for FakeRuntime {
 
     async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError> {
         self.shared.alive().await;
+        let health = self
+            .docker_health
+            .borrow()
+            .get(instance.version.as_str())
+            .copied();
         Ok(match self.instances.borrow().get(&instance.id) {
             None => InstanceStatus::Missing,
             Some(f) if f.running => InstanceStatus::Running {
-                health: RuntimeHealth::None,
+                health: health.unwrap_or(RuntimeHealth::None),
             },
             Some(_) => InstanceStatus::Exited { code: Some(1) },
         })

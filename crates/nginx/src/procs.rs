@@ -47,6 +47,17 @@ pub fn is_worker(master: u32, pid: u32) -> bool {
     state != Some("Z") && ppid == Some(master)
 }
 
+/// Whether `pid` is a worker of `master` that still accepts connections: alive, and not
+/// yet retitled "nginx: worker process is shutting down" (set before it closes its
+/// listening sockets).
+pub fn accepting(master: u32, pid: u32) -> bool {
+    if !is_worker(master, pid) {
+        return false;
+    }
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !String::from_utf8_lossy(&title).contains("shutting down")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,13 +89,37 @@ impl NginxRouter {
         ])
     }
 
-    async fn confirm(&self, generation: u64, since: Instant) -> Result<u64, String> {
+    /// Waits until the new generation answers on a fresh connection *and* no old worker
+    /// still accepts: the master starts the new workers, sleeps 100 ms, and only then tells
+    /// the old ones to stop, so until each old worker has exited or retitled itself
+    /// "shutting down" a new connection can still land on the old config.
+    async fn confirm(
+        &self,
+        generation: u64,
+        master: u32,
+        old_workers: &[u32],
+        since: Instant,
+    ) -> Result<u64, String> {
         let mut last = String::new();
+        let mut live = false;
         while since.elapsed() < self.confirm_timeout {
-            match control::generation(self.control, Duration::from_secs(1)).await {
-                Ok(g) if g == generation => return Ok(since.elapsed().as_millis() as u64),
-                Ok(g) => last = format!("still generation {g}"),
-                Err(e) => last = e,
+            if !live {
+                match control::generation(self.control, Duration::from_secs(1)).await {
+                    Ok(g) if g == generation => live = true,
+                    Ok(g) => last = format!("still generation {g}"),
+                    Err(e) => last = e,
+                }
+            }
+            if live {
+                let accepting: Vec<u32> = old_workers
+                    .iter()
+                    .copied()
+                    .filter(|&p| procs::accepting(master, p))
+                    .collect();
+                if accepting.is_empty() {
+                    return Ok(since.elapsed().as_millis() as u64);
+                }
+                last = format!("old workers {accepting:?} still accepting");
             }
             tokio::time::sleep(POLL).await;
         }
@@ -165,7 +189,7 @@ impl Router for NginxRouter {
         kill(Pid::from_raw(master as i32), Signal::SIGHUP).map_err(|e| {
             RouterError::Unavailable(format!("signalling nginx master {master}: {e}"))
         })?;
-        match self.confirm(generation, since).await {
+        match self.confirm(generation, master, &old_workers, since).await {
             Ok(confirm_ms) => Ok(Reload {
                 generation,
                 old_workers,

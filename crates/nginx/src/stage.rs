@@ -39,14 +39,14 @@ impl Layout {
         }
     }
 
-    /// The system nginx (Debian's paths for the pid file and error log).
-    pub fn system(nginx: &Path, main_conf: &Path, conf_dir: &Path) -> Layout {
+    /// The system nginx, whose master writes its pid to `pid_file` (error log: Debian's).
+    pub fn system(nginx: &Path, main_conf: &Path, conf_dir: &Path, pid_file: &Path) -> Layout {
         Layout {
             nginx: nginx.to_owned(),
             prefix: None,
             main_conf: main_conf.to_owned(),
             conf_dir: conf_dir.to_owned(),
-            pid_file: PathBuf::from("/run/nginx.pid"),
+            pid_file: pid_file.to_owned(),
             error_log: PathBuf::from("/var/log/nginx/error.log"),
         }
     }

@@ -467,3 +467,51 @@ async fn a_routed_deploy_whose_new_slot_died_is_routed_back_on_resume() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_docker_healthcheck_still_starting_holds_traffic_back() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.runtime
+        .docker_health
+        .borrow_mut()
+        .insert("v2".into(), RuntimeHealth::Starting);
+    let msg = w.deploy("v2").await.unwrap_err().to_string();
+    assert!(
+        msg.contains("200 ok (Docker HEALTHCHECK still starting)"),
+        "{msg}"
+    );
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_docker_unhealthy_replica_fails_the_deploy_at_once() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.runtime
+        .docker_health
+        .borrow_mut()
+        .insert("v2".into(), RuntimeHealth::Unhealthy);
+    let started = tokio::time::Instant::now();
+    let msg = w.deploy("v2").await.unwrap_err().to_string();
+    assert!(
+        msg.contains("is unhealthy by its Docker HEALTHCHECK"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no waiting for the deadline"
+    );
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_docker_healthy_replica_is_routed() {
+    let w = World::new();
+    w.runtime
+        .docker_health
+        .borrow_mut()
+        .insert("v1".into(), RuntimeHealth::Healthy);
+    w.deploy("v1").await.unwrap();
+    w.assert_consistent("v1");
+}
