@@ -14,7 +14,7 @@ use switchyard_app::settings;
 use switchyard_engine::{Name, Store};
 use switchyard_store::SqliteStore;
 
-use crate::support::{eventually, free_port, require_demo_app, require_nginx};
+use crate::support::{eventually, free_port, require_demo_app, require_nginx, stop_nginx};
 
 /// A config directory used through the CLI; dropping it stops the nginx the CLI started and
 /// removes every process it deployed.
@@ -97,16 +97,7 @@ impl Drop for Project {
             });
         });
         let _ = cleanup.join();
-        let pid_file = self.dir.path().join("nginx/logs/nginx.pid");
-        if let Some(pid) = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        stop_nginx(&self.dir.path().join("nginx/logs/nginx.pid"));
     }
 }
 

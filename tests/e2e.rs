@@ -352,15 +352,7 @@ impl SystemNginx {
 
 impl Drop for SystemNginx {
     fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("run/nginx.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok());
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        crate::support::stop_nginx(&self.dir.path().join("run/nginx.pid"));
     }
 }
 

@@ -90,3 +90,17 @@ pub async fn require_e2e(runtime: switchyard_engine::config::RuntimeChoice) -> O
     }
     Some(app)
 }
+
+/// SIGTERM to the nginx master whose pid is in `pid_file`, for nginx a test started
+/// outside a `ManagedNginx` handle. Does nothing if the file holds no pid.
+pub fn stop_nginx(pid_file: &std::path::Path) {
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}

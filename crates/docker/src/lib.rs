@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HealthStatusEnum, HostConfig, PortBinding,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, HealthStatusEnum, HostConfig,
+    PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -59,34 +60,18 @@ impl DockerRuntime {
         &self.scope
     }
 
-    /// Removes every container of this scope (all services), for tests and `demo` cleanup.
-    pub async fn remove_scope(&self) -> Result<usize, RuntimeError> {
-        let ids = self
-            .list_ids(HashMap::from([(
-                "label",
-                vec![format!("{SCOPE_LABEL}={}", self.scope)],
-            )]))
-            .await?;
-        for id in &ids {
-            self.remove_id(id).await?;
-        }
-        Ok(ids.len())
-    }
-
-    async fn list_ids(
+    async fn list_summaries(
         &self,
         filters: HashMap<&str, Vec<String>>,
-    ) -> Result<Vec<String>, RuntimeError> {
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
-        let found = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| failed("listing containers", e))?;
-        Ok(found.into_iter().filter_map(|c| c.id).collect())
+            .map_err(|e| failed("listing containers", e))
     }
 
     async fn remove_id(&self, id: &str) -> Result<(), RuntimeError> {
@@ -271,15 +256,7 @@ impl Runtime for DockerRuntime {
                 format!("{}={service}", labels::SERVICE),
             ],
         )]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let found = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| failed("listing containers", e))?;
+        let found = self.list_summaries(filters).await?;
         Ok(found
             .into_iter()
             .filter_map(labels::instance_from)
