@@ -8,6 +8,7 @@ pub mod config;
 pub mod deploy;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
+pub mod judge;
 pub mod model;
 pub mod names;
 pub mod plan;

@@ -183,6 +183,18 @@ pub trait Store {
     fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError>;
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricError(pub String);
+
+/// Where canary measurements come from: Prometheus, or the embedded access-log counters.
+pub trait MetricSource {
+    async fn measure(
+        &self,
+        query: &crate::judge::TrackWindow,
+    ) -> Result<crate::judge::Measurement, MetricError>;
+}
+
 /// The clock and the process table.
 pub trait Host {
     fn now_ms(&self) -> i64;
