@@ -28,14 +28,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An HTTP/1.1 server on 127.0.0.1:0 answering every request with `200` and its name, on
 /// keep-alive connections (nginx pools its upstream connections). Stops accepting on drop.
-struct Backend {
+pub(crate) struct Backend {
     name: &'static str,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     accept: JoinHandle<()>,
 }
 
 impl Backend {
-    async fn start(name: &'static str) -> Backend {
+    pub(crate) async fn start(name: &'static str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accept = tokio::spawn(async move {
@@ -202,15 +202,15 @@ async fn fetch(addr: SocketAddr) -> Result<String, String> {
 
 /// One test's nginx: its own prefix, free loopback ports for the service and the control
 /// server. Fields drop in order, so the master gets SIGTERM before its prefix is removed.
-struct Nginx {
+pub(crate) struct Nginx {
     nginx: ManagedNginx,
-    router: NginxRouter,
-    listen: SocketAddr,
+    pub(crate) router: NginxRouter,
+    pub(crate) listen: SocketAddr,
     _prefix: TempDir,
 }
 
 impl Nginx {
-    async fn start(bin: &Path) -> Nginx {
+    pub(crate) async fn start(bin: &Path) -> Nginx {
         let prefix = tempfile::Builder::new()
             .prefix("switchyard-nginx-test-")
             .tempdir()
@@ -231,11 +231,12 @@ impl Nginx {
     }
 
     /// Service `web` on this nginx's listen address, sent to `backend`.
-    fn set(&self, backend: &Backend) -> UpstreamSet {
+    pub(crate) fn set(&self, backend: &Backend) -> UpstreamSet {
         UpstreamSet {
             service: Name::parse("web").unwrap(),
             listen: self.listen,
             backends: vec![backend.addr],
+            canary: None,
         }
     }
 

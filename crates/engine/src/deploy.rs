@@ -601,6 +601,7 @@ pub fn upstream_set(spec: &ServiceSpec, instances: &[Instance]) -> UpstreamSet {
         service: spec.name.clone(),
         listen: spec.listen,
         backends: instances.iter().map(Instance::addr).collect(),
+        canary: None,
     }
 }
 

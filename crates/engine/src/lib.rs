@@ -16,5 +16,5 @@ pub mod seams;
 
 pub use config::{Config, ConfigError, ConfigErrors, ServiceSpec, Source};
 pub use model::*;
-pub use names::{Name, Version};
+pub use names::{Name, RequestKey, RouteMatch, Version};
 pub use seams::*;

@@ -81,6 +81,68 @@ macro_rules! string_newtype_impls {
 string_newtype_impls!(Name);
 string_newtype_impls!(Version);
 
+/// A request attribute that selects a side of a split: a header or a cookie, by name.
+/// Header names use letters, digits and `-`; cookie names letters, digits and `_` (nginx
+/// exposes cookies as `$cookie_<name>`, which cannot hold `-`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKey {
+    Header(String),
+    Cookie(String),
+}
+
+impl RequestKey {
+    pub fn header(name: &str) -> Result<RequestKey, String> {
+        let ok = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok {
+            Ok(RequestKey::Header(name.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "invalid header name {name:?}: use 1-64 letters, digits and '-'"
+            ))
+        }
+    }
+
+    pub fn cookie(name: &str) -> Result<RequestKey, String> {
+        let ok = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if ok {
+            Ok(RequestKey::Cookie(name.to_owned()))
+        } else {
+            Err(format!(
+                "invalid cookie name {name:?}: use 1-64 letters, digits and '_'"
+            ))
+        }
+    }
+}
+
+/// Requests whose key equals `value` are routed to the canary.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RouteMatch {
+    pub key: RequestKey,
+    pub value: String,
+}
+
+impl RouteMatch {
+    pub fn new(key: RequestKey, value: &str) -> Result<RouteMatch, String> {
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(RouteMatch {
+                key,
+                value: value.to_owned(),
+            })
+        } else {
+            Err(format!(
+                "invalid match value {value:?}: use 1-64 letters, digits, '.', '_' and '-'"
+            ))
+        }
+    }
+}
+
 /// Checks an image reference after `{version}` substitution: registry/name:tag@digest charset.
 pub fn check_image_ref(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
@@ -159,6 +221,26 @@ mod tests {
             &"x".repeat(65),
         ] {
             assert!(Version::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn request_keys_and_match_values_cannot_escape_an_nginx_file() {
+        assert_eq!(
+            RequestKey::header("X-Canary"),
+            Ok(RequestKey::Header("x-canary".into()))
+        );
+        assert!(RequestKey::header("x canary").is_err());
+        assert!(RequestKey::header("x\"y").is_err());
+        assert!(RequestKey::cookie("user_id").is_ok());
+        assert!(
+            RequestKey::cookie("user-id").is_err(),
+            "nginx has no $cookie_ variable with '-'"
+        );
+        let key = RequestKey::header("x-canary").unwrap();
+        assert!(RouteMatch::new(key.clone(), "always").is_ok());
+        for bad in ["", "a b", "a\"", "a;b", "a}b"] {
+            assert!(RouteMatch::new(key.clone(), bad).is_err(), "{bad:?}");
         }
     }
 

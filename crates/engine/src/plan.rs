@@ -79,6 +79,7 @@ pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version)
             service: spec.name.clone(),
             listen: spec.listen,
             backends: vec![placeholder; usize::from(n)],
+            canary: None,
         },
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::model::*;
-use crate::names::Name;
+use crate::names::{Name, RequestKey, RouteMatch};
 
 /// Errors a runtime reports. `Unavailable` means the runtime itself is unreachable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +83,22 @@ pub trait Prober {
 pub struct UpstreamSet {
     pub service: Name,
     pub listen: SocketAddr,
+    /// The stable track.
     pub backends: Vec<SocketAddr>,
+    /// A canary track beside the stable one, and how traffic is split between them.
+    pub canary: Option<CanaryRoute>,
+}
+
+/// The canary side of a split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanaryRoute {
+    pub backends: Vec<SocketAddr>,
+    /// The canary's share of traffic in hundredths of a percent (0..=10_000).
+    pub weight_bp: u32,
+    /// What keeps a user on one side across steps; None splits each request at random.
+    pub sticky: Option<RequestKey>,
+    /// Requests whose key has this value always go to the canary (testers first).
+    pub route: Option<RouteMatch>,
 }
 
 /// A confirmed reload: the generation now live and the workers that were serving before it.

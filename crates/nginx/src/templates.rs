@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use switchyard_engine::UpstreamSet;
+use switchyard_engine::{RequestKey, UpstreamSet};
 use tera::{Context, Tera};
 
 pub const MAIN: &str = "nginx.conf.tera";
@@ -72,11 +72,34 @@ impl Templates {
     }
 
     pub fn service(&self, set: &UpstreamSet) -> Result<String, String> {
+        let addrs =
+            |b: &[SocketAddr]| -> Vec<String> { b.iter().map(SocketAddr::to_string).collect() };
         let mut ctx = Context::new();
         ctx.insert("service", set.service.as_str());
+        // nginx variable names hold no '-'.
+        ctx.insert("var", &set.service.as_str().replace('-', "_"));
         ctx.insert("listen", &set.listen.to_string());
-        let backends: Vec<String> = set.backends.iter().map(SocketAddr::to_string).collect();
-        ctx.insert("backends", &backends);
+        ctx.insert("stable", &addrs(&set.backends));
+        if let Some(canary) = &set.canary {
+            let weight = (canary.weight_bp > 0)
+                .then(|| format!("{}.{:02}", canary.weight_bp / 100, canary.weight_bp % 100));
+            let split_key = canary
+                .sticky
+                .as_ref()
+                .map_or("$request_id".to_owned(), variable);
+            let map_source = canary
+                .route
+                .as_ref()
+                .map_or("$request_id".to_owned(), |r| variable(&r.key));
+            let canary = CanaryContext {
+                backends: addrs(&canary.backends),
+                weight,
+                split_key,
+                map_source,
+                route_value: canary.route.as_ref().map(|r| r.value.clone()),
+            };
+            ctx.insert("canary", &canary);
+        }
         self.render(SERVICE, &ctx)
     }
 
@@ -91,6 +114,25 @@ impl Templates {
         self.tera
             .render(name, ctx)
             .map_err(|e| format!("rendering {name}: {}", error_chain(&e)))
+    }
+}
+
+/// What the service template needs to render a canary track.
+#[derive(serde::Serialize)]
+struct CanaryContext {
+    backends: Vec<String>,
+    /// `"5.25"`, or None at weight 0 (no split: only matching requests reach the canary).
+    weight: Option<String>,
+    split_key: String,
+    map_source: String,
+    route_value: Option<String>,
+}
+
+/// The nginx variable holding a request key: `$http_x_user`, `$cookie_uid`.
+pub fn variable(key: &RequestKey) -> String {
+    match key {
+        RequestKey::Header(name) => format!("$http_{}", name.replace('-', "_")),
+        RequestKey::Cookie(name) => format!("$cookie_{name}"),
     }
 }
 

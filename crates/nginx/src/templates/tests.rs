@@ -45,6 +45,7 @@ fn web_set() -> UpstreamSet {
         service: Name::parse("web").unwrap(),
         listen: addr("127.0.0.1:8080"),
         backends: vec![addr("127.0.0.1:9001"), addr("127.0.0.1:9002")],
+        canary: None,
     }
 }
 
@@ -55,7 +56,7 @@ fn service_file_for_two_backends_matches_golden() {
     let text = Templates::builtin().service(&web_set()).unwrap();
     check_golden("service-web.conf", &text);
     // What the rest of the crate relies on, whatever the golden says.
-    assert!(text.contains("upstream sy_web {"), "{text}");
+    assert!(text.contains("upstream sy_web_stable {"), "{text}");
     assert!(
         text.contains("server 127.0.0.1:9001 max_fails=0;"),
         "{text}"
@@ -65,7 +66,25 @@ fn service_file_for_two_backends_matches_golden() {
         "{text}"
     );
     assert!(text.contains("listen 127.0.0.1:8080;"), "{text}");
-    assert!(text.contains("proxy_pass http://sy_web;"), "{text}");
+    assert!(text.contains("proxy_pass http://sy_web_stable;"), "{text}");
+}
+
+#[test]
+fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
+    use switchyard_engine::{CanaryRoute, RequestKey, RouteMatch};
+    let mut set = web_set();
+    set.service = Name::parse("api-2").unwrap();
+    set.canary = Some(CanaryRoute {
+        backends: vec![addr("127.0.0.1:9101")],
+        weight_bp: 525,
+        sticky: Some(RequestKey::cookie("uid").unwrap()),
+        route: Some(RouteMatch::new(RequestKey::header("X-Canary").unwrap(), "always").unwrap()),
+    });
+    let text = Templates::builtin().service(&set).unwrap();
+    check_golden("service-api-2-canary.conf", &text);
+    assert!(text.contains("split_clients \"$cookie_uid\" $sy_api_2_split {\n    5.25% canary;\n    * stable;\n}"), "{text}");
+    assert!(text.contains("map $http_x_canary $sy_api_2_track {\n    \"always\" canary;\n    default $sy_api_2_split;\n}"), "{text}");
+    assert!(text.contains("proxy_pass http://sy_api-2_$sy_api_2_track;"), "{text}");
 }
 
 #[test]
