@@ -316,3 +316,23 @@ async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_nex
     deployments.sort();
     assert_eq!(deployments, [1, 1, 3, 3], "{instances:#?}");
 }
+
+#[test]
+fn a_system_conf_dir_outside_the_main_conf_directory_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let config = "[proxy]\nmain_conf = \"/etc/nginx/nginx.conf\"\nconf_dir = \"/srv/switchyard\"\n\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:80\"\nimage = \"x:{version}\"\n";
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&path)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("proxy.conf_dir: /srv/switchyard is not inside /etc/nginx"),
+        "{stderr}"
+    );
+}

@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use switchyard_engine::judge::Verdict;
 use switchyard_engine::{Event, Observer};
 
 pub struct Progress {
@@ -34,6 +35,12 @@ impl Progress {
             eprintln!("  {:>6.2}s  {text}", self.start.elapsed().as_secs_f64());
         }
     }
+}
+
+/// `525` hundredths of a percent as `5.25`.
+pub fn percent(weight_bp: u32) -> String {
+    let text = format!("{}.{:02}", weight_bp / 100, weight_bp % 100);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 fn mark(slot: &Mutex<Option<Instant>>) {
@@ -105,6 +112,26 @@ impl Observer for Progress {
                     0 => self.line(format!("old nginx workers exited after {waited_ms} ms")),
                     n => self.line(format!("{n} old nginx worker(s) still running after {waited_ms} ms (drain timeout)")),
                 }
+            }
+                        Event::Shifted { weight_bp, generation, confirm_ms } => {
+                mark(&self.reloaded_at);
+                self.line(format!("canary at {}% (nginx generation {generation}, confirmed in {confirm_ms} ms)", percent(*weight_bp)))
+            }
+            Event::Analysis { weight_bp, verdict, .. } => {
+                let (what, why) = match verdict {
+                    Verdict::Pass(r) => ("pass", r),
+                    Verdict::NoData(r) => ("no data", r),
+                    Verdict::Inconclusive(r) => ("inconclusive", r),
+                    Verdict::Fail(r) => ("FAIL", r),
+                };
+                self.line(format!("canary at {}%: {what}: {why}", percent(*weight_bp)))
+            }
+            Event::Paused { weight_bp } => self.line(format!(
+                "canary at {}% paused: run `switchyard promote` to go on or `switchyard abort` to roll back",
+                percent(*weight_bp)
+            )),
+            Event::RolledBack { generation, reason } => {
+                self.line(format!("rolled back: all traffic on the stable version (generation {generation}): {reason}"))
             }
             Event::Stopped { instance } => {
                 self.line(format!("stopped {instance} (kept for rollback)"))

@@ -32,6 +32,17 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
             resolve(main_conf);
             resolve(conf_dir);
             resolve(pid_file);
+            // A staged copy of main_conf's directory is validated with `nginx -t`: conf_dir
+            // must be inside it, included relatively.
+            let root = main_conf.parent().unwrap_or(Path::new("/"));
+            if !conf_dir.starts_with(root) {
+                return Err(AppError::input(format!(
+                    "{}: proxy.conf_dir: {} is not inside {} (the directory of proxy.main_conf), so a staged copy of the nginx config could not be validated",
+                    path.display(),
+                    conf_dir.display(),
+                    root.display()
+                )));
+            }
         }
     }
     for service in &mut config.services {

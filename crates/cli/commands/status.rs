@@ -5,7 +5,7 @@
 use serde::Serialize;
 use switchyard_app::live::Live;
 use switchyard_app::AppError;
-use switchyard_engine::deploy::LOCK_STALE_AFTER;
+use switchyard_engine::deploy::lock_is_stale;
 use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Store};
 
 use super::{json, open};
@@ -82,8 +82,7 @@ async fn service_status(live: &Live, spec: &ServiceSpec) -> Result<ServiceStatus
     }
     let now = live.host.now_ms();
     let lock = live.store.lock(&spec.name).map_err(env)?.map(|lock| {
-        let stale = (lock.host == live.host.hostname() && !live.host.process_alive(lock.pid))
-            || now - lock.heartbeat_ms > LOCK_STALE_AFTER.as_millis() as i64;
+        let stale = lock_is_stale(&lock, &live.host, now);
         LockReport { lock, stale }
     });
     let interrupted = live.store.unfinished(&spec.name).map_err(env)?.map(|(d, journal)| {

@@ -17,6 +17,10 @@ use toml::Spanned;
 
 use crate::names::{check_env_key, check_http_path, check_image_ref, Name, Version};
 
+mod canary;
+pub use canary::CanarySpec;
+use canary::RawCanary;
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -73,6 +77,8 @@ pub struct ServiceSpec {
     pub stop_timeout: Duration,
     /// Previous versions kept stopped for rollback.
     pub retain: usize,
+    /// How a canary deploy moves (used by `strategy = "canary"` or `--strategy canary`).
+    pub canary: CanarySpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +92,29 @@ pub enum Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrategyKind {
     BlueGreen,
+    Canary,
+}
+
+impl StrategyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::BlueGreen => "blue-green",
+            StrategyKind::Canary => "canary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<StrategyKind, String> {
+        match s {
+            "blue-green" => Ok(StrategyKind::BlueGreen),
+            "canary" => Ok(StrategyKind::Canary),
+            "rolling" | "in-place" => Err(format!(
+                "strategy {s:?} is not available yet: use \"blue-green\" or \"canary\""
+            )),
+            other => Err(format!(
+                "unknown strategy {other:?}: use \"blue-green\" or \"canary\""
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,6 +251,8 @@ struct RawService {
     drain: RawDrain,
     stop_timeout: Option<Spanned<String>>,
     retain: Option<usize>,
+    #[serde(default)]
+    canary: RawCanary,
 }
 
 #[derive(Deserialize, Default)]
@@ -249,13 +280,17 @@ struct Preset {
     retain: usize,
     healthy_after: u32,
     drain_timeout: String,
+    #[serde(default)]
+    canary: RawCanary,
 }
 
 const BLUE_GREEN_PRESET: &str = include_str!("../../../strategies/blue-green.toml");
+const CANARY_PRESET: &str = include_str!("../../../strategies/canary.toml");
 
 fn preset(kind: StrategyKind) -> Preset {
     let text = match kind {
         StrategyKind::BlueGreen => BLUE_GREEN_PRESET,
+        StrategyKind::Canary => CANARY_PRESET,
     };
     toml::from_str(text).expect("compiled-in strategy presets are valid (tested)")
 }
@@ -401,13 +436,7 @@ impl Checker<'_> {
         let listen = self.check(&s.listen, "service.listen", |l| parse_addr(l));
         let strategy = match &s.strategy {
             None => Some(StrategyKind::BlueGreen),
-            Some(k) => self.check(k, "service.strategy", |k| match k.as_str() {
-                "blue-green" => Ok(StrategyKind::BlueGreen),
-                "canary" | "rolling" | "in-place" => Err(format!(
-                    "strategy {k:?} is not available yet: use \"blue-green\""
-                )),
-                other => Err(format!("unknown strategy {other:?}: use \"blue-green\"")),
-            }),
+            Some(k) => self.check(k, "service.strategy", |k| StrategyKind::parse(k)),
         };
         let preset = preset(strategy.unwrap_or(StrategyKind::BlueGreen));
         let source = self.source(raw, runtime);
@@ -449,6 +478,12 @@ impl Checker<'_> {
             drain_timeout,
             stop_timeout,
             retain: s.retain.unwrap_or(preset.retain),
+            // Any service can be deployed as a canary with --strategy canary.
+            canary: self.canary(
+                s.canary
+                    .clone()
+                    .over(self::preset(StrategyKind::Canary).canary),
+            ),
         })
     }
 

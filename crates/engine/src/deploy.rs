@@ -179,8 +179,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             Ok(()) => return Ok(()),
             Err(held) => held,
         };
-        let stale = (held.host == mine.host && !self.host.process_alive(held.pid))
-            || now - held.heartbeat_ms > LOCK_STALE_AFTER.as_millis() as i64;
+        let stale = lock_is_stale(&held, self.host, now);
         if stale {
             if let Ok(()) = self.store.try_lock(&mine, Some(&held))? {
                 return Ok(());
@@ -424,9 +423,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 });
                 Ok(Ok(reload))
             }
-            Err(RouterError::Unavailable(m)) => {
-                Err(DeployError::Environment(format!("nginx: {m}")))
-            }
+            // Every router error leaves the previous config live: the new slot is removed.
             Err(e) => Ok(Err(e.to_string())),
         }
     }
@@ -490,7 +487,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
     ) -> Result<(), DeployError> {
         self.store.activate(&spec.name, id)?;
         let record = self.store.service(&spec.name)?;
-        for slot in record.retained.iter().skip(spec.retain) {
+        for slot in prunable(&record, spec.retain) {
             let ids = slot.instances.iter().map(|i| i.id.clone()).collect();
             self.journal(id, &spec.name, Step::Prune { instances: ids })?;
             for instance in &slot.instances {
@@ -579,7 +576,12 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 });
             } else {
                 self.runtime.stop(instance, spec.stop_timeout).await?;
-                self.store.put_instance(instance, InstanceState::Retained)?;
+                // Back into the slot it came from, so a retried rollback finds it whole.
+                let origin = Instance {
+                    deployment: created_in(instance).unwrap_or(instance.deployment),
+                    ..instance.clone()
+                };
+                self.store.put_instance(&origin, InstanceState::Retained)?;
                 self.observer.event(&Event::Stopped {
                     instance: instance.name.clone(),
                 });
@@ -591,9 +593,42 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
 
 /// Whether deployment `id` created `instance`, rather than restarting a retained one.
 fn created_by(instance: &Instance, id: DeploymentId) -> bool {
-    instance
+    created_in(instance) == Some(id)
+}
+
+/// The deployment that created `instance`, from its name (`…-d<id>-r<replica>`).
+fn created_in(instance: &Instance) -> Option<DeploymentId> {
+    let rest = instance
         .name
-        .ends_with(&format!("-d{id}-r{}", instance.replica))
+        .strip_suffix(&format!("-r{}", instance.replica))?;
+    rest.rsplit_once("-d")?.1.parse().ok()
+}
+
+/// Retained slots to remove: beyond `retain` distinct versions, and any copy of the active
+/// version (redeploying v2 must not push v1, the real rollback target, out).
+fn prunable(record: &ServiceRecord, retain: usize) -> Vec<&Slot> {
+    let active = record.active.as_ref().map(|s| &s.version);
+    let mut kept: Vec<&Version> = Vec::new();
+    let mut prune = Vec::new();
+    for slot in &record.retained {
+        if Some(&slot.version) == active || kept.contains(&&slot.version) || kept.len() >= retain {
+            prune.push(slot);
+        } else {
+            kept.push(&slot.version);
+        }
+    }
+    prune
+}
+
+/// A lock is stale when its holder is gone: on this host, a dead pid (a live one is trusted
+/// however old its heartbeat, since a slow drain must not lose its lock); from another host
+/// sharing the database, a heartbeat older than [`LOCK_STALE_AFTER`].
+pub fn lock_is_stale(lock: &Lock, host: &impl Host, now_ms: i64) -> bool {
+    if lock.host == host.hostname() {
+        !host.process_alive(lock.pid)
+    } else {
+        now_ms - lock.heartbeat_ms > LOCK_STALE_AFTER.as_millis() as i64
+    }
 }
 
 pub fn upstream_set(spec: &ServiceSpec, instances: &[Instance]) -> UpstreamSet {

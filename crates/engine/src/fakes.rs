@@ -99,6 +99,8 @@ pub struct FakeRuntime {
     pub unhealthy: RefCell<BTreeSet<String>>,
     pub crashing: RefCell<BTreeSet<String>>,
     pub unstartable: RefCell<BTreeSet<String>>,
+    /// Instance ids whose restart fails (a retained container whose port was taken).
+    pub unrestartable: RefCell<BTreeSet<String>>,
     /// Docker HEALTHCHECK status by version; versions not listed have no HEALTHCHECK.
     pub docker_health: RefCell<BTreeMap<String, RuntimeHealth>>,
 }
@@ -113,6 +115,7 @@ impl FakeRuntime {
             crashing: RefCell::default(),
             unstartable: RefCell::default(),
             docker_health: RefCell::default(),
+            unrestartable: RefCell::default(),
         }
     }
 
@@ -186,6 +189,12 @@ impl Runtime for FakeRuntime {
         self.shared.alive().await;
         self.shared
             .record(format!("runtime.restart {}", instance.name));
+        if self.unrestartable.borrow().contains(&instance.id) {
+            return Err(RuntimeError::Failed {
+                what: instance.name.clone(),
+                message: "port is already allocated".into(),
+            });
+        }
         let crashing = self.is_crashing(instance);
         let mut instances = self.instances.borrow_mut();
         let Some(found) = instances.get_mut(&instance.id) else {
@@ -347,6 +356,7 @@ struct MemState {
     locks: BTreeMap<Name, Lock>,
     deployments: Vec<(DeploymentRecord, Vec<JournalEntry>)>,
     instances: BTreeMap<String, (Instance, InstanceState)>,
+    controls: BTreeMap<DeploymentId, Control>,
 }
 
 /// The store in memory, with the same semantics as the SQLite one.
@@ -388,6 +398,22 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn put_control(
+        &self,
+        id: DeploymentId,
+        control: Control,
+        _at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.shared.write_allowed()?;
+        self.state.borrow_mut().controls.insert(id, control);
+        Ok(())
+    }
+
+    fn take_control(&self, id: DeploymentId) -> Result<Option<Control>, StoreError> {
+        self.shared.write_allowed()?;
+        Ok(self.state.borrow_mut().controls.remove(&id))
+    }
+
     fn try_lock(
         &self,
         lock: &Lock,

@@ -215,6 +215,31 @@ pub struct DeploymentRecord {
     pub message: String,
 }
 
+/// A request from `switchyard promote` or `switchyard abort` to a running deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Control {
+    /// Skip the rest of the current step's wait (a pause or an analysis) and go on.
+    Promote,
+    /// Roll back now.
+    Abort,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Promote => "promote",
+            Control::Abort => "abort",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Control> {
+        [Self::Promote, Self::Abort]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
 /// The per-service deploy lock. A dead owner pid or a stale heartbeat frees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lock {
@@ -266,11 +291,36 @@ pub enum Step {
     RemoveNew {
         reason: String,
     },
+    /// Intent: all traffic back to the previous slot.
     RouteBack {
         backends: Vec<SocketAddr>,
     },
+    /// Done: the previous slot serves everything and the workers that routed elsewhere exited.
+    RoutedBack {
+        generation: u64,
+    },
     Resume {
         reason: String,
+    },
+    /// Intent: a canary step, `weight_bp` hundredths of a percent to the new slot.
+    Shift {
+        weight_bp: u32,
+        backends: Vec<SocketAddr>,
+    },
+    Shifted {
+        weight_bp: u32,
+        generation: u64,
+        old_workers: Vec<u32>,
+    },
+    /// One judgement during a canary step.
+    Analysis {
+        weight_bp: u32,
+        verdict: String,
+        detail: String,
+    },
+    /// Waiting for `switchyard promote` after this step.
+    Paused {
+        weight_bp: u32,
     },
 }
 
@@ -291,7 +341,12 @@ impl Step {
             Step::Prune { .. } => "prune",
             Step::RemoveNew { .. } => "remove_new",
             Step::RouteBack { .. } => "route_back",
+            Step::RoutedBack { .. } => "routed_back",
             Step::Resume { .. } => "resume",
+            Step::Shift { .. } => "shift",
+            Step::Shifted { .. } => "shifted",
+            Step::Analysis { .. } => "analysis",
+            Step::Paused { .. } => "paused",
         }
     }
 }

@@ -196,6 +196,11 @@ pub trait Store {
     /// In one transaction: the deployment's instances become active, the previously active
     /// ones retained.
     fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError>;
+    /// Leaves a promote or abort request for running deployment `id` (a later one replaces it).
+    fn put_control(&self, id: DeploymentId, control: Control, at_ms: i64)
+        -> Result<(), StoreError>;
+    /// Takes the pending request for deployment `id`, if any.
+    fn take_control(&self, id: DeploymentId) -> Result<Option<Control>, StoreError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -267,6 +272,24 @@ pub enum Event {
         deployment: DeploymentId,
         outcome: Outcome,
         message: String,
+    },
+    /// A canary step is live.
+    Shifted {
+        weight_bp: u32,
+        generation: u64,
+        confirm_ms: u64,
+    },
+    Analysis {
+        weight_bp: u32,
+        verdict: crate::judge::Verdict,
+        measurement: crate::judge::Measurement,
+    },
+    Paused {
+        weight_bp: u32,
+    },
+    RolledBack {
+        generation: u64,
+        reason: String,
     },
 }
 

@@ -42,7 +42,9 @@ impl ManagedNginx {
             std::fs::create_dir_all(prefix.join(dir)).map_err(|e| io("creating directories", e))?;
         }
         std::fs::create_dir_all(&layout.conf_dir).map_err(|e| io("creating directories", e))?;
-        if let Some(master) = procs::read_pid(&layout.pid_file).filter(|&p| procs::alive(p)) {
+        if let Some(master) =
+            procs::read_pid(&layout.pid_file).filter(|&p| procs::is_nginx_master(p))
+        {
             return Ok(ManagedNginx {
                 master,
                 owned: false,
@@ -119,7 +121,7 @@ impl Drop for ManagedNginx {
 async fn wait_for_pid(pid_file: &Path) -> Result<u32, RouterError> {
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(5) {
-        if let Some(pid) = procs::read_pid(pid_file).filter(|&p| procs::alive(p)) {
+        if let Some(pid) = procs::read_pid(pid_file).filter(|&p| procs::is_nginx_master(p)) {
             return Ok(pid);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

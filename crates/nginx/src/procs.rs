@@ -47,6 +47,13 @@ pub fn is_worker(master: u32, pid: u32) -> bool {
     state != Some("Z") && ppid == Some(master)
 }
 
+/// Whether `pid` is an nginx master process (a pid file can outlive its nginx, and the pid
+/// be reused by anything).
+pub fn is_nginx_master(pid: u32) -> bool {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    alive(pid) && String::from_utf8_lossy(&title).starts_with("nginx: master process")
+}
+
 /// Whether `pid` is a worker of `master` that still accepts connections: alive, and not
 /// yet retitled "nginx: worker process is shutting down" (set before it closes its
 /// listening sockets).

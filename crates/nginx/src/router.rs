@@ -58,9 +58,47 @@ impl NginxRouter {
         control::generation(self.control, Duration::from_secs(2)).await
     }
 
+    /// Puts the files from before a failed apply back, under a new generation (a number is
+    /// never reused: the failed one may have gone live), reloads, confirms, and waits for the
+    /// workers that may still proxy to the failed apply's backends.
+    async fn restore(
+        &self,
+        previous: Vec<(String, Option<String>)>,
+        generation: u64,
+        master: u32,
+    ) -> Result<(), String> {
+        let control = self.templates.control(self.control, generation)?;
+        let files: Vec<(String, Option<String>)> = previous
+            .into_iter()
+            .map(|(name, text)| {
+                if name == CONTROL_FILE {
+                    (name, Some(control.clone()))
+                } else {
+                    (name, text)
+                }
+            })
+            .collect();
+        stage::install(&self.layout.conf_dir, &files)
+            .map_err(|e| format!("writing {}: {e}", self.layout.conf_dir.display()))?;
+        let before = procs::workers(master);
+        let since = Instant::now();
+        kill(Pid::from_raw(master as i32), Signal::SIGHUP)
+            .map_err(|e| format!("signalling nginx master {master}: {e}"))?;
+        self.confirm(generation, master, &before, since).await?;
+        let reload = Reload {
+            generation,
+            old_workers: before,
+            confirm_ms: 0,
+        };
+        self.wait_drained(&reload, self.confirm_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     pub fn master(&self) -> Result<u32, RouterError> {
         let pid = procs::read_pid(&self.layout.pid_file)
-            .filter(|&p| procs::alive(p))
+            .filter(|&p| procs::is_nginx_master(p))
             .ok_or_else(|| {
                 RouterError::Unavailable(format!(
                     "nginx is not running (no live pid in {})",
@@ -186,19 +224,22 @@ impl Router for NginxRouter {
 
         let old_workers = procs::workers(master);
         let since = Instant::now();
-        kill(Pid::from_raw(master as i32), Signal::SIGHUP).map_err(|e| {
-            RouterError::Unavailable(format!("signalling nginx master {master}: {e}"))
-        })?;
-        match self.confirm(generation, master, &old_workers, since).await {
+        let outcome = match kill(Pid::from_raw(master as i32), Signal::SIGHUP) {
+            Ok(()) => self.confirm(generation, master, &old_workers, since).await,
+            Err(e) => Err(format!("signalling nginx master {master}: {e}")),
+        };
+        match outcome {
             Ok(confirm_ms) => Ok(Reload {
                 generation,
                 old_workers,
                 confirm_ms,
             }),
             Err(why) => {
-                stage::install(&self.layout.conf_dir, &previous).map_err(io)?;
-                let _ = kill(Pid::from_raw(master as i32), Signal::SIGHUP);
-                Err(RouterError::NotConfirmed(why))
+                let restored = self.restore(previous, generation + 1, master).await;
+                Err(RouterError::NotConfirmed(match restored {
+                    Ok(()) => format!("{why}; the previous config is live again"),
+                    Err(e) => format!("{why}; restoring the previous config also failed: {e}"),
+                }))
             }
         }
     }

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use switchyard_engine::{
-    DeploymentId, DeploymentRecord, Instance, InstanceState, JournalEntry, Lock, Name,
+    Control, DeploymentId, DeploymentRecord, Instance, InstanceState, JournalEntry, Lock, Name,
     NewDeployment, Outcome, ServiceRecord, Step, Store, StoreError,
 };
 
+mod controls;
 mod deployments;
 #[cfg(test)]
 mod fixtures;
@@ -203,6 +204,19 @@ impl Store for SqliteStore {
 
     fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError> {
         instances::activate(self, service, id)
+    }
+
+    fn put_control(
+        &self,
+        id: DeploymentId,
+        control: Control,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        controls::put(self, id, control, at_ms)
+    }
+
+    fn take_control(&self, id: DeploymentId) -> Result<Option<Control>, StoreError> {
+        controls::take(self, id)
     }
 }
 

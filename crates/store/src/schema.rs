@@ -70,7 +70,16 @@ CREATE TABLE locks (
 ";
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: promote/abort requests from the CLI to a running deployment.
+const V2: &str = "
+CREATE TABLE controls (
+    deployment INTEGER PRIMARY KEY REFERENCES deployments (id),
+    action TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+";
+
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const CURRENT: u32 = MIGRATIONS.len() as u32;
@@ -112,6 +121,20 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_is_migrated_to_the_current_version() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        assert!(!tables(&conn).iter().any(|t: &String| t == "controls"));
+        migrate(&conn).unwrap();
+        assert!(tables(&conn).iter().any(|t: &String| t == "controls"));
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, CURRENT);
+    }
+
+    #[test]
     fn a_new_database_gets_every_table_and_the_current_version() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
@@ -122,6 +145,7 @@ mod tests {
         assert_eq!(
             tables(&conn),
             [
+                "controls",
                 "deployments",
                 "instances",
                 "journal",

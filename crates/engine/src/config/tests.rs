@@ -84,7 +84,7 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn unavailable_strategy_and_missing_image_are_rejected() {
-    let text = GOOD.replace("replicas = 2", "replicas = 2\nstrategy = \"canary\"");
+    let text = GOOD.replace("replicas = 2", "replicas = 2\nstrategy = \"rolling\"");
     assert_eq!(errors(&text)[0].field, "service.strategy");
     let text = GOOD.replace("image = \"demo-app:{version}\"", "");
     assert_eq!(errors(&text)[0].field, "service.image");
@@ -117,4 +117,54 @@ fn process_runtime_needs_a_command() {
 fn compiled_in_presets_parse() {
     let p = preset(StrategyKind::BlueGreen);
     parse_duration(&p.drain_timeout).unwrap();
+}
+
+#[test]
+fn canary_table_merges_over_the_preset() {
+    let text = format!("{GOOD}\n[service.canary]\nsteps = [10, 50, 100]\nhold = \"10s\"\nsticky = {{ cookie = \"uid\" }}\nroute = {{ header = \"X-Canary\", value = \"always\" }}\npause = [50]\n");
+    let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    let canary = &c.services[0].canary;
+    assert_eq!(canary.steps, [1000, 5000, 10_000]);
+    assert_eq!(canary.hold, Duration::from_secs(10));
+    assert_eq!(
+        canary.interval,
+        Duration::from_secs(5),
+        "from strategies/canary.toml"
+    );
+    assert_eq!(
+        canary.policy.max_error_rate, 0.01,
+        "from strategies/canary.toml"
+    );
+    assert_eq!(canary.sticky, Some(crate::RequestKey::Cookie("uid".into())));
+    assert_eq!(canary.route.as_ref().unwrap().value, "always");
+    assert_eq!(canary.pause_after, [5000]);
+    let plain = Config::parse(GOOD, Path::new("t.toml")).unwrap();
+    assert_eq!(
+        plain.services[0].canary.steps,
+        [500, 2500, 5000, 10_000],
+        "preset steps"
+    );
+}
+
+#[test]
+fn bad_canary_values_are_located() {
+    for (line, field) in [
+        ("steps = [5, 50, 25, 100]", "service.canary.steps"),
+        ("steps = [5, 50]", "service.canary.steps"),
+        ("max_error_rate = 2.0", "service.canary.max_error_rate"),
+        (
+            "sticky = { header = \"x\", cookie = \"y\" }",
+            "service.canary.sticky",
+        ),
+        (
+            "route = { cookie = \"user-id\", value = \"a\" }",
+            "service.canary.route",
+        ),
+        ("pause = [30]", "service.canary.pause"),
+        ("hold = \"soon\"", "service.canary.hold"),
+    ] {
+        let text = format!("{GOOD}\n[service.canary]\n{line}\n");
+        let e = &errors(&text)[0];
+        assert_eq!((e.field.as_str(), e.line), (field, 16), "{line}: {e}");
+    }
 }

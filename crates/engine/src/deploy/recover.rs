@@ -38,7 +38,8 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
 
     let mut new: Vec<Instance> = Vec::new();
     let mut routed = None;
-    let (mut route_intent, mut aborting) = (false, false);
+    let (mut route_intent, mut shifted, mut routed_back, mut removing) =
+        (false, false, false, false);
     for entry in journal {
         match &entry.step {
             Step::InstanceStarted { instance } | Step::RestartInstance { instance }
@@ -51,28 +52,34 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
                 generation,
                 old_workers,
             } => routed = Some((*generation, old_workers.clone())),
-            Step::RemoveNew { .. } | Step::RouteBack { .. } => aborting = true,
+            Step::Shift { .. } => shifted = true,
+            Step::RoutedBack { .. } => routed_back = true,
+            Step::RemoveNew { .. } => removing = true,
             _ => {}
         }
     }
-    let old = d
-        .store
-        .service(&spec.name)?
-        .active
-        .filter(|s| s.deployment != id);
-
-    if !route_intent || aborting {
+    let record = d.store.service(&spec.name)?;
+    // Killed after `activate` (pruning, say): the flip and the stop were done; finish.
+    if record.active.as_ref().is_some_and(|s| s.deployment == id) {
+        return d
+            .complete(spec, id, &format!("{reason}; completed on resume"))
+            .await;
+    }
+    let old = record.active.filter(|s| s.deployment != id);
+    // Removal starts only once no traffic can reach the new slot.
+    if removing || routed_back || (!route_intent && !shifted) {
         return finish_failed(
             d,
             spec,
             id,
             &new,
             old.as_ref(),
-            format!("{reason}; traffic never moved to it"),
+            format!("{reason}; traffic is not on it"),
         )
         .await;
     }
-    if slot_healthy_now(d, spec, &new).await {
+    // A canary that was never promoted goes back: promoting it unjudged would be blind.
+    if route_intent && slot_healthy_now(d, spec, &new).await {
         let reload = match routed {
             Some((generation, old_workers)) => Reload {
                 generation,
@@ -99,8 +106,13 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         return finish_failed(d, spec, id, &new, None, message).await;
     };
     route_back(d, spec, id, &old).await?;
+    let why = if route_intent {
+        "its instances were unhealthy on resume"
+    } else {
+        "an unfinished canary is not promoted unjudged"
+    };
     let message = format!(
-        "{reason}; its instances were unhealthy on resume, traffic was routed back to {}",
+        "{reason}; {why}, so traffic was routed back to {}",
         old.version
     );
     finish_failed(d, spec, id, &new, Some(&old), message).await
@@ -149,13 +161,14 @@ async fn slot_healthy_now<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     true
 }
 
-/// Restarts the old slot where it was stopped, waits until healthy, routes traffic to it.
-async fn route_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+/// Restarts the old slot where it was stopped, waits until healthy, routes all traffic to
+/// it and waits for the workers that routed elsewhere to exit.
+pub(super) async fn route_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     d: &Deployer<'_, R, P, N, S, H>,
     spec: &ServiceSpec,
     id: DeploymentId,
     old: &Slot,
-) -> Result<(), DeployError> {
+) -> Result<Reload, DeployError> {
     let set = upstream_set(spec, &old.instances);
     d.journal(
         id,
@@ -193,5 +206,12 @@ async fn route_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         .wait_drained(&reload, spec.drain_timeout)
         .await
         .map_err(|e| DeployError::Environment(e.to_string()))?;
-    Ok(())
+    d.journal(
+        id,
+        &spec.name,
+        Step::RoutedBack {
+            generation: reload.generation,
+        },
+    )?;
+    Ok(reload)
 }

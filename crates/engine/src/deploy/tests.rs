@@ -41,6 +41,15 @@ impl World {
         }
     }
 
+    fn retained_versions(&self) -> Vec<String> {
+        let record = self.store.service(&self.spec.name).unwrap();
+        record
+            .retained
+            .iter()
+            .map(|s| s.version.to_string())
+            .collect()
+    }
+
     fn deployer(&self) -> Deployer<'_, FakeRuntime, FakeRuntime, FakeRouter, MemStore, FakeHost> {
         Deployer {
             runtime: &self.runtime,
@@ -332,12 +341,14 @@ async fn a_live_lock_refuses_a_second_deploy() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lock_left_by_a_dead_process_or_stale_heartbeat_is_taken_over() {
-    for (pid_alive, heartbeat_age_ms) in [(false, 0), (true, 61_000)] {
+    // A dead pid on this host; a stale heartbeat from another host sharing the database.
+    for (host, pid_alive, heartbeat_age_ms) in [("testhost", false, 0), ("elsewhere", true, 61_000)]
+    {
         let w = World::new();
         let dead = Lock {
             service: w.spec.name.clone(),
             pid: 42,
-            host: "testhost".into(),
+            host: host.into(),
             deployment: None,
             acquired_ms: 0,
             heartbeat_ms: w.host.now_ms() - heartbeat_age_ms,
@@ -514,4 +525,109 @@ async fn a_docker_healthy_replica_is_routed() {
         .insert("v1".into(), RuntimeHealth::Healthy);
     w.deploy("v1").await.unwrap();
     w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_killed_after_it_was_activated_is_finished_not_undone() {
+    // Review finding: with v1 retained, deploying v3 prunes v1 after `activate`; a kill there
+    // used to make the resume remove the live v3.
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.deploy("v2").await.unwrap();
+    let before = w
+        .shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count();
+    w.deploy("v3").await.unwrap();
+    let steps = w
+        .shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count()
+        - before;
+    for n in 1..=steps {
+        for unhealthy in [false, true] {
+            let w = World::new();
+            w.deploy("v1").await.unwrap();
+            w.deploy("v2").await.unwrap();
+            w.shared.kill_after_journal(n, true);
+            let _ = tokio::time::timeout(Duration::from_secs(3600), w.deploy("v3")).await;
+            assert!(w.shared.is_dead(), "step {n}");
+            w.shared.revive();
+            w.host.restart();
+            if unhealthy {
+                w.runtime.unhealthy.borrow_mut().insert("v3".into());
+            }
+            let record = w.store.service(&w.spec.name).unwrap();
+            let activated = record.active.unwrap().version.as_str() == "v3";
+            w.deploy("v4")
+                .await
+                .unwrap_or_else(|e| panic!("step {n} unhealthy {unhealthy}: {e}"));
+            w.assert_consistent("v4");
+            if activated {
+                assert_eq!(
+                    w.retained_versions(),
+                    ["v3"],
+                    "step {n}: the live v3 was kept, not removed"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_holder_keeps_its_lock_however_old_its_heartbeat() {
+    // Review finding: a drain longer than 60 s made a live deploy's lock look stale.
+    let w = World::new();
+    let slow = Lock {
+        service: w.spec.name.clone(),
+        pid: 42,
+        host: "testhost".into(),
+        deployment: Some(1),
+        acquired_ms: 0,
+        heartbeat_ms: w.host.now_ms() - 600_000,
+    };
+    w.host.alive.borrow_mut().insert(42);
+    w.store.try_lock(&slow, None).unwrap().unwrap();
+    assert_eq!(w.deploy("v1").await.unwrap_err().exit_code(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn redeploying_the_live_version_keeps_the_real_rollback_target() {
+    // Review finding: a second v2 pushed v1 out of retain = 1.
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.deploy("v2").await.unwrap();
+    w.deploy("v2").await.unwrap();
+    assert_eq!(w.retained_versions(), ["v1"]);
+    w.deployer().rollback(&w.spec).await.unwrap();
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() {
+    // Review finding: r0 went back under the rollback's id and r1 under its own: two slots.
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.deploy("v2").await.unwrap();
+    let v1 = w.store.service(&w.spec.name).unwrap().retained[0].clone();
+    w.runtime
+        .unrestartable
+        .borrow_mut()
+        .insert(v1.instances[1].id.clone());
+    let err = w.deployer().rollback(&w.spec).await.unwrap_err();
+    assert!(
+        err.to_string().contains("port is already allocated"),
+        "{err}"
+    );
+    w.assert_consistent("v2");
+    let retained = w.store.service(&w.spec.name).unwrap().retained;
+    assert_eq!(retained.len(), 1, "{retained:#?}");
+    assert_eq!(
+        (retained[0].deployment, retained[0].instances.len()),
+        (v1.deployment, 2)
+    );
 }

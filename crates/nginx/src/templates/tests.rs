@@ -82,9 +82,17 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
     });
     let text = Templates::builtin().service(&set).unwrap();
     check_golden("service-api-2-canary.conf", &text);
-    assert!(text.contains("split_clients \"$cookie_uid\" $sy_api_2_split {\n    5.25% canary;\n    * stable;\n}"), "{text}");
+    assert!(
+        text.contains(
+            "split_clients \"$cookie_uid\" $sy_api_2_split {\n    5.25% canary;\n    * stable;\n}"
+        ),
+        "{text}"
+    );
     assert!(text.contains("map $http_x_canary $sy_api_2_track {\n    \"always\" canary;\n    default $sy_api_2_split;\n}"), "{text}");
-    assert!(text.contains("proxy_pass http://sy_api-2_$sy_api_2_track;"), "{text}");
+    assert!(
+        text.contains("proxy_pass http://sy_api-2_$sy_api_2_track;"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1,0 +1,195 @@
+//! The `[service.canary]` table: [`CanarySpec`], merged field by field over the compiled-in
+//! `strategies/canary.toml` preset and validated with the same line-and-field errors.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Checker;
+use crate::judge::Policy;
+use crate::names::{RequestKey, RouteMatch};
+
+/// How a canary moves and is judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySpec {
+    /// Traffic shares in hundredths of a percent, strictly increasing, ending at 10_000.
+    pub steps: Vec<u32>,
+    pub hold: Duration,
+    pub interval: Duration,
+    pub window: Duration,
+    pub policy: Policy,
+    pub failure_limit: u32,
+    pub inconclusive_limit: u32,
+    /// Keeps each user on one side across steps; None splits per request.
+    pub sticky: Option<RequestKey>,
+    /// Requests that always go to the canary (testers first).
+    pub route: Option<RouteMatch>,
+    /// Steps (in hundredths of a percent) after which the deploy waits for `promote`.
+    pub pause_after: Vec<u32>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCanary {
+    steps: Option<Spanned<Vec<f64>>>,
+    hold: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    max_error_rate: Option<Spanned<f64>>,
+    max_p99_latency: Option<Spanned<String>>,
+    min_requests: Option<Spanned<u32>>,
+    failure_limit: Option<Spanned<u32>>,
+    inconclusive_limit: Option<Spanned<u32>>,
+    baseline_margin: Option<Spanned<f64>>,
+    sticky: Option<Spanned<RawKey>>,
+    route: Option<Spanned<RawRoute>>,
+    pause: Option<Spanned<Vec<f64>>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    header: Option<String>,
+    cookie: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    header: Option<String>,
+    cookie: Option<String>,
+    value: String,
+}
+
+impl RawCanary {
+    /// The service's value where it set one, the preset's otherwise.
+    pub(super) fn over(self, preset: RawCanary) -> RawCanary {
+        RawCanary {
+            steps: self.steps.or(preset.steps),
+            hold: self.hold.or(preset.hold),
+            interval: self.interval.or(preset.interval),
+            window: self.window.or(preset.window),
+            max_error_rate: self.max_error_rate.or(preset.max_error_rate),
+            max_p99_latency: self.max_p99_latency.or(preset.max_p99_latency),
+            min_requests: self.min_requests.or(preset.min_requests),
+            failure_limit: self.failure_limit.or(preset.failure_limit),
+            inconclusive_limit: self.inconclusive_limit.or(preset.inconclusive_limit),
+            baseline_margin: self.baseline_margin.or(preset.baseline_margin),
+            sticky: self.sticky.or(preset.sticky),
+            route: self.route.or(preset.route),
+            pause: self.pause.or(preset.pause),
+        }
+    }
+}
+
+fn key(header: &Option<String>, cookie: &Option<String>) -> Result<RequestKey, String> {
+    match (header, cookie) {
+        (Some(h), None) => RequestKey::header(h),
+        (None, Some(c)) => RequestKey::cookie(c),
+        _ => Err("set exactly one of `header` or `cookie`".into()),
+    }
+}
+
+/// Percentages to hundredths of a percent: 0 < p <= 100, two decimals at most.
+fn basis_points(percents: &[f64]) -> Result<Vec<u32>, String> {
+    percents
+        .iter()
+        .map(|&p| {
+            let bp = (p * 100.0).round();
+            if p > 0.0 && p <= 100.0 && (p * 100.0 - bp).abs() < 1e-6 {
+                Ok(bp as u32)
+            } else {
+                Err(format!(
+                    "{p} is not a percentage in (0, 100] with at most two decimals"
+                ))
+            }
+        })
+        .collect()
+}
+
+impl Checker<'_> {
+    pub(super) fn canary(&mut self, raw: RawCanary) -> CanarySpec {
+        let f = "service.canary";
+        let steps = raw.steps.as_ref().and_then(|s| {
+            self.check(s, &format!("{f}.steps"), |p| {
+                let steps = basis_points(p)?;
+                if steps.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("steps must increase".into());
+                }
+                if steps.last() != Some(&10_000) {
+                    return Err("the last step must be 100".into());
+                }
+                Ok(steps)
+            })
+        });
+        let pause_after = raw
+            .pause
+            .as_ref()
+            .and_then(|p| self.check(p, &format!("{f}.pause"), |p| basis_points(p)));
+        if let (Some(steps), Some(pause), Some(raw_pause)) = (&steps, &pause_after, &raw.pause) {
+            if let Some(bad) = pause.iter().find(|p| !steps.contains(p)) {
+                self.push(
+                    Some(raw_pause.span()),
+                    &format!("{f}.pause"),
+                    format!("{} is not one of the steps", *bad as f64 / 100.0),
+                );
+            }
+        }
+        let duration = |c: &mut Self, v: &Option<Spanned<String>>, name: &str| {
+            c.duration(v, &format!("{f}.{name}"), Duration::from_secs(30))
+        };
+        let hold = duration(self, &raw.hold, "hold");
+        let interval = duration(self, &raw.interval, "interval");
+        let window = duration(self, &raw.window, "window");
+        let max_error_rate = raw.max_error_rate.as_ref().and_then(|r| {
+            self.check(r, &format!("{f}.max_error_rate"), |&r| {
+                if (0.0..=1.0).contains(&r) {
+                    Ok(r)
+                } else {
+                    Err(format!("{r} is not a fraction in [0, 1]"))
+                }
+            })
+        });
+        let baseline_margin = raw.baseline_margin.as_ref().and_then(|m| {
+            self.check(m, &format!("{f}.baseline_margin"), |&m| {
+                if (0.0..=1.0).contains(&m) {
+                    Ok(m)
+                } else {
+                    Err(format!("{m} is not a fraction in [0, 1]"))
+                }
+            })
+        });
+        let max_p99_latency = raw.max_p99_latency.as_ref().and_then(|l| {
+            self.check(l, &format!("{f}.max_p99_latency"), |l| {
+                super::parse_duration(l)
+            })
+        });
+        let sticky = raw
+            .sticky
+            .as_ref()
+            .and_then(|k| self.check(k, &format!("{f}.sticky"), |k| key(&k.header, &k.cookie)));
+        let route = raw.route.as_ref().and_then(|r| {
+            self.check(r, &format!("{f}.route"), |r| {
+                RouteMatch::new(key(&r.header, &r.cookie)?, &r.value)
+            })
+        });
+        CanarySpec {
+            steps: steps.unwrap_or_else(|| vec![10_000]),
+            hold,
+            interval,
+            window,
+            policy: Policy {
+                max_error_rate: max_error_rate.unwrap_or(0.01),
+                max_p99_latency,
+                min_requests: f64::from(raw.min_requests.map_or(100, |m| m.into_inner())),
+                baseline_margin,
+            },
+            failure_limit: raw.failure_limit.map_or(1, |l| l.into_inner().max(1)),
+            inconclusive_limit: raw.inconclusive_limit.map_or(12, |l| l.into_inner().max(1)),
+            sticky,
+            route,
+            pause_after: pause_after.unwrap_or_default(),
+        }
+    }
+}
