@@ -64,13 +64,16 @@ impl SandboxOptions {
     }
 }
 
-/// Where `scripts/build-demo-app` puts the static demo-app, or `$SWITCHYARD_DEMO_APP`.
+/// Where `scripts/build-demo-app` puts the static demo-app (under `$CARGO_TARGET_DIR` when
+/// set), or `$SWITCHYARD_DEMO_APP`.
 pub fn demo_app_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SWITCHYARD_DEMO_APP") {
         return PathBuf::from(path);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/x86_64-unknown-linux-gnu/release/demo-app")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("x86_64-unknown-linux-gnu/release/demo-app")
 }
 
 pub struct Sandbox {
