@@ -6,6 +6,7 @@
 //! for rollback. Every step is journaled before it is acted on, so a process killed anywhere
 //! leaves a deployment that [`recover`] finishes or rolls back on the next run.
 
+pub mod canary;
 mod health;
 mod recover;
 

@@ -282,6 +282,8 @@ pub struct FakeRouter {
     shared: Rc<Shared>,
     pub live: RefCell<BTreeMap<Name, Vec<SocketAddr>>>,
     generation: Cell<u64>,
+    /// The last set applied per service, canary split included.
+    pub sets: RefCell<BTreeMap<Name, UpstreamSet>>,
     /// The next `apply` is refused as `nginx -t` would.
     pub reject_next: Cell<bool>,
 }
@@ -293,6 +295,7 @@ impl FakeRouter {
             live: RefCell::default(),
             generation: Cell::new(0),
             reject_next: Cell::new(false),
+            sets: RefCell::default(),
         }
     }
 
@@ -318,9 +321,20 @@ impl Router for FakeRouter {
         }
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
+        let mut reachable = set.backends.clone();
+        if let Some(c) = set
+            .canary
+            .as_ref()
+            .filter(|c| c.weight_bp > 0 || c.route.is_some())
+        {
+            reachable.extend(&c.backends);
+        }
         self.live
             .borrow_mut()
-            .insert(set.service.clone(), set.backends.clone());
+            .insert(set.service.clone(), reachable);
+        self.sets
+            .borrow_mut()
+            .insert(set.service.clone(), set.clone());
         Ok(Reload {
             generation,
             old_workers: vec![generation as u32 * 100],
@@ -654,5 +668,46 @@ impl Host for FakeHost {
     }
     fn process_alive(&self, pid: u32) -> bool {
         self.alive.borrow().contains(&pid)
+    }
+}
+
+/// Canary measurements by version, as a metric source would report them for the current
+/// window. A version without an entry has no data; `unreachable` makes every query fail.
+#[derive(Default)]
+pub struct FakeMetrics {
+    pub by_version: RefCell<BTreeMap<String, crate::judge::Measurement>>,
+    pub unreachable: Cell<bool>,
+    pub queries: Cell<usize>,
+}
+
+impl FakeMetrics {
+    /// `requests` in the window, `error_rate` of them 5xx.
+    pub fn set(&self, version: &str, requests: f64, error_rate: f64) {
+        let m = crate::judge::Measurement {
+            requests: Some(requests),
+            errors: Some(requests * error_rate),
+            p99_latency: Some(0.02),
+        };
+        self.by_version.borrow_mut().insert(version.to_owned(), m);
+    }
+}
+
+impl MetricSource for FakeMetrics {
+    async fn measure(
+        &self,
+        query: &crate::judge::TrackWindow,
+    ) -> Result<crate::judge::Measurement, MetricError> {
+        self.queries.set(self.queries.get() + 1);
+        if self.unreachable.get() {
+            return Err(MetricError(
+                "prometheus at 127.0.0.1:9090 unreachable".into(),
+            ));
+        }
+        Ok(self
+            .by_version
+            .borrow()
+            .get(query.version.as_str())
+            .copied()
+            .unwrap_or_default())
     }
 }

@@ -12,6 +12,7 @@ pub mod managed;
 pub mod procs;
 pub mod router;
 pub mod stage;
+pub mod tailer;
 pub mod templates;
 
 pub use managed::ManagedNginx;

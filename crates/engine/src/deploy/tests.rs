@@ -631,3 +631,5 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
         (v1.deployment, 2)
     );
 }
+
+mod canary;

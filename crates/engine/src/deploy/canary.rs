@@ -1,0 +1,380 @@
+//! The canary strategy: [`Deployer::canary`].
+//!
+//! The new version starts beside the stable one and, once healthy, gets traffic in steps
+//! (`CanarySpec::steps`), each one validated and confirmed reload. During each step's hold
+//! the judge checks the canary every `interval` over the trailing `window`: a pass once the
+//! hold is over advances; `failure_limit` failed checks, or `inconclusive_limit` checks in a
+//! row without a verdict (no data, too few requests, metrics unreachable), roll back; the
+//! canary is never promoted blind. `switchyard promote` skips the rest of a hold or a pause,
+//! `switchyard abort` rolls back now. Rolling back is one reload to weight 0 (everything on
+//! stable), a drain, then the canary's removal; promoting is the blue-green flip to the
+//! canary, then the old slot is drained, stopped and kept. Before each reload the workers of
+//! the previous one are waited for, so at most one set of old workers drains at a time.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{health, recover, DeployError, DeployReport, Deployer, Target};
+use crate::config::ServiceSpec;
+use crate::judge::{judge, Measurement, Track, TrackWindow, Verdict};
+use crate::model::*;
+use crate::names::Version;
+use crate::seams::*;
+
+/// How often a paused canary looks for `promote` or `abort`.
+const PAUSE_POLL: Duration = Duration::from_millis(500);
+
+/// How a step's wait ended.
+enum StepEnd {
+    Passed,
+    Promoted,
+    RollBack(String),
+}
+
+impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, S, H> {
+    /// Deploys `version` of `spec` as a canary judged by `metrics`.
+    pub async fn canary<M: MetricSource>(
+        &self,
+        spec: &ServiceSpec,
+        version: &Version,
+        metrics: &M,
+    ) -> Result<DeployReport, DeployError> {
+        self.locked(spec, "deploy", |d| async move {
+            d.run_canary(spec, version, metrics).await
+        })
+        .await
+    }
+
+    async fn run_canary<M: MetricSource>(
+        &self,
+        spec: &ServiceSpec,
+        version: &Version,
+        metrics: &M,
+    ) -> Result<DeployReport, DeployError> {
+        let Some(old) = self.store.service(&spec.name)?.active else {
+            // Nothing stable to compare with or fall back to: the first version goes live whole.
+            return self
+                .run(spec, DeployKind::Deploy, Target::Fresh(version.clone()))
+                .await;
+        };
+        let started = Instant::now();
+        let color = old.color.other();
+        let id = self.store.begin(&NewDeployment {
+            service: spec.name.clone(),
+            kind: DeployKind::Deploy,
+            strategy: "canary".into(),
+            from_version: Some(old.version.clone()),
+            to_version: version.clone(),
+            color,
+            who: format!(
+                "{}@{} (pid {})",
+                self.host.user(),
+                self.host.hostname(),
+                self.host.pid()
+            ),
+            started_ms: self.host.now_ms(),
+        })?;
+        self.observer.event(&Event::Begin {
+            deployment: id,
+            service: spec.name.to_string(),
+            from: Some(old.version.to_string()),
+            to: version.to_string(),
+            color,
+        });
+        let mut new = Vec::new();
+        if let Err(message) = self.start_fresh(spec, id, version, color, &mut new).await {
+            return Err(self.abort(spec, id, &new, Some(&old), message).await);
+        }
+        self.journal(id, &spec.name, Step::WaitHealthy)?;
+        let healthy_ms = match health::wait_healthy(self, spec, &new).await {
+            Ok(ms) => ms,
+            Err(message) => return Err(self.abort(spec, id, &new, Some(&old), message).await),
+        };
+        self.journal(
+            id,
+            &spec.name,
+            Step::Healthy {
+                waited_ms: healthy_ms,
+            },
+        )?;
+        self.observer.event(&Event::Healthy {
+            waited_ms: healthy_ms,
+        });
+
+        let c = &spec.canary;
+        let mut live: Option<Reload> = None;
+        for &weight_bp in c.steps.iter().filter(|&&w| w < 10_000) {
+            let reload = match self
+                .shift(spec, id, &old, &new, weight_bp, live.as_ref())
+                .await?
+            {
+                Ok(reload) => reload,
+                Err(message) => {
+                    let reason = format!(
+                        "at {}%: nginx refused the step: {message}",
+                        percent(weight_bp)
+                    );
+                    return Err(self
+                        .roll_back_canary(spec, id, &old, &new, live.is_some(), reason)
+                        .await);
+                }
+            };
+            live = Some(reload);
+            let end = match self
+                .analyze(spec, id, &old, version, weight_bp, metrics)
+                .await?
+            {
+                StepEnd::Passed if c.pause_after.contains(&weight_bp) => {
+                    self.pause(spec, id, weight_bp).await?
+                }
+                end => end,
+            };
+            if let StepEnd::RollBack(reason) = end {
+                return Err(self
+                    .roll_back_canary(spec, id, &old, &new, true, reason)
+                    .await);
+            }
+        }
+
+        if let Some(previous) = &live {
+            self.drain(spec, previous).await?;
+        }
+        let reload = match self.route(spec, id, &new).await? {
+            Ok(reload) => reload,
+            Err(message) => {
+                let reason = format!("promoting: nginx refused the flip: {message}");
+                return Err(self
+                    .roll_back_canary(spec, id, &old, &new, live.is_some(), reason)
+                    .await);
+            }
+        };
+        let (drained, warnings) = self.retire(spec, id, &reload, Some(&old)).await?;
+        self.complete(spec, id, "canary promoted").await?;
+        Ok(DeployReport {
+            deployment: id,
+            service: spec.name.clone(),
+            kind: DeployKind::Deploy,
+            from: Some(old.version),
+            to: version.clone(),
+            color,
+            healthy_ms,
+            reload,
+            drained,
+            total_ms: started.elapsed().as_millis() as u64,
+            warnings,
+        })
+    }
+
+    async fn drain(&self, spec: &ServiceSpec, reload: &Reload) -> Result<Drained, DeployError> {
+        self.router
+            .wait_drained(reload, spec.drain_timeout)
+            .await
+            .map_err(|e| DeployError::Environment(e.to_string()))
+    }
+
+    /// One step: `weight_bp` to the canary, in one confirmed reload, after the previous
+    /// reload's workers are gone. The inner error means nginx refused and nothing changed.
+    async fn shift(
+        &self,
+        spec: &ServiceSpec,
+        id: DeploymentId,
+        old: &Slot,
+        new: &[Instance],
+        weight_bp: u32,
+        previous: Option<&Reload>,
+    ) -> Result<Result<Reload, String>, DeployError> {
+        if let Some(previous) = previous {
+            self.drain(spec, previous).await?;
+        }
+        let set = canary_set(spec, old, new, weight_bp);
+        let backends = new.iter().map(Instance::addr).collect();
+        self.journal(
+            id,
+            &spec.name,
+            Step::Shift {
+                weight_bp,
+                backends,
+            },
+        )?;
+        match self.router.apply(&set).await {
+            Ok(reload) => {
+                let step = Step::Shifted {
+                    weight_bp,
+                    generation: reload.generation,
+                    old_workers: reload.old_workers.clone(),
+                };
+                self.journal(id, &spec.name, step)?;
+                self.observer.event(&Event::Shifted {
+                    weight_bp,
+                    generation: reload.generation,
+                    confirm_ms: reload.confirm_ms,
+                });
+                Ok(Ok(reload))
+            }
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    /// Judges the canary every `interval` until the hold is over with a pass, or a limit is
+    /// reached, or someone promotes or aborts.
+    async fn analyze<M: MetricSource>(
+        &self,
+        spec: &ServiceSpec,
+        id: DeploymentId,
+        old: &Slot,
+        version: &Version,
+        weight_bp: u32,
+        metrics: &M,
+    ) -> Result<StepEnd, DeployError> {
+        let c = &spec.canary;
+        let hold_until = Instant::now() + c.hold;
+        let (mut failures, mut silent) = (0u32, 0u32);
+        loop {
+            tokio::time::sleep(c.interval).await;
+            if let Some(end) = self.control(id)? {
+                return Ok(end);
+            }
+            let query = |track, version: &Version| TrackWindow {
+                service: spec.name.clone(),
+                track,
+                version: version.clone(),
+                window: c.window,
+            };
+            let canary = metrics.measure(&query(Track::Canary, version)).await;
+            let baseline = match c.policy.baseline_margin {
+                Some(_) => Some(metrics.measure(&query(Track::Stable, &old.version)).await),
+                None => None,
+            };
+            let (verdict, measurement) = match (canary, baseline) {
+                (Err(e), _) | (_, Some(Err(e))) => {
+                    (Verdict::NoData(e.to_string()), Measurement::default())
+                }
+                (Ok(m), baseline) => (
+                    judge(&m, baseline.and_then(Result::ok).as_ref(), &c.policy),
+                    m,
+                ),
+            };
+            let (name, reason) = verdict_parts(&verdict);
+            let step = Step::Analysis {
+                weight_bp,
+                verdict: name.to_owned(),
+                detail: reason.to_owned(),
+            };
+            self.journal(id, &spec.name, step)?;
+            self.observer.event(&Event::Analysis {
+                weight_bp,
+                verdict: verdict.clone(),
+                measurement,
+            });
+            let at = percent(weight_bp);
+            match verdict {
+                Verdict::Pass(_) => {
+                    silent = 0;
+                    if Instant::now() >= hold_until {
+                        return Ok(StepEnd::Passed);
+                    }
+                }
+                Verdict::Fail(reason) => {
+                    silent = 0;
+                    failures += 1;
+                    if failures >= c.failure_limit {
+                        return Ok(StepEnd::RollBack(format!(
+                            "at {at}%: {reason} ({failures} failed check(s), limit {})",
+                            c.failure_limit
+                        )));
+                    }
+                }
+                Verdict::NoData(reason) | Verdict::Inconclusive(reason) => {
+                    silent += 1;
+                    if silent >= c.inconclusive_limit {
+                        return Ok(StepEnd::RollBack(format!(
+                            "at {at}%: {silent} checks in a row without a verdict (limit {}), the last: {reason}; a canary is never promoted without data",
+                            c.inconclusive_limit
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for `switchyard promote` (go on) or `switchyard abort` (roll back).
+    async fn pause(
+        &self,
+        spec: &ServiceSpec,
+        id: DeploymentId,
+        weight_bp: u32,
+    ) -> Result<StepEnd, DeployError> {
+        self.journal(id, &spec.name, Step::Paused { weight_bp })?;
+        self.observer.event(&Event::Paused { weight_bp });
+        loop {
+            if let Some(end) = self.control(id)? {
+                return Ok(end);
+            }
+            self.store
+                .heartbeat(&spec.name, self.host.pid(), self.host.now_ms())?;
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
+    }
+
+    fn control(&self, id: DeploymentId) -> Result<Option<StepEnd>, DeployError> {
+        Ok(self.store.take_control(id)?.map(|c| match c {
+            Control::Promote => StepEnd::Promoted,
+            Control::Abort => StepEnd::RollBack("aborted by `switchyard abort`".into()),
+        }))
+    }
+
+    /// Everything back on the stable slot (one reload, drained), then the canary removed.
+    async fn roll_back_canary(
+        &self,
+        spec: &ServiceSpec,
+        id: DeploymentId,
+        old: &Slot,
+        new: &[Instance],
+        shifted: bool,
+        reason: String,
+    ) -> DeployError {
+        if shifted {
+            match recover::route_back(self, spec, id, old).await {
+                Ok(reload) => self.observer.event(&Event::RolledBack { generation: reload.generation, reason: reason.clone() }),
+                Err(e) => {
+                    return DeployError::Environment(format!(
+                        "{reason}; routing everything back to {} failed: {e}; `switchyard status` shows the state, the next deploy or rollback finishes it",
+                        old.version
+                    ))
+                }
+            }
+        }
+        self.abort(spec, id, new, Some(old), reason).await
+    }
+}
+
+/// The stable slot beside the canary, `weight_bp` to the canary.
+pub fn canary_set(spec: &ServiceSpec, old: &Slot, new: &[Instance], weight_bp: u32) -> UpstreamSet {
+    UpstreamSet {
+        service: spec.name.clone(),
+        listen: spec.listen,
+        backends: old.instances.iter().map(Instance::addr).collect(),
+        canary: Some(CanaryRoute {
+            backends: new.iter().map(Instance::addr).collect(),
+            weight_bp,
+            sticky: spec.canary.sticky.clone(),
+            route: spec.canary.route.clone(),
+        }),
+    }
+}
+
+fn verdict_parts(v: &Verdict) -> (&'static str, &str) {
+    match v {
+        Verdict::Pass(r) => ("pass", r),
+        Verdict::NoData(r) => ("no_data", r),
+        Verdict::Inconclusive(r) => ("inconclusive", r),
+        Verdict::Fail(r) => ("fail", r),
+    }
+}
+
+/// `525` hundredths of a percent as `5.25`, `2500` as `25`.
+pub fn percent(weight_bp: u32) -> String {
+    let text = format!("{}.{:02}", weight_bp / 100, weight_bp % 100);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}

@@ -1,0 +1,289 @@
+//! The canary state machine against fakes on paused time: advance, hold on too little data,
+//! fail on a threshold, fail after the inconclusive limit, metrics unreachable, pause and
+//! promote, abort, one reload per step, and resume from the journal at every step.
+
+use super::*;
+
+impl World {
+    async fn canary(
+        &self,
+        version: &str,
+        metrics: &FakeMetrics,
+    ) -> Result<DeployReport, DeployError> {
+        self.deployer()
+            .canary(&self.spec, &v(version), metrics)
+            .await
+    }
+
+    fn canary_weight(&self) -> Option<u32> {
+        let sets = self.router.sets.borrow();
+        sets.values()
+            .next()
+            .and_then(|s| s.canary.as_ref().map(|c| c.weight_bp))
+    }
+
+    fn applies(&self) -> Vec<String> {
+        self.shared
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("router."))
+            .collect()
+    }
+}
+
+/// v1 live, then a canary of v2 judged by `metrics`.
+async fn with_v1(metrics: &FakeMetrics) -> World {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    metrics.set("v1", 1000.0, 0.0);
+    w
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_good_canary_steps_through_and_is_promoted() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.001);
+    let before = w.applies().len();
+    let started = tokio::time::Instant::now();
+    let report = w.canary("v2", &metrics).await.unwrap();
+    assert_eq!(report.to.as_str(), "v2");
+    w.assert_consistent("v2");
+    assert_eq!(w.retained_versions(), ["v1"]);
+    // Three steps held 30 s each, then the flip.
+    assert!(
+        started.elapsed() >= Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
+    let applies: Vec<String> = w.applies()[before..]
+        .iter()
+        .filter(|c| c.starts_with("router.apply"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        applies.len(),
+        4,
+        "one reload per step, and one for the flip: {applies:#?}"
+    );
+    let history = w.store.deployment(report.deployment).unwrap().unwrap();
+    let weights: Vec<u32> = history
+        .1
+        .iter()
+        .filter_map(|e| match e.step {
+            Step::Shifted { weight_bp, .. } => Some(weight_bp),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(weights, [500, 2500, 5000]);
+    assert_eq!(history.0.strategy, "canary");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_reload_waits_for_the_previous_ones_workers() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    let before = w.applies().len();
+    w.canary("v2", &metrics).await.unwrap();
+    let calls = &w.applies()[before..];
+    for (i, call) in calls.iter().enumerate().skip(1) {
+        if call.starts_with("router.apply") {
+            assert!(
+                calls[i - 1].starts_with("router.wait_drained"),
+                "never two sets of draining workers: {calls:#?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_canary_is_rolled_back_at_the_first_failed_check() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.30);
+    let started = tokio::time::Instant::now();
+    let err = w.canary("v2", &metrics).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    let msg = err.to_string();
+    assert!(msg.contains("traffic stays on v1"), "{msg}");
+    assert!(
+        msg.contains("at 5%: error rate 30.00% over 1000 requests exceeds the maximum 1.00%"),
+        "{msg}"
+    );
+    // Detected at the first check, one interval into the first step.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    w.assert_consistent("v1");
+    assert_eq!(w.canary_weight(), None, "one reload back to weight 0");
+    assert_eq!(
+        w.runtime.existing().len(),
+        2,
+        "the canary's replicas are removed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_data_holds_the_step_and_then_rolls_back_never_promotes() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    // v2 has no entry: every check is "no data".
+    let err = w.canary("v2", &metrics).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("12 checks in a row without a verdict"),
+        "{msg}"
+    );
+    assert!(msg.contains("never promoted without data"), "{msg}");
+    assert_eq!(metrics.queries.get(), 12);
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_few_requests_hold_the_step_until_there_are_enough() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 10.0, 0.0);
+    let deploy = w.canary("v2", &metrics);
+    let traffic_arrives = async {
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        metrics.set("v2", 1000.0, 0.0);
+    };
+    let (result, ()) = tokio::join!(deploy, traffic_arrives);
+    result.expect("promoted once the canary had enough requests");
+    w.assert_consistent("v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_metrics_never_promote() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    metrics.unreachable.set(true);
+    let msg = w.canary("v2", &metrics).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("prometheus at 127.0.0.1:9090 unreachable"),
+        "{msg}"
+    );
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_step_waits_for_promote() {
+    let metrics = FakeMetrics::default();
+    let mut w = with_v1(&metrics).await;
+    w.spec.canary.pause_after = vec![2500];
+    metrics.set("v2", 1000.0, 0.0);
+    let deploy = w.canary("v2", &metrics);
+    let operator = async {
+        // Well past the first two holds: the deploy is paused at 25%.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(w.canary_weight(), Some(2500), "still paused at 25%");
+        let (d, _) = w.store.unfinished(&w.spec.name).unwrap().unwrap();
+        w.store.put_control(d.id, Control::Promote, 0).unwrap();
+    };
+    let (result, ()) = tokio::join!(deploy, operator);
+    result.unwrap();
+    w.assert_consistent("v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_rolls_back_now() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    let deploy = w.canary("v2", &metrics);
+    let operator = async {
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        let (d, _) = w.store.unfinished(&w.spec.name).unwrap().unwrap();
+        w.store.put_control(d.id, Control::Abort, 0).unwrap();
+    };
+    let (result, ()) = tokio::join!(deploy, operator);
+    let msg = result.unwrap_err().to_string();
+    assert!(msg.contains("aborted by `switchyard abort`"), "{msg}");
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_promote_skips_the_rest_of_a_hold() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    let started = tokio::time::Instant::now();
+    let deploy = w.canary("v2", &metrics);
+    let operator = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            if let Some((d, _)) = w.store.unfinished(&w.spec.name).unwrap() {
+                w.store.put_control(d.id, Control::Promote, 0).unwrap();
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(deploy, operator);
+    result.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    w.assert_consistent("v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_version_of_a_service_goes_live_whole() {
+    let metrics = FakeMetrics::default();
+    let w = World::new();
+    w.canary("v1", &metrics).await.unwrap();
+    w.assert_consistent("v1");
+    assert_eq!(metrics.queries.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_killed_after_any_step_is_settled_by_the_next_deploy() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    let before = w
+        .shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count();
+    w.canary("v2", &metrics).await.unwrap();
+    let steps = w
+        .shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count()
+        - before;
+    for n in 1..=steps {
+        let w = with_v1(&metrics).await;
+        w.shared.kill_after_journal(n, true);
+        let _ = tokio::time::timeout(Duration::from_secs(36_000), w.canary("v2", &metrics)).await;
+        assert!(w.shared.is_dead(), "step {n}");
+        w.shared.revive();
+        w.host.restart();
+        let interrupted = w.store.unfinished(&w.spec.name).unwrap();
+        let promoting = interrupted
+            .as_ref()
+            .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "route"));
+        w.deploy("v3")
+            .await
+            .unwrap_or_else(|e| panic!("step {n}: {e}"));
+        w.assert_consistent("v3");
+        if let Some((record, _)) = interrupted {
+            let (after, _) = w.store.deployment(record.id).unwrap().unwrap();
+            // An unpromoted canary is routed back, never promoted on resume.
+            let expected = if promoting {
+                after.outcome
+            } else {
+                Outcome::Failed
+            };
+            assert_eq!(after.outcome, expected, "step {n}: {}", after.message);
+        }
+    }
+}
