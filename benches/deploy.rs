@@ -407,7 +407,7 @@ async fn naive_flip(
     let text = live
         .router
         .templates
-        .service(&upstream_set(spec, &new))
+        .service(&upstream_set(spec, &new), &live.router.layout.access_log)
         .map_err(anyhow::Error::msg)?;
     let file = live
         .router

@@ -368,6 +368,7 @@ async fn system_nginx_mode_deploys_under_load() {
 main_conf = "etc/nginx.conf"
 conf_dir = "etc/switchyard"
 pid_file = "run/nginx.pid"
+access_log = "log/access.json.log"
 control = "127.0.0.1:{control}"
 [state]
 path = "state/switchyard.db"

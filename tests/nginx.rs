@@ -439,7 +439,12 @@ async fn preview_shows_the_live_file_and_the_rendered_one_without_writing() {
     let diff = n.router.preview(&n.set(&b)).unwrap();
     assert_eq!(diff.path, n.file("web.conf").display().to_string());
     assert_eq!(diff.old.as_bytes(), files_before.0);
-    assert_eq!(diff.new, Templates::builtin().service(&n.set(&b)).unwrap());
+    assert_eq!(
+        diff.new,
+        Templates::builtin()
+            .service(&n.set(&b), &n.router.layout.access_log)
+            .unwrap()
+    );
     assert!(diff.new.contains(&b.addr.to_string()), "{}", diff.new);
     assert!(!diff.old.contains(&b.addr.to_string()), "{}", diff.old);
     assert!(n.files() == files_before, "preview changed files on disk");

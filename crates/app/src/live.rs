@@ -182,7 +182,14 @@ impl Live {
                 main_conf,
                 conf_dir,
                 pid_file,
-            } => Layout::system(&config.proxy.nginx, main_conf, conf_dir, pid_file),
+                access_log,
+            } => Layout::system(
+                &config.proxy.nginx,
+                main_conf,
+                conf_dir,
+                pid_file,
+                access_log,
+            ),
         };
         let router = NginxRouter::new(layout, config.proxy.control, Templates::builtin());
         Ok(Live {

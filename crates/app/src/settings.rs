@@ -28,10 +28,12 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
             main_conf,
             conf_dir,
             pid_file,
+            access_log,
         } => {
             resolve(main_conf);
             resolve(conf_dir);
             resolve(pid_file);
+            resolve(access_log);
             // A staged copy of main_conf's directory is validated with `nginx -t`: conf_dir
             // must be inside it, included relatively.
             let root = main_conf.parent().unwrap_or(Path::new("/"));

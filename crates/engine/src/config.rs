@@ -50,6 +50,8 @@ pub enum ProxyMode {
         main_conf: PathBuf,
         conf_dir: PathBuf,
         pid_file: PathBuf,
+        /// `proxy.access_log`, the JSON log switchyard's servers write and it tails.
+        access_log: PathBuf,
     },
 }
 
@@ -218,6 +220,7 @@ struct RawProxy {
     main_conf: Option<Spanned<String>>,
     conf_dir: Option<Spanned<String>>,
     pid_file: Option<String>,
+    access_log: Option<String>,
     control: Option<Spanned<String>>,
 }
 
@@ -390,6 +393,10 @@ impl Checker<'_> {
                 main_conf: PathBuf::from(main.into_inner()),
                 conf_dir: PathBuf::from(dir.into_inner()),
                 pid_file: PathBuf::from(raw.pid_file.unwrap_or_else(|| "/run/nginx.pid".into())),
+                access_log: PathBuf::from(
+                    raw.access_log
+                        .unwrap_or_else(|| "/var/log/nginx/switchyard.json.log".into()),
+                ),
             },
             (_, main, dir) => {
                 let span = main.or(dir).map(|s| s.span());

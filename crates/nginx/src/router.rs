@@ -115,7 +115,7 @@ impl NginxRouter {
     ) -> Result<Vec<(String, String)>, RouterError> {
         let service = self
             .templates
-            .service(set)
+            .service(set, &self.layout.access_log)
             .map_err(RouterError::Unavailable)?;
         let control = self
             .templates
@@ -275,7 +275,7 @@ impl Router for NginxRouter {
             old: std::fs::read_to_string(&path).unwrap_or_default(),
             new: self
                 .templates
-                .service(set)
+                .service(set, &self.layout.access_log)
                 .map_err(RouterError::Unavailable)?,
         })
     }

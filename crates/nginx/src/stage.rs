@@ -24,6 +24,8 @@ pub struct Layout {
     pub conf_dir: PathBuf,
     pub pid_file: PathBuf,
     pub error_log: PathBuf,
+    /// Where the services' servers write the JSON access log the tailer reads.
+    pub access_log: PathBuf,
 }
 
 impl Layout {
@@ -36,11 +38,18 @@ impl Layout {
             conf_dir: prefix.join("conf/switchyard"),
             pid_file: prefix.join("logs/nginx.pid"),
             error_log: prefix.join("logs/error.log"),
+            access_log: prefix.join("logs/access.json.log"),
         }
     }
 
     /// The system nginx, whose master writes its pid to `pid_file` (error log: Debian's).
-    pub fn system(nginx: &Path, main_conf: &Path, conf_dir: &Path, pid_file: &Path) -> Layout {
+    pub fn system(
+        nginx: &Path,
+        main_conf: &Path,
+        conf_dir: &Path,
+        pid_file: &Path,
+        access_log: &Path,
+    ) -> Layout {
         Layout {
             nginx: nginx.to_owned(),
             prefix: None,
@@ -48,6 +57,7 @@ impl Layout {
             conf_dir: conf_dir.to_owned(),
             pid_file: pid_file.to_owned(),
             error_log: PathBuf::from("/var/log/nginx/error.log"),
+            access_log: access_log.to_owned(),
         }
     }
 

@@ -71,7 +71,8 @@ impl Templates {
         self.render(MAIN, &ctx)
     }
 
-    pub fn service(&self, set: &UpstreamSet) -> Result<String, String> {
+    /// The service file; its server logs every request to `access_log` in the tailer's format.
+    pub fn service(&self, set: &UpstreamSet, access_log: &Path) -> Result<String, String> {
         let addrs =
             |b: &[SocketAddr]| -> Vec<String> { b.iter().map(SocketAddr::to_string).collect() };
         let mut ctx = Context::new();
@@ -79,6 +80,7 @@ impl Templates {
         // nginx variable names hold no '-'.
         ctx.insert("var", &set.service.as_str().replace('-', "_"));
         ctx.insert("listen", &set.listen.to_string());
+        ctx.insert("access_log", &access_log.display().to_string());
         ctx.insert("stable", &addrs(&set.backends));
         if let Some(canary) = &set.canary {
             let weight = (canary.weight_bp > 0)
@@ -107,6 +109,7 @@ impl Templates {
         let mut ctx = Context::new();
         ctx.insert("control", &control.to_string());
         ctx.insert("generation", &generation);
+        ctx.insert("log_format", &crate::tailer::log_format_directive());
         self.render(CONTROL, &ctx)
     }
 

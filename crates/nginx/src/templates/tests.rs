@@ -49,11 +49,14 @@ fn web_set() -> UpstreamSet {
     }
 }
 
+const LOG: &str = "/var/log/sy/access.json.log";
 const PREFIX: &str = "/srv/switchyard/nginx";
 
 #[test]
 fn service_file_for_two_backends_matches_golden() {
-    let text = Templates::builtin().service(&web_set()).unwrap();
+    let text = Templates::builtin()
+        .service(&web_set(), Path::new(LOG))
+        .unwrap();
     check_golden("service-web.conf", &text);
     // What the rest of the crate relies on, whatever the golden says.
     assert!(text.contains("upstream sy_web_stable {"), "{text}");
@@ -80,7 +83,7 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
         sticky: Some(RequestKey::cookie("uid").unwrap()),
         route: Some(RouteMatch::new(RequestKey::header("X-Canary").unwrap(), "always").unwrap()),
     });
-    let text = Templates::builtin().service(&set).unwrap();
+    let text = Templates::builtin().service(&set, Path::new(LOG)).unwrap();
     check_golden("service-api-2-canary.conf", &text);
     assert!(
         text.contains(
@@ -140,7 +143,7 @@ fn an_override_replaces_only_the_template_it_names() {
     let builtin = Templates::builtin();
 
     assert_eq!(
-        templates.service(&web_set()).unwrap(),
+        templates.service(&web_set(), Path::new(LOG)).unwrap(),
         "custom web on 127.0.0.1:8080\n"
     );
     let control = addr("127.0.0.1:9900");
@@ -160,8 +163,10 @@ fn an_empty_override_dir_changes_nothing() {
     let dir = override_dir(&[("unrelated.tera", "{{ nonsense")]);
     let templates = Templates::with_overrides(dir.path()).unwrap();
     assert_eq!(
-        templates.service(&web_set()).unwrap(),
-        Templates::builtin().service(&web_set()).unwrap()
+        templates.service(&web_set(), Path::new(LOG)).unwrap(),
+        Templates::builtin()
+            .service(&web_set(), Path::new(LOG))
+            .unwrap()
     );
 }
 
@@ -184,7 +189,7 @@ fn a_broken_override_is_an_error_naming_the_file() {
 fn an_override_that_fails_to_render_is_an_error_naming_the_template() {
     let dir = override_dir(&[(SERVICE, "listen {{ no_such_variable }};\n")]);
     let templates = Templates::with_overrides(dir.path()).unwrap();
-    let err = templates.service(&web_set()).unwrap_err();
+    let err = templates.service(&web_set(), Path::new(LOG)).unwrap_err();
     assert!(
         err.contains(SERVICE),
         "error does not name {SERVICE}: {err}"
