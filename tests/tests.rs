@@ -8,3 +8,4 @@ mod cli;
 mod e2e;
 mod nginx;
 mod routing;
+mod serve;

@@ -51,6 +51,12 @@ pub enum Command {
     },
     /// Bring back the previous version (kept stopped after the last deploy).
     Rollback { service: String },
+    /// Let a running canary go on now: past a pause, or past the rest of its current hold.
+    Promote { service: String },
+    /// Roll a running canary back now.
+    Abort { service: String },
+    /// The long-running daemon: `/metrics` for Prometheus and the HTTP API.
+    Serve(commands::serve::ServeArgs),
     /// Active version, colour, instances, ports, health, lock and any interrupted deploy.
     Status { service: Option<String> },
     /// Past deployments, newest first.

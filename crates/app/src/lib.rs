@@ -5,6 +5,8 @@
 //!   nginx, SQLite, the clock) and the HTTP health prober.
 //! - [`sandbox`]: a throwaway installation (temp dir, managed nginx on free ports,
 //!   labelled containers) for the demo, the end-to-end tests and the benchmarks.
+//! - [`traffic`]: per-track counts tailed from nginx's access log, and the embedded metric
+//!   source for canary judgements.
 //! - [`demo`]: `switchyard demo`. [`load`]: the load generator. [`progress`]: human output.
 
 pub mod demo;
@@ -12,7 +14,9 @@ pub mod live;
 pub mod load;
 pub mod progress;
 pub mod sandbox;
+pub mod serve;
 pub mod settings;
+pub mod traffic;
 
 use switchyard_engine::deploy::DeployError;
 

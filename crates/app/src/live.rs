@@ -13,7 +13,10 @@ use switchyard_nginx::{Layout, ManagedNginx, NginxRouter, Templates};
 use switchyard_process::ProcessRuntime;
 use switchyard_store::SqliteStore;
 
+use crate::traffic::{EmbeddedMetrics, TrafficWatch};
 use crate::AppError;
+use switchyard_engine::judge::{Measurement, TrackWindow};
+use switchyard_prometheus::{PromClient, PromSource, QueryTemplates};
 
 /// The runtime the config chose.
 pub enum AnyRuntime {
@@ -139,6 +142,21 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
+/// The canary judge's metric source the config chose: Prometheus, or nginx's access log.
+pub enum AnyMetrics {
+    Prometheus(PromSource),
+    Embedded(EmbeddedMetrics),
+}
+
+impl MetricSource for AnyMetrics {
+    async fn measure(&self, query: &TrackWindow) -> Result<Measurement, MetricError> {
+        match self {
+            AnyMetrics::Prometheus(p) => p.measure(query).await,
+            AnyMetrics::Embedded(e) => e.measure(query).await,
+        }
+    }
+}
+
 /// A config with its live clients.
 pub struct Live {
     pub config: Config,
@@ -200,6 +218,24 @@ impl Live {
             host: SystemHost,
             prober: HttpProber::default(),
         })
+    }
+
+    /// Where canary measurements come from: `[metrics] prometheus`, or else a tailer of the
+    /// access log started now (so it sees only this deploy's traffic).
+    pub fn metrics(&self, service: &str) -> Result<AnyMetrics, AppError> {
+        match &self.config.metrics.prometheus {
+            Some(url) => Ok(AnyMetrics::Prometheus(PromSource {
+                client: PromClient::new(url, Duration::from_secs(5)),
+                templates: QueryTemplates::default(),
+            })),
+            None => {
+                let log = &self.router.layout.access_log;
+                let watch = TrafficWatch::start(log, &[service]).map_err(|e| {
+                    AppError::environment(format!("tailing {}: {e}", log.display()))
+                })?;
+                Ok(AnyMetrics::Embedded(EmbeddedMetrics { watch }))
+            }
+        }
     }
 
     pub fn spec(&self, service: &str) -> Result<&ServiceSpec, AppError> {

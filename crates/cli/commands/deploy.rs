@@ -2,6 +2,7 @@
 
 use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
+use switchyard_engine::config::StrategyKind;
 use switchyard_engine::deploy::DeployReport;
 use switchyard_engine::Version;
 
@@ -16,16 +17,22 @@ pub async fn deploy(
 ) -> Result<(), AppError> {
     let version =
         Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
-    if let Some(s) = strategy.filter(|s| *s != "blue-green") {
-        return Err(AppError::input(format!(
-            "--strategy: {s:?} is not available yet: use \"blue-green\""
-        )));
-    }
+    let strategy = strategy
+        .map(|s| StrategyKind::parse(s).map_err(|e| AppError::input(format!("--strategy: {e}"))))
+        .transpose()?;
     let live = open(cli).await?;
     let spec = live.spec(service)?;
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
-    let report = live.deployer(&progress).deploy(spec, &version).await?;
+    let deployer = live.deployer(&progress);
+    let report = match strategy.unwrap_or(spec.strategy) {
+        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await?,
+        StrategyKind::Canary => {
+            deployer
+                .canary(spec, &version, &live.metrics(service)?)
+                .await?
+        }
+    };
     print_report(cli, &report);
     Ok(())
 }

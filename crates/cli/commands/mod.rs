@@ -1,15 +1,18 @@
 //! One module per subcommand; [`run`] dispatches.
 
+mod control;
 pub mod demo;
 mod deploy;
 mod history;
 mod plan;
+pub mod serve;
 mod status;
 mod validate;
 
 use serde::Serialize;
 use switchyard_app::live::Live;
 use switchyard_app::{settings, AppError};
+use switchyard_engine::Control;
 
 use crate::{Cli, Command, Output};
 
@@ -21,6 +24,9 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
             strategy,
         } => deploy::deploy(cli, service, version, strategy.as_deref()).await,
         Command::Rollback { service } => deploy::rollback(cli, service).await,
+        Command::Promote { service } => control::run(cli, service, Control::Promote),
+        Command::Abort { service } => control::run(cli, service, Control::Abort),
+        Command::Serve(args) => serve::run(cli, args).await,
         Command::Status { service } => status::run(cli, service.as_deref()).await,
         Command::History { service, limit } => history::run(cli, service.as_deref(), *limit).await,
         Command::Plan { service, version } => plan::run(cli, service, version).await,

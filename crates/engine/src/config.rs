@@ -29,6 +29,19 @@ pub struct Config {
     pub state_path: PathBuf,
     pub runtime: RuntimeChoice,
     pub services: Vec<ServiceSpec>,
+    pub metrics: MetricsConfig,
+    /// Where `switchyard serve` listens (`/metrics`, the API); loopback by default.
+    pub serve_listen: SocketAddr,
+}
+
+/// Where canary measurements come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// `http://host:port` of a Prometheus that scrapes `switchyard serve`; without one the
+    /// judge reads nginx's access log directly.
+    pub prometheus: Option<String>,
+    /// Prometheus' scrape interval for switchyard; a canary window must span 4 of them.
+    pub scrape_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +223,23 @@ struct RawConfig {
     runtime: RawRuntime,
     #[serde(default, rename = "service")]
     services: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    serve: RawServe,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    prometheus: Option<Spanned<String>>,
+    scrape_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -375,11 +405,62 @@ impl Checker<'_> {
             .collect();
         self.check_unique(&raw.services, &services, &proxy);
         let state_path = PathBuf::from(raw.state.path.unwrap_or_else(|| "switchyard.db".into()));
+        let metrics = self.metrics(&raw.metrics, &services);
+        let default_serve: SocketAddr = "127.0.0.1:9100".parse().expect("literal address");
+        let serve_listen = match &raw.serve.listen {
+            None => default_serve,
+            Some(l) => self
+                .check(l, "serve.listen", |l| parse_addr(l))
+                .unwrap_or(default_serve),
+        };
         Config {
             proxy,
             state_path,
             runtime,
             services,
+            metrics,
+            serve_listen,
+        }
+    }
+
+    fn metrics(&mut self, raw: &RawMetrics, services: &[ServiceSpec]) -> MetricsConfig {
+        let prometheus = raw.prometheus.as_ref().and_then(|p| {
+            self.check(p, "metrics.prometheus", |url| {
+                let rest = url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+                if rest.is_empty() || rest.contains(char::is_whitespace) {
+                    return Err(format!("{url:?} is not an http:// URL"));
+                }
+                Ok(url.trim_end_matches('/').to_owned())
+            })
+        });
+        let scrape_interval = self.duration(
+            &raw.scrape_interval,
+            "metrics.scrape_interval",
+            Duration::from_secs(15),
+        );
+        // rate() and increase() need two samples in their window.
+        if let (Some(p), true) = (&raw.prometheus, prometheus.is_some()) {
+            for s in services
+                .iter()
+                .filter(|s| s.canary.window < scrape_interval * 4)
+            {
+                self.push(
+                    Some(p.span()),
+                    "metrics.prometheus",
+                    format!(
+                        "service {}: canary window {:?} is shorter than 4 scrape intervals ({:?})",
+                        s.name,
+                        s.canary.window,
+                        scrape_interval * 4
+                    ),
+                );
+            }
+        }
+        MetricsConfig {
+            prometheus,
+            scrape_interval,
         }
     }
 

@@ -168,3 +168,26 @@ fn bad_canary_values_are_located() {
         assert_eq!((e.field.as_str(), e.line), (field, 16), "{line}: {e}");
     }
 }
+
+#[test]
+fn prometheus_needs_an_http_url_and_a_window_of_four_scrapes() {
+    let text = format!(
+        "{GOOD}\n[metrics]\nprometheus = \"http://127.0.0.1:9090/\"\nscrape_interval = \"5s\"\n"
+    );
+    let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    assert_eq!(
+        c.metrics.prometheus.as_deref(),
+        Some("http://127.0.0.1:9090")
+    );
+    let text = format!("{GOOD}\n[metrics]\nprometheus = \"127.0.0.1:9090\"\n");
+    assert_eq!(errors(&text)[0].field, "metrics.prometheus");
+    let text = format!(
+        "{GOOD}\n[metrics]\nprometheus = \"http://127.0.0.1:9090\"\nscrape_interval = \"15s\"\n"
+    );
+    let e = &errors(&text)[0];
+    assert!(
+        e.message
+            .contains("canary window 30s is shorter than 4 scrape intervals (60s)"),
+        "{e}"
+    );
+}

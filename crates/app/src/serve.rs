@@ -1,0 +1,1 @@
+//! `switchyard serve`: the daemon (being built).

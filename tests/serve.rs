@@ -1,0 +1,1 @@
+//! `switchyard serve` end to end (being built).
