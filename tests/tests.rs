@@ -4,6 +4,7 @@
 
 mod support;
 
+mod canary;
 mod cli;
 mod e2e;
 mod nginx;

@@ -37,6 +37,8 @@ pub struct SandboxOptions {
     pub drain_timeout: String,
     /// Docker images get a HEALTHCHECK (`/app healthcheck`, every second).
     pub docker_healthcheck: bool,
+    /// Lines of the `[service.canary]` table (steps, hold, thresholds).
+    pub canary: String,
 }
 
 impl SandboxOptions {
@@ -50,6 +52,7 @@ impl SandboxOptions {
                 .into(),
             drain_timeout: "10s".into(),
             docker_healthcheck: false,
+            canary: String::new(),
         }
     }
 
@@ -189,6 +192,22 @@ impl Sandbox {
             .await?)
     }
 
+    /// Deploys `version` as a canary, judged by the config's metric source.
+    pub async fn deploy_canary(
+        &self,
+        version: &str,
+        observer: &dyn Observer,
+    ) -> Result<DeployReport, AppError> {
+        self.ensure_image(version).await?;
+        let version = Version::parse(version).map_err(AppError::input)?;
+        let metrics = self.live().metrics(SERVICE)?;
+        Ok(self
+            .live()
+            .deployer(observer)
+            .canary(self.spec(), &version, &metrics)
+            .await?)
+    }
+
     pub async fn rollback(&self, observer: &dyn Observer) -> Result<DeployReport, AppError> {
         Ok(self.live().deployer(observer).rollback(self.spec()).await?)
     }
@@ -286,8 +305,12 @@ stop_timeout = "5s"
 health = {{ {health} }}
 drain = {{ timeout = "{drain}" }}
 
+[service.canary]
+{canary}
+
 [service.env]
 {env}"#,
+        canary = o.canary,
         replicas = o.replicas,
         health = o.health,
         drain = o.drain_timeout,

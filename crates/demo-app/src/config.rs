@@ -92,6 +92,12 @@ impl Config {
                 expected: FAIL_RATE_EXPECTED,
             });
         }
+        // FAILING_VERSIONS (comma-separated) limits FAIL_RATE to the listed versions, so one
+        // service config can hold a bad canary beside a good stable version.
+        let fail_rate = match get("FAILING_VERSIONS") {
+            Some(list) if !list.split(',').any(|v| v.trim() == version) => 0.0,
+            _ => fail_rate,
+        };
         Ok(Config {
             addr: SocketAddr::new(ip, port),
             version: version.clone(),
@@ -245,5 +251,25 @@ mod tests {
         assert!(listed.health_fail);
         let other = config(&[("APP_VERSION", "v1"), ("UNHEALTHY_VERSIONS", "v3,v2")]).unwrap();
         assert!(!other.health_fail);
+    }
+
+    #[test]
+    fn failing_versions_limits_the_fail_rate_to_listed_versions() {
+        let bad = config(&[
+            ("APP_VERSION", "v2"),
+            ("FAIL_RATE", "0.3"),
+            ("FAILING_VERSIONS", "v2"),
+        ])
+        .unwrap();
+        assert_eq!(bad.fail_rate, 0.3);
+        let good = config(&[
+            ("APP_VERSION", "v1"),
+            ("FAIL_RATE", "0.3"),
+            ("FAILING_VERSIONS", "v2"),
+        ])
+        .unwrap();
+        assert_eq!(good.fail_rate, 0.0);
+        let all = config(&[("APP_VERSION", "v1"), ("FAIL_RATE", "0.3")]).unwrap();
+        assert_eq!(all.fail_rate, 0.3);
     }
 }
