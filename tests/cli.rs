@@ -25,6 +25,11 @@ struct Project {
 
 impl Project {
     fn new(app: &Path, env: &str) -> Project {
+        Project::with_canary(app, env, "")
+    }
+
+    /// `canary` holds the lines of the `[service.canary]` table.
+    fn with_canary(app: &Path, env: &str, canary: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
@@ -47,6 +52,9 @@ stop_timeout = "5s"
 health = {{ path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s" }}
 drain = {{ timeout = "10s" }}
 env = {{ LATENCY_MS = "5" {env} }}
+
+[service.canary]
+{canary}
 "#,
             control = free_port(),
             app = app.display().to_string(),
@@ -243,7 +251,7 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
         .map(|(k, v)| (k.to_owned(), v.to_owned(), "succeeded".to_owned()));
     assert_eq!(rows, expected);
 
-    let refused = project.run(&["deploy", "web", "--version", "v3", "--strategy", "canary"]);
+    let refused = project.run(&["deploy", "web", "--version", "v3", "--strategy", "rolling"]);
     assert_exit(&refused, 2);
     let bad_version = project.run(&["deploy", "web", "--version", "v3;rm"]);
     assert_exit(&bad_version, 2);
@@ -335,4 +343,61 @@ fn a_system_conf_dir_outside_the_main_conf_directory_is_rejected() {
         stderr.contains("proxy.conf_dir: /srv/switchyard is not inside /etc/nginx"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_canary_is_shown_by_status_and_promoted_by_the_cli() {
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
+    let canary = "steps = [20, 100]\nhold = \"1s\"\ninterval = \"500ms\"\nwindow = \"2s\"\nmin_requests = 5\npause = [20]";
+    let project = Project::with_canary(&app, "", canary);
+    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    let load = project.load();
+    let mut child = project
+        .command(&["deploy", "web", "--version", "v2", "--strategy", "canary"])
+        .spawn()
+        .unwrap();
+    let store = project.store();
+    let name = Name::parse("web").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the canary to pause at 20%",
+        || async {
+            store
+                .unfinished(&name)
+                .unwrap()
+                .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "paused"))
+        },
+    )
+    .await;
+    let status = text(&project.run(&["status"]).stdout);
+    assert!(
+        status.contains("canary: deployment #2 v2 at 20% of traffic (paused"),
+        "{status}"
+    );
+    assert!(
+        status.contains("last check: pass: error rate 0.00%"),
+        "{status}"
+    );
+    assert!(
+        status.contains("thresholds: error rate at most 1.00%, at least 5 requests"),
+        "{status}"
+    );
+    let promoted = project.run(&["promote", "web"]);
+    assert_exit(&promoted, 0);
+    assert!(
+        text(&promoted.stdout).contains("asked deployment #2 (web -> v2"),
+        "{}",
+        text(&promoted.stdout)
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the canary deploy finished after promote");
+    let report = load.stop().await;
+    assert_no_failures(&report);
+    assert!(report.by_version.contains_key("v2"), "{report}");
+    // Nothing is running any more: promote and abort say so.
+    let nothing = project.run(&["abort", "web"]);
+    assert_exit(&nothing, 2);
+    assert!(text(&nothing.stderr).contains("no deployment of web is running"));
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use switchyard_app::live::Live;
 use switchyard_app::AppError;
 use switchyard_engine::deploy::lock_is_stale;
-use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Store};
+use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Step, Store};
 
 use super::{json, open};
 use crate::Cli;
@@ -22,6 +22,18 @@ struct ServiceStatus {
     retained: Vec<String>,
     lock: Option<LockReport>,
     interrupted: Option<String>,
+    canary: Option<CanaryReport>,
+}
+
+/// Where a running canary is: its step, the last check, the thresholds it is held to.
+#[derive(Serialize)]
+struct CanaryReport {
+    deployment: i64,
+    version: String,
+    weight_percent: f64,
+    paused: bool,
+    last_check: Option<String>,
+    thresholds: String,
 }
 
 #[derive(Serialize)]
@@ -100,6 +112,35 @@ async fn service_status(live: &Live, spec: &ServiceSpec) -> Result<ServiceStatus
             )
         }
     });
+    let canary = live
+        .store
+        .unfinished(&spec.name)
+        .map_err(env)?
+        .filter(|(d, _)| d.strategy == "canary")
+        .map(|(d, journal)| {
+            let mut report = CanaryReport {
+                deployment: d.id,
+                version: d.to_version.to_string(),
+                weight_percent: 0.0,
+                paused: false,
+                last_check: None,
+                thresholds: thresholds(spec),
+            };
+            for entry in &journal {
+                match &entry.step {
+                    Step::Shifted { weight_bp, .. } => {
+                        report.weight_percent = f64::from(*weight_bp) / 100.0;
+                        report.paused = false;
+                    }
+                    Step::Paused { .. } => report.paused = true,
+                    Step::Analysis {
+                        verdict, detail, ..
+                    } => report.last_check = Some(format!("{verdict}: {detail}")),
+                    _ => {}
+                }
+            }
+            report
+        });
     let active = record.active.as_ref();
     Ok(ServiceStatus {
         service: spec.name.to_string(),
@@ -122,7 +163,25 @@ async fn service_status(live: &Live, spec: &ServiceSpec) -> Result<ServiceStatus
             .collect(),
         lock,
         interrupted,
+        canary,
     })
+}
+
+fn thresholds(spec: &ServiceSpec) -> String {
+    let p = &spec.canary.policy;
+    let mut text = format!(
+        "error rate at most {:.2}%, at least {} requests per {:?} window",
+        p.max_error_rate * 100.0,
+        p.min_requests,
+        spec.canary.window
+    );
+    if let Some(l) = p.max_p99_latency {
+        text.push_str(&format!(", p99 at most {} ms", l.as_millis()));
+    }
+    if let Some(m) = p.baseline_margin {
+        text.push_str(&format!(", at most {:.2} points above stable", m * 100.0));
+    }
+    text
 }
 
 fn print_human(s: &ServiceStatus) {
@@ -162,6 +221,22 @@ fn print_human(s: &ServiceStatus) {
                 ""
             }
         ),
+    }
+    if let Some(c) = &s.canary {
+        let state = if c.paused {
+            " (paused: `switchyard promote` to go on, `switchyard abort` to roll back)"
+        } else {
+            ""
+        };
+        println!(
+            "  canary: deployment #{} {} at {}% of traffic{state}",
+            c.deployment, c.version, c.weight_percent
+        );
+        println!(
+            "    last check: {}",
+            c.last_check.as_deref().unwrap_or("none yet")
+        );
+        println!("    thresholds: {}", c.thresholds);
     }
     if let Some(i) = &s.interrupted {
         println!("  {i}");
