@@ -19,6 +19,8 @@ use crate::progress::Progress;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::AppError;
 
+pub mod canary;
+
 pub struct DemoOptions {
     /// None: Docker when the daemon answers, else local processes.
     pub runtime: Option<RuntimeChoice>,
@@ -51,6 +53,7 @@ pub struct DemoSummary {
     pub deploy_p50_ms: Option<f64>,
     pub deploy_p99_ms: Option<f64>,
     pub failures: Vec<String>,
+    pub canaries: Vec<canary::CanaryScene>,
 }
 
 pub async fn choose_runtime() -> RuntimeChoice {
@@ -68,9 +71,12 @@ pub async fn run(o: &DemoOptions) -> Result<DemoSummary, AppError> {
         Some(r) => r,
         None => choose_runtime().await,
     };
-    let options = SandboxOptions::new(runtime, o.app_binary.clone())
+    let mut options = SandboxOptions::new(runtime, o.app_binary.clone())
         .replicas(o.replicas)
-        .env("LATENCY_MS", &o.latency_ms.to_string());
+        .env("LATENCY_MS", &o.latency_ms.to_string())
+        .env("FAILING_VERSIONS", canary::BAD_VERSION)
+        .env("FAIL_RATE", canary::BAD_FAIL_RATE);
+    options.canary = canary::DEMO_CANARY.to_owned();
     let sandbox = Sandbox::start(&options).await?;
     let kind = if runtime == RuntimeChoice::Docker {
         "docker"
@@ -117,18 +123,28 @@ async fn demo_flow(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let traffic = load.stop().await;
     let report = report?;
+    eprintln!("\ncanary v3 (a good version), under load:");
+    let good = canary::scene(sandbox, "v3", o.connections).await?;
+    eprintln!(
+        "\ncanary {} (FAIL_RATE={}: that share of its requests fail), under load:",
+        canary::BAD_VERSION,
+        canary::BAD_FAIL_RATE
+    );
+    let bad = canary::scene(sandbox, canary::BAD_VERSION, o.connections).await?;
     let healthy_at = progress
         .healthy_at
         .lock()
         .expect("progress lock")
         .unwrap_or(deploy_start);
-    Ok(summarize(
+    let mut summary = summarize(
         &traffic,
         kind,
         &report,
         healthy_at,
         (deploy_start, deploy_end),
-    ))
+    );
+    summary.canaries = vec![good, bad];
+    Ok(summary)
 }
 
 fn summarize(
@@ -168,6 +184,7 @@ fn summarize(
         deploy_p50_ms: t.percentile(50.0, Some(deploy)).map(ms),
         deploy_p99_ms: t.percentile(99.0, Some(deploy)).map(ms),
         failures: t.failures.iter().map(|f| format!("{f:?}")).collect(),
+        canaries: Vec::new(),
     }
 }
 
@@ -223,6 +240,9 @@ impl DemoSummary {
         }
         for f in self.failures.iter().take(5) {
             text.push_str(&format!("  failure: {f}\n"));
+        }
+        for c in &self.canaries {
+            text.push_str(&c.table());
         }
         text
     }

@@ -44,6 +44,25 @@ pub async fn run(args: &DemoArgs) -> Result<(), AppError> {
     };
     let summary = demo::run(&options).await?;
     println!("{}", summary.table());
+    // Only the bad canary's own 5xx may fail: every other failure is the cutover's fault.
+    let elsewhere: u64 = summary.canaries.iter().map(|c| c.failed_elsewhere).sum();
+    if elsewhere > 0 {
+        return Err(AppError {
+            code: 1,
+            message: format!("{elsewhere} requests failed that were not the bad canary's own"),
+        });
+    }
+    if let [good, bad] = summary.canaries.as_slice() {
+        if good.outcome != "promoted" || !bad.outcome.starts_with("rolled back") {
+            return Err(AppError {
+                code: 1,
+                message: format!(
+                    "expected the good canary promoted and the bad one rolled back, got: {}; {}",
+                    good.outcome, bad.outcome
+                ),
+            });
+        }
+    }
     if summary.failed > 0 {
         return Err(AppError {
             code: 1,
