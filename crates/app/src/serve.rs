@@ -1,1 +1,400 @@
-//! `switchyard serve`: the daemon (being built).
+//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server (127.0.0.1 by
+//! default; any other address only with [`ServeOptions::allow_remote`]) and returns a
+//! [`Server`] handle with the bound address and a graceful [`Server::shutdown`]; the binary
+//! and the tests run the same code in-process.
+//!
+//! - `GET /metrics`: the Prometheus text exposition.
+//!   - From nginx's own access log (`serve/proxy.rs`):
+//!     `switchyard_proxy_requests_total{service,track,version,code}` per upstream attempt,
+//!     `code` the status class (`2xx`…`5xx`), and the latency histogram
+//!     `switchyard_proxy_request_duration_seconds{service,track,version}`. `version` is
+//!     the version the track served when the lines were read (`serve/tracks.rs`): stable
+//!     the active slot's (the new one from `routed` on), canary the running canary's, or
+//!     the last canary's once it ended, `none` before any.
+//!   - From the store, at scrape time (`serve/history.rs`): `switchyard_deployments_total`,
+//!     `switchyard_deployment_duration_seconds`, `switchyard_rollbacks_total{reason}`,
+//!     `switchyard_reload_duration_seconds`, and `switchyard_traffic_weight` per track.
+//!   - From serve's own probes of the active instances (`serve/health.rs`):
+//!     `switchyard_health_check_duration_seconds` and `switchyard_instance_healthy`.
+//! - `GET /api/status`: JSON, see `serve/status.rs`.
+//! - `GET /healthz`: 200 `ok`.
+//!
+//! Every series exists at 0 before it counts anything, and counters never go down. The
+//! store is SQLite, read synchronously: handlers and the background loops read it on
+//! tokio's blocking pool. Background loops: the access-log attribution every
+//! [`ATTRIBUTE_EVERY`] and a health probe round every [`ServeOptions::health_every`].
+
+mod exposition;
+mod health;
+mod history;
+mod proxy;
+mod status;
+#[cfg(test)]
+mod tests;
+mod tracks;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::proto::MetricFamily;
+use switchyard_engine::{Config, Instance, Store, StoreError};
+use switchyard_store::SqliteStore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::live::{HttpProber, Live};
+use crate::traffic::TrafficWatch;
+use crate::AppError;
+
+pub use health::LastProbe;
+pub use history::{rollback_reason, ROLLBACK_REASONS};
+pub use status::StatusReport;
+pub use tracks::{TrackState, NONE};
+
+/// How often what the tailer counted is attributed to the versions the tracks serve.
+pub const ATTRIBUTE_EVERY: Duration = Duration::from_millis(250);
+/// How often the active instances are probed by default.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// How long [`Server::shutdown`] lets requests in flight finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// Accept a non-loopback listen address. `/metrics` and `/api/status` have no
+    /// authentication, so this is off by default.
+    pub allow_remote: bool,
+    /// How often the active instances' health paths are probed.
+    pub health_every: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            listen,
+            allow_remote: false,
+            health_every: HEALTH_EVERY,
+        }
+    }
+}
+
+/// Refuses a listen address off the loopback interface unless `allow_remote`.
+pub fn check_listen(listen: SocketAddr, allow_remote: bool) -> Result<(), AppError> {
+    if listen.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    Err(AppError::input(format!(
+        "refusing to listen on {listen}: it is not a loopback address, and /metrics and \
+         /api/status have no authentication; pass --allow-remote to serve it anyway"
+    )))
+}
+
+/// Serves `live` on `listen` (`127.0.0.1:0` picks a free port) with default options.
+pub async fn start(live: Live, listen: SocketAddr) -> Result<Server, AppError> {
+    start_with(live, ServeOptions::new(listen)).await
+}
+
+pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, AppError> {
+    check_listen(options.listen, options.allow_remote)?;
+    let daemon = Arc::new(Daemon::new(live)?);
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| AppError::environment(format!("binding {}: {e}", options.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AppError::environment(format!("binding {}: {e}", options.listen)))?;
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(api_status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(Arc::clone(&daemon));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let background = vec![
+        tokio::spawn(attribute_loop(Arc::clone(&daemon))),
+        tokio::spawn(health_loop(daemon, options.health_every)),
+    ];
+    tracing::info!("serving /metrics, /api/status and /healthz on http://{addr}");
+    Ok(Server {
+        addr,
+        stop: Some(stop),
+        http: Some(http),
+        background,
+    })
+}
+
+/// A running daemon; dropping it stops everything at once, [`Server::shutdown`] lets
+/// requests in flight finish first.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The bound address (the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish (at most 5 s), stops the loops.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        self.background.iter().for_each(JoinHandle::abort);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(mut http) = self.http.take() else {
+            return Ok(());
+        };
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(e)) => return Err(AppError::environment(format!("serve task: {e}"))),
+            Err(_) => {
+                http.abort();
+                tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; dropped");
+                Ok(())
+            }
+        };
+        served.map_err(|e| AppError::environment(format!("serving on {}: {e}", self.addr)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.background.iter().for_each(JoinHandle::abort);
+        if let Some(http) = &self.http {
+            http.abort();
+        }
+    }
+}
+
+/// What the handlers and loops share.
+struct Daemon {
+    config: Config,
+    services: Vec<String>,
+    store: Mutex<SqliteStore>,
+    prober: HttpProber,
+    watch: TrafficWatch,
+    /// Per service, the canary version its canary track last had.
+    last_canary: Mutex<BTreeMap<String, Option<String>>>,
+    proxy: Mutex<proxy::ProxySeries>,
+    history: Mutex<history::HistoryMetrics>,
+    health: health::HealthBoard,
+}
+
+impl Daemon {
+    fn new(live: Live) -> Result<Daemon, AppError> {
+        let Live {
+            config,
+            router,
+            store,
+            prober,
+            ..
+        } = live;
+        let services: Vec<String> = config.services.iter().map(|s| s.name.to_string()).collect();
+        let names: Vec<&str> = services.iter().map(String::as_str).collect();
+        let log = &router.layout.access_log;
+        let watch = TrafficWatch::start(log, &names)
+            .map_err(|e| AppError::environment(format!("tailing {}: {e}", log.display())))?;
+        let history = store
+            .history(None, usize::MAX)
+            .map_err(|e| AppError::environment(e.to_string()))?;
+        let mut last_canary: BTreeMap<String, Option<String>> =
+            services.iter().map(|s| (s.clone(), None)).collect();
+        for (service, version) in tracks::last_canaries(&history) {
+            last_canary.insert(service, Some(version));
+        }
+        Ok(Daemon {
+            health: health::HealthBoard::new(&services),
+            config,
+            services,
+            store: Mutex::new(store),
+            prober,
+            watch,
+            last_canary: Mutex::new(last_canary),
+            proxy: Mutex::new(proxy::ProxySeries::default()),
+            history: Mutex::new(history::HistoryMetrics::default()),
+        })
+    }
+
+    /// Every configured service's tracks, from the store.
+    fn tracks(&self) -> Result<BTreeMap<String, TrackState>, StoreError> {
+        let store = self.store.lock().expect("store lock");
+        let mut last = self.last_canary.lock().expect("canary lock");
+        let mut out = BTreeMap::new();
+        for spec in &self.config.services {
+            let name = spec.name.to_string();
+            let state =
+                TrackState::read(&store, &spec.name, last.entry(name.clone()).or_default())?;
+            out.insert(name, state);
+        }
+        Ok(out)
+    }
+
+    fn attribute(&self, tracks: &BTreeMap<String, TrackState>) {
+        let counters = self.watch.counters();
+        let counters = counters.lock().expect("traffic counters lock");
+        self.proxy
+            .lock()
+            .expect("proxy series lock")
+            .attribute(&counters, tracks);
+    }
+
+    fn scrape(&self) -> Result<String, StoreError> {
+        let tracks = self.tracks()?;
+        self.attribute(&tracks);
+        let mut families = {
+            let store = self.store.lock().expect("store lock");
+            let mut history = self.history.lock().expect("history lock");
+            history.families(&store, &self.services)?
+        };
+        // Last, once nothing can fail: exposing marks new proxy series as shown.
+        families.extend(self.proxy.lock().expect("proxy series lock").expose());
+        families.push(weights(&tracks));
+        families.extend(self.health.families());
+        Ok(exposition::encode(families))
+    }
+
+    fn status(&self) -> Result<StatusReport, StoreError> {
+        let tracks = self.tracks()?;
+        let store = self.store.lock().expect("store lock");
+        let services = self
+            .config
+            .services
+            .iter()
+            .map(|spec| {
+                let state = &tracks[spec.name.as_str()];
+                status::service_status(&store, spec, state, &self.health)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(StatusReport { services })
+    }
+
+    /// The active instances of every configured service.
+    fn active_instances(&self) -> Result<Vec<(String, Vec<Instance>)>, StoreError> {
+        let store = self.store.lock().expect("store lock");
+        self.config
+            .services
+            .iter()
+            .map(|spec| {
+                let active = store.service(&spec.name)?.active;
+                let instances = active.map(|s| s.instances).unwrap_or_default();
+                Ok((spec.name.to_string(), instances))
+            })
+            .collect()
+    }
+}
+
+/// `switchyard_traffic_weight{service,track,version}`: each track's share, 0 to 1.
+fn weights(tracks: &BTreeMap<String, TrackState>) -> MetricFamily {
+    let mut family = exposition::Family::gauge(
+        "switchyard_traffic_weight",
+        "Share of a service's traffic that nginx sends to a track (0 to 1), from the store.",
+    );
+    for (service, state) in tracks {
+        for track in proxy::TRACKS {
+            let version = state.version(track).expect("a known track");
+            let labels = [
+                ("service", service.as_str()),
+                ("track", track),
+                ("version", version),
+            ];
+            family.value(&labels, state.weight(track));
+        }
+    }
+    family.into_inner()
+}
+
+/// Runs `f` on the blocking pool: the store is synchronous SQLite.
+async fn blocking<T: Send + 'static>(
+    daemon: &Arc<Daemon>,
+    f: impl FnOnce(&Daemon) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let daemon = Arc::clone(daemon);
+    match tokio::task::spawn_blocking(move || f(&daemon)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("a serve task failed: {e}")),
+    }
+}
+
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    match blocking(&daemon, Daemon::scrape).await {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => failed("/metrics", e),
+    }
+}
+
+async fn api_status(State(daemon): State<Arc<Daemon>>) -> Response {
+    match blocking(&daemon, Daemon::status).await {
+        Ok(report) => {
+            let body = serde_json::to_string_pretty(&report).expect("the report serializes");
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => failed("/api/status", e),
+    }
+}
+
+/// A 500 naming what failed. A failed scrape is *no data* for Prometheus, never zeros.
+fn failed(path: &str, error: String) -> Response {
+    tracing::warn!("{path}: {error}");
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
+}
+
+async fn attribute_loop(daemon: Arc<Daemon>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(ATTRIBUTE_EVERY).await;
+        let result = blocking(&daemon, |d| {
+            let tracks = d.tracks()?;
+            d.attribute(&tracks);
+            Ok(())
+        })
+        .await;
+        // Logged when it starts failing, not every 250 ms.
+        match result {
+            Err(e) if !failing => {
+                tracing::warn!("reading the tracks' versions: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => failing = false,
+        }
+    }
+}
+
+async fn health_loop(daemon: Arc<Daemon>, every: Duration) {
+    let mut failing = false;
+    loop {
+        match blocking(&daemon, Daemon::active_instances).await {
+            Ok(services) => {
+                failing = false;
+                for (service, instances) in services {
+                    let spec = daemon
+                        .config
+                        .service(&service)
+                        .expect("a configured service");
+                    daemon.health.probe(&daemon.prober, spec, &instances).await;
+                }
+            }
+            Err(e) if !failing => {
+                tracing::warn!("reading the active instances: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,7 +1,11 @@
-//! `switchyard serve`: the long-running daemon (`/metrics`, the HTTP API).
+//! `switchyard serve`: the long-running daemon (`/metrics`, the HTTP API), until SIGINT or
+//! SIGTERM.
 
+use switchyard_app::serve::{self, ServeOptions};
 use switchyard_app::AppError;
+use tokio::signal::unix::{signal, SignalKind};
 
+use super::open;
 use crate::Cli;
 
 #[derive(clap::Args)]
@@ -9,8 +13,34 @@ pub struct ServeArgs {
     /// Overrides `[serve] listen`.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Accept a listen address that is not loopback (`/metrics` and `/api/status` have no
+    /// authentication).
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
-pub async fn run(_cli: &Cli, _args: &ServeArgs) -> Result<(), AppError> {
-    Err(AppError::input("`switchyard serve` is not built yet"))
+pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), AppError> {
+    if let Some(listen) = args.listen {
+        serve::check_listen(listen, args.allow_remote)?;
+    }
+    let live = open(cli).await?;
+    let options = ServeOptions {
+        allow_remote: args.allow_remote,
+        ..ServeOptions::new(args.listen.unwrap_or(live.config.serve_listen))
+    };
+    // Before serving: a SIGTERM that arrives once /healthz answers must stop it gracefully.
+    let signal_error = |e: std::io::Error| AppError::environment(format!("signal handler: {e}"));
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let server = serve::start_with(live, options).await?;
+    eprintln!(
+        "switchyard serve: /metrics, /api/status and /healthz on http://{}",
+        server.addr()
+    );
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    eprintln!("switchyard serve: stopping");
+    server.shutdown().await
 }

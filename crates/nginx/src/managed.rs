@@ -17,6 +17,10 @@ use crate::router::{NginxRouter, CONTROL_FILE};
 use crate::stage::install;
 use crate::{control, procs};
 
+/// How long a starting nginx may take to write its pid and answer its control endpoint: generous,
+/// since a loaded 2-core machine starting several at once is slow, and a healthy start is fast.
+const STARTUP: Duration = Duration::from_secs(20);
+
 pub struct ManagedNginx {
     pub master: u32,
     /// Whether this handle started nginx (and so stops it on drop).
@@ -120,7 +124,7 @@ impl Drop for ManagedNginx {
 
 async fn wait_for_pid(pid_file: &Path) -> Result<u32, RouterError> {
     let since = Instant::now();
-    while since.elapsed() < Duration::from_secs(5) {
+    while since.elapsed() < STARTUP {
         if let Some(pid) = procs::read_pid(pid_file).filter(|&p| procs::is_nginx_master(p)) {
             return Ok(pid);
         }
@@ -135,7 +139,7 @@ async fn wait_for_pid(pid_file: &Path) -> Result<u32, RouterError> {
 async fn wait_for_generation(addr: SocketAddr, generation: u64) -> Result<(), RouterError> {
     let since = Instant::now();
     let mut last = String::new();
-    while since.elapsed() < Duration::from_secs(5) {
+    while since.elapsed() < STARTUP {
         match control::generation(addr, Duration::from_secs(1)).await {
             Ok(g) if g == generation => return Ok(()),
             Ok(g) => last = format!("generation {g}"),

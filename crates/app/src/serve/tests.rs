@@ -1,0 +1,312 @@
+//! Unit tests of serve's pieces without IO: which version a track serves, rollback reasons,
+//! reload durations from journal timestamps, and the proxy series' zero-first attribution.
+//! The daemon itself is tested end to end in `tests/serve.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use switchyard_engine::{
+    Color, DeployKind, DeploymentRecord, JournalEntry, Name, Outcome, Step, Version,
+};
+use switchyard_nginx::tailer::{parse_line, TrafficCounters};
+
+use super::check_listen;
+use super::exposition::encode;
+use super::history::{reload_durations, rollback_reason};
+use super::proxy::ProxySeries;
+use super::tracks::TrackState;
+
+fn record(strategy: &str, kind: DeployKind, outcome: Outcome, message: &str) -> DeploymentRecord {
+    DeploymentRecord {
+        id: 7,
+        service: Name::parse("web").unwrap(),
+        kind,
+        strategy: strategy.to_owned(),
+        from_version: Some(Version::parse("v1").unwrap()),
+        to_version: Version::parse("v2").unwrap(),
+        color: Color::Green,
+        who: "ana@build-1 (pid 100)".to_owned(),
+        started_ms: 1_000,
+        finished_ms: (outcome != Outcome::Running).then_some(9_000),
+        outcome,
+        message: message.to_owned(),
+    }
+}
+
+fn journal(steps: Vec<(i64, Step)>) -> Vec<JournalEntry> {
+    steps
+        .into_iter()
+        .enumerate()
+        .map(|(seq, (at_ms, step))| JournalEntry {
+            seq: seq as i64,
+            at_ms,
+            step,
+        })
+        .collect()
+}
+
+fn shift(weight_bp: u32) -> Step {
+    Step::Shift {
+        weight_bp,
+        backends: Vec::new(),
+    }
+}
+
+fn shifted(weight_bp: u32) -> Step {
+    Step::Shifted {
+        weight_bp,
+        generation: 2,
+        old_workers: Vec::new(),
+    }
+}
+
+fn routed() -> Step {
+    Step::Routed {
+        generation: 3,
+        old_workers: Vec::new(),
+    }
+}
+
+#[test]
+fn a_running_canary_names_the_canary_track_and_its_last_shifted_weight() {
+    let running = (
+        record("canary", DeployKind::Deploy, Outcome::Running, ""),
+        journal(vec![
+            (1, Step::WaitHealthy),
+            (2, shift(500)),
+            (3, shifted(500)),
+            (4, shift(2500)),
+        ]),
+    );
+    let mut last = None;
+    let state = TrackState::resolve(Some("v1".into()), Some(running), &mut last);
+    assert_eq!((state.stable.as_str(), state.canary.as_str()), ("v1", "v2"));
+    assert_eq!(
+        state.canary_bp, 500,
+        "a shift not yet confirmed moved nothing"
+    );
+    assert_eq!(
+        (state.weight("stable"), state.weight("canary")),
+        (0.95, 0.05)
+    );
+    assert_eq!(last.as_deref(), Some("v2"));
+
+    // Done: the canary track keeps its last version, with no traffic.
+    let after = TrackState::resolve(Some("v2".into()), None, &mut last);
+    assert_eq!((after.stable.as_str(), after.canary.as_str()), ("v2", "v2"));
+    assert_eq!((after.weight("stable"), after.weight("canary")), (1.0, 0.0));
+}
+
+#[test]
+fn traffic_moves_to_the_new_version_at_routed_not_when_the_slot_becomes_active() {
+    let flip = |steps| {
+        let running = (
+            record("blue-green", DeployKind::Deploy, Outcome::Running, ""),
+            journal(steps),
+        );
+        TrackState::resolve(Some("v1".into()), Some(running), &mut None)
+    };
+    let route = Step::Route {
+        backends: Vec::new(),
+    };
+    assert_eq!(flip(vec![(1, route.clone())]).stable, "v1");
+    assert_eq!(flip(vec![(1, route.clone()), (2, routed())]).stable, "v2");
+    let back = vec![
+        (1, route),
+        (2, routed()),
+        (3, Step::RoutedBack { generation: 4 }),
+    ];
+    assert_eq!(flip(back).stable, "v1");
+}
+
+#[test]
+fn nothing_deployed_is_version_none_with_no_weight() {
+    let state = TrackState::resolve(None, None, &mut None);
+    assert_eq!(
+        (state.stable.as_str(), state.canary.as_str()),
+        ("none", "none")
+    );
+    assert_eq!((state.weight("stable"), state.weight("canary")), (0.0, 0.0));
+    assert_eq!(state.version("other"), None);
+}
+
+#[test]
+fn rollback_reasons_come_from_the_kind_the_message_and_the_journal() {
+    let failed = |strategy: &str, message: &str, steps: Vec<(i64, Step)>| {
+        let d = record(strategy, DeployKind::Deploy, Outcome::Failed, message);
+        rollback_reason(&d, &journal(steps))
+    };
+    let shifted = || vec![(1, shift(500)), (2, shifted(500))];
+    let cases = [
+        (
+            "at 5%: error rate 30.00% over 200 requests exceeds the maximum 1.00% (1 failed check(s), limit 1)",
+            Some("threshold"),
+        ),
+        (
+            "at 5%: 12 checks in a row without a verdict (limit 12), the last: no data",
+            Some("no_data"),
+        ),
+        ("aborted by `switchyard abort`", Some("aborted")),
+        (
+            "deployment #7 (deploy to v2) was interrupted after step `shifted`; an unfinished canary is not promoted unjudged",
+            Some("interrupted"),
+        ),
+        ("at 5%: nginx refused the step: emerg", Some("nginx")),
+    ];
+    for (message, reason) in cases {
+        assert_eq!(failed("canary", message, shifted()), reason, "{message}");
+    }
+    assert_eq!(
+        failed(
+            "canary",
+            "sy-web-green-d7-r0 did not pass GET /health 2 times in a row within 20s",
+            vec![(1, Step::WaitHealthy)]
+        ),
+        Some("unhealthy")
+    );
+    // A failed blue-green deploy never moved traffic.
+    assert_eq!(
+        failed("blue-green", "did not pass GET /health", vec![]),
+        None
+    );
+    let manual = record(
+        "blue-green",
+        DeployKind::Rollback,
+        Outcome::Succeeded,
+        "deployed",
+    );
+    assert_eq!(rollback_reason(&manual, &[]), Some("manual"));
+    let good = record(
+        "canary",
+        DeployKind::Deploy,
+        Outcome::Succeeded,
+        "canary promoted",
+    );
+    assert_eq!(rollback_reason(&good, &journal(shifted())), None);
+}
+
+#[test]
+fn reload_durations_pair_each_intent_with_its_confirmation() {
+    let steps = journal(vec![
+        (1_000, shift(500)),
+        (1_150, shifted(500)),
+        (5_000, shift(2500)),
+        // nginx refused this one: no `shifted`, no duration.
+        (6_000, Step::Route { backends: vec![] }),
+        (6_090, routed()),
+    ]);
+    assert_eq!(reload_durations(&steps), [("shift", 0.15), ("route", 0.09)]);
+}
+
+fn line(track: &str, status: u16, seconds: f64) -> String {
+    format!(
+        r#"{{"msec":1700000000.5,"proxy_host":"sy_web_{track}","upstream_addr":"127.0.0.1:9","upstream_status":"{status}","upstream_response_time":"{seconds}","status":{status},"request_time":{seconds}}}"#
+    )
+}
+
+fn record_lines(counters: &mut TrafficCounters, lines: &[String]) {
+    for l in lines {
+        counters.record(&parse_line(l).unwrap());
+    }
+}
+
+/// The value of the exposition line that starts with `series ` (name and labels).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn tracks(stable: &str) -> BTreeMap<String, TrackState> {
+    let state = TrackState::resolve(Some(stable.to_owned()), None, &mut None);
+    BTreeMap::from([("web".to_owned(), state)])
+}
+
+const V1_2XX: &str =
+    r#"switchyard_proxy_requests_total{service="web",track="stable",version="v1",code="2xx"}"#;
+const V2_2XX: &str =
+    r#"switchyard_proxy_requests_total{service="web",track="stable",version="v2",code="2xx"}"#;
+
+#[test]
+fn a_new_series_is_shown_at_zero_before_it_counts() {
+    let mut counters = TrafficCounters::new();
+    let mut proxy = ProxySeries::default();
+    record_lines(&mut counters, &[line("stable", 200, 0.004)]);
+    proxy.attribute(&counters, &tracks("v1"));
+    let first = encode(proxy.expose());
+    assert_eq!(value(&first, V1_2XX), Some(0.0), "{first}");
+    assert_eq!(
+        value(
+            &first,
+            r#"switchyard_proxy_requests_total{service="web",track="canary",version="none",code="5xx"}"#
+        ),
+        Some(0.0)
+    );
+
+    proxy.attribute(&counters, &tracks("v1"));
+    let second = encode(proxy.expose());
+    assert_eq!(value(&second, V1_2XX), Some(1.0), "{second}");
+    let count = r#"switchyard_proxy_request_duration_seconds_bucket{service="web",track="stable",version="v1",le="0.005"}"#;
+    assert_eq!(value(&second, count), Some(1.0), "{second}");
+
+    // A 503 is a class this track has not shown yet: the series comes first, at 0.
+    record_lines(&mut counters, &[line("stable", 503, 0.002)]);
+    let v1_5xx =
+        r#"switchyard_proxy_requests_total{service="web",track="stable",version="v1",code="5xx"}"#;
+    proxy.attribute(&counters, &tracks("v1"));
+    let third = encode(proxy.expose());
+    assert_eq!(
+        value(&third, v1_5xx),
+        Some(1.0),
+        "declared at 0 before, so it counts"
+    );
+}
+
+#[test]
+fn a_new_version_starts_at_zero_and_the_old_one_keeps_its_count() {
+    let mut counters = TrafficCounters::new();
+    let mut proxy = ProxySeries::default();
+    proxy.attribute(&counters, &tracks("v1"));
+    proxy.expose();
+    record_lines(
+        &mut counters,
+        &[line("stable", 200, 0.004), line("stable", 200, 0.004)],
+    );
+    proxy.attribute(&counters, &tracks("v1"));
+
+    // The flip: v2's series are held at 0 until a scrape shows them.
+    record_lines(&mut counters, &[line("stable", 200, 0.004)]);
+    proxy.attribute(&counters, &tracks("v2"));
+    let shown = encode(proxy.expose());
+    assert_eq!(value(&shown, V1_2XX), Some(2.0), "{shown}");
+    assert_eq!(value(&shown, V2_2XX), Some(0.0), "{shown}");
+    proxy.attribute(&counters, &tracks("v2"));
+    let counted = encode(proxy.expose());
+    assert_eq!(value(&counted, V1_2XX), Some(2.0), "{counted}");
+    assert_eq!(value(&counted, V2_2XX), Some(1.0), "{counted}");
+}
+
+#[test]
+fn lines_of_unknown_services_and_tracks_are_not_exported() {
+    let mut counters = TrafficCounters::new();
+    record_lines(
+        &mut counters,
+        &[line("stable", 200, 0.001).replace("sy_web_", "sy_api_")],
+    );
+    let mut proxy = ProxySeries::default();
+    proxy.attribute(&counters, &tracks("v1"));
+    proxy.expose();
+    proxy.attribute(&counters, &tracks("v1"));
+    let text = encode(proxy.expose());
+    assert!(!text.contains("api"), "{text}");
+}
+
+#[test]
+fn only_loopback_listen_addresses_are_accepted_by_default() {
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert!(check_listen(addr("127.0.0.1:9100"), false).is_ok());
+    assert!(check_listen(addr("[::1]:9100"), false).is_ok());
+    let err = check_listen(addr("0.0.0.0:9100"), false).unwrap_err();
+    assert_eq!(err.code, 2);
+    assert!(err.message.contains("--allow-remote"), "{}", err.message);
+    assert!(check_listen(addr("0.0.0.0:9100"), true).is_ok());
+}

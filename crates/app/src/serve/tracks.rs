@@ -1,0 +1,120 @@
+//! Which version each track of a service serves right now, and with what share of its
+//! traffic: [`TrackState`], read from the store by [`TrackState::read`] (the active slot,
+//! and the journal of the service's unfinished deployment).
+//!
+//! - stable: the active slot's version, or the unfinished deployment's `to_version` once it
+//!   journaled `routed` (a blue-green flip, a rollback, a canary's promotion) — the store
+//!   marks the new slot active only after the old workers drained, but traffic moved at
+//!   `routed`; back to the active slot at `routed_back`.
+//! - canary: the `to_version` of the unfinished canary deployment; with no canary running,
+//!   the canary track keeps the last canary version it had (so late log lines of a canary
+//!   that just ended still count under its version), or [`NONE`] if the service never had
+//!   one.
+//! - the canary's weight: the last journaled `shifted` step of the running canary, 0 before
+//!   its first step and after `routed` or `routed_back`.
+
+use switchyard_engine::{DeploymentRecord, JournalEntry, Name, Step, Store, StoreError};
+use switchyard_store::SqliteStore;
+
+/// The `version` label of a track that serves no version (nothing deployed, no canary yet).
+pub const NONE: &str = "none";
+
+/// One service's tracks at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackState {
+    pub stable: String,
+    pub canary: String,
+    /// The canary's share in hundredths of a percent.
+    pub canary_bp: u32,
+    /// Whether any version serves the stable track.
+    pub deployed: bool,
+    /// The unfinished deployment and its journal, if any.
+    pub running: Option<(DeploymentRecord, Vec<JournalEntry>)>,
+}
+
+impl TrackState {
+    /// Reads `service`'s tracks from the store. `last_canary` is the canary version the
+    /// service had last (see the module docs); it is updated when a canary is running.
+    pub fn read(
+        store: &SqliteStore,
+        service: &Name,
+        last_canary: &mut Option<String>,
+    ) -> Result<TrackState, StoreError> {
+        // The deployment first: one that finishes between the two reads has activated its
+        // slot by then, so both name the same version.
+        let running = store.unfinished(service)?;
+        let active = store.service(service)?.active;
+        let active_version = active.map(|s| s.version.to_string());
+        Ok(TrackState::resolve(active_version, running, last_canary))
+    }
+
+    /// [`TrackState::read`] without the store.
+    pub fn resolve(
+        active: Option<String>,
+        running: Option<(DeploymentRecord, Vec<JournalEntry>)>,
+        last_canary: &mut Option<String>,
+    ) -> TrackState {
+        let mut stable = active.clone();
+        let mut canary_bp = 0;
+        if let Some((d, journal)) = &running {
+            let is_canary = d.strategy == "canary";
+            if is_canary {
+                *last_canary = Some(d.to_version.to_string());
+            }
+            for entry in journal {
+                match &entry.step {
+                    Step::Shifted { weight_bp, .. } if is_canary => canary_bp = *weight_bp,
+                    Step::Routed { .. } => {
+                        stable = Some(d.to_version.to_string());
+                        canary_bp = 0;
+                    }
+                    Step::RoutedBack { .. } => {
+                        stable = active.clone();
+                        canary_bp = 0;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        TrackState {
+            deployed: stable.is_some(),
+            stable: stable.unwrap_or_else(|| NONE.to_owned()),
+            canary: last_canary.clone().unwrap_or_else(|| NONE.to_owned()),
+            canary_bp,
+            running,
+        }
+    }
+
+    /// The version label of `track` ("stable" or "canary"); None for any other track.
+    pub fn version(&self, track: &str) -> Option<&str> {
+        match track {
+            "stable" => Some(&self.stable),
+            "canary" => Some(&self.canary),
+            _ => None,
+        }
+    }
+
+    /// The share of the service's traffic on `track`, 0 to 1; both 0 when nothing is
+    /// deployed.
+    pub fn weight(&self, track: &str) -> f64 {
+        if !self.deployed {
+            return 0.0;
+        }
+        let canary = f64::from(self.canary_bp.min(10_000)) / 10_000.0;
+        match track {
+            "canary" => canary,
+            _ => 1.0 - canary,
+        }
+    }
+}
+
+/// The newest canary deployment's version per service, newest first in `history`.
+pub fn last_canaries(history: &[DeploymentRecord]) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for d in history.iter().filter(|d| d.strategy == "canary") {
+        if !seen.iter().any(|(s, _)| s == d.service.as_str()) {
+            seen.push((d.service.to_string(), d.to_version.to_string()));
+        }
+    }
+    seen
+}
