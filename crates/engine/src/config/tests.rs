@@ -128,7 +128,7 @@ fn canary_table_merges_over_the_preset() {
     assert_eq!(canary.hold, Duration::from_secs(10));
     assert_eq!(
         canary.interval,
-        Duration::from_secs(5),
+        Duration::from_secs(2),
         "from strategies/canary.toml"
     );
     assert_eq!(

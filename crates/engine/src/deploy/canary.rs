@@ -116,7 +116,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                         percent(weight_bp)
                     );
                     return Err(self
-                        .roll_back_canary(spec, id, &old, &new, live.is_some(), reason)
+                        .roll_back_canary(spec, id, &old, &new, live.as_ref(), reason)
                         .await);
                 }
             };
@@ -132,7 +132,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             };
             if let StepEnd::RollBack(reason) = end {
                 return Err(self
-                    .roll_back_canary(spec, id, &old, &new, true, reason)
+                    .roll_back_canary(spec, id, &old, &new, live.as_ref(), reason)
                     .await);
             }
         }
@@ -145,7 +145,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             Err(message) => {
                 let reason = format!("promoting: nginx refused the flip: {message}");
                 return Err(self
-                    .roll_back_canary(spec, id, &old, &new, live.is_some(), reason)
+                    .roll_back_canary(spec, id, &old, &new, live.as_ref(), reason)
                     .await);
             }
         };
@@ -331,10 +331,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         id: DeploymentId,
         old: &Slot,
         new: &[Instance],
-        shifted: bool,
+        live: Option<&Reload>,
         reason: String,
     ) -> DeployError {
-        if shifted {
+        if let Some(previous) = live {
+            // Like every step: the previous reload's workers go before the next reload.
+            if let Err(e) = self.drain(spec, previous).await {
+                return e;
+            }
             match recover::route_back(self, spec, id, old).await {
                 Ok(reload) => self.observer.event(&Event::RolledBack { generation: reload.generation, reason: reason.clone() }),
                 Err(e) => {

@@ -102,8 +102,23 @@ async fn a_failing_canary_is_rolled_back_at_the_first_failed_check() {
     let metrics = FakeMetrics::default();
     let w = with_v1(&metrics).await;
     metrics.set("v2", 1000.0, 0.30);
+    let before = w.applies().len();
     let started = tokio::time::Instant::now();
     let err = w.canary("v2", &metrics).await.unwrap_err();
+    // Regression (benchmark finding): the reload back to weight 0 used not to wait for the
+    // step's workers, so two sets could drain at once.
+    let calls = &w.applies()[before..];
+    let applies: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts_with("router.apply"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(applies.len(), 2, "the step and the way back: {calls:#?}");
+    assert!(
+        calls[applies[1] - 1].starts_with("router.wait_drained"),
+        "{calls:#?}"
+    );
     assert_eq!(err.exit_code(), 1);
     let msg = err.to_string();
     assert!(msg.contains("traffic stays on v1"), "{msg}");
@@ -149,7 +164,7 @@ async fn too_few_requests_hold_the_step_until_there_are_enough() {
     metrics.set("v2", 10.0, 0.0);
     let deploy = w.canary("v2", &metrics);
     let traffic_arrives = async {
-        tokio::time::sleep(Duration::from_secs(40)).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
         metrics.set("v2", 1000.0, 0.0);
     };
     let (result, ()) = tokio::join!(deploy, traffic_arrives);
