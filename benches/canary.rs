@@ -16,17 +16,20 @@
 //! shows medians and spreads, and all rows go to `target/bench-canary.json`. The tailer's
 //! throughput has its own bench, `cargo bench --bench tailer`.
 
+mod common;
+use common::*;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use switchyard_app::live::Live;
 use switchyard_app::load::{FailureKind, Load, LoadConfig, LoadReport};
-use switchyard_app::sandbox::{demo_app_binary, Sandbox, SandboxOptions, IMAGE, SERVICE};
+use switchyard_app::sandbox::{demo_app_binary, Sandbox, SandboxOptions, SERVICE};
 use switchyard_app::traffic::{self, TrafficWatch};
 use switchyard_app::{serve, settings, AppError};
 use switchyard_engine::config::RuntimeChoice;
@@ -248,17 +251,6 @@ async fn deploy_canary(
             let deployer = sandbox.live().deployer(observer);
             Ok(deployer.canary(sandbox.spec(), &version, source).await?)
         }
-    }
-}
-
-/// Records every engine event with the instant it arrived.
-#[derive(Default)]
-struct Timeline(Mutex<Vec<(Instant, Event)>>);
-
-impl Observer for Timeline {
-    fn event(&self, event: &Event) {
-        let mut events = self.0.lock().expect("timeline lock");
-        events.push((Instant::now(), event.clone()));
     }
 }
 
@@ -689,59 +681,12 @@ async fn stepped_series(sandbox: &Sandbox, versions: &[String]) -> anyhow::Resul
     Ok(rows)
 }
 
-/// Untags the bench's images; they share one layer with the demo's, so only tags go.
-async fn remove_images(versions: &[String]) {
-    let tags = versions.iter().map(|v| format!("{IMAGE}:{v}"));
-    let removed = tokio::process::Command::new("docker")
-        .args(["image", "rm", "--no-prune"])
-        .args(tags)
-        .output()
-        .await;
-    match removed {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "removing the bench images: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => eprintln!("removing the bench images: running docker: {e}"),
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// `later - earlier` in milliseconds, negative when `later` came first.
 fn signed_ms(later: Instant, earlier: Instant) -> f64 {
     match later.checked_duration_since(earlier) {
         Some(d) => ms(d),
         None => -ms(earlier - later),
     }
-}
-
-/// Median, quartiles and range of some values (linear interpolation between ranks).
-struct Spread {
-    min: f64,
-    p25: f64,
-    median: f64,
-    p75: f64,
-    max: f64,
-}
-
-fn spread(mut values: Vec<f64>) -> Option<Spread> {
-    values.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        let h = q * (values.len() - 1) as f64;
-        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-        values[lo] + (h - h.floor()) * (values[hi] - values[lo])
-    };
-    Some(Spread {
-        min: *values.first()?,
-        p25: quantile(0.25),
-        median: quantile(0.5),
-        p75: quantile(0.75),
-        max: *values.last()?,
-    })
 }
 
 /// A Markdown table of named columns of values, so the output pastes into BENCHMARKS.md.
@@ -763,14 +708,6 @@ fn print_table(metrics: &[(&str, Vec<f64>)]) {
         println!("| {name:<50} | {median:>8} | {quartiles:>15} | {range:>15} |");
     }
     println!();
-}
-
-fn num(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
 }
 
 fn column<R>(rows: &[R], value: impl Fn(&R) -> f64) -> Vec<f64> {
@@ -984,24 +921,5 @@ impl Machine {
             self.nginx,
             self.prometheus
         )
-    }
-}
-
-/// A command's stdout, or its stderr when stdout is empty (`nginx -v`); "unknown" on error.
-async fn output(program: &str, args: &[&str]) -> String {
-    match tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-    {
-        Ok(out) => {
-            let text = if out.stdout.is_empty() {
-                out.stderr
-            } else {
-                out.stdout
-            };
-            String::from_utf8_lossy(&text).trim().to_owned()
-        }
-        Err(e) => format!("unknown ({program}: {e})"),
     }
 }

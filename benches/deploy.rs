@@ -13,10 +13,12 @@
 //! rows go to `target/bench-deploy.json`. The demo-app binary must have been built with
 //! `scripts/build-demo-app`.
 
+mod common;
+use common::*;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -26,9 +28,7 @@ use switchyard_app::load::{Load, LoadConfig, LoadReport};
 use switchyard_app::sandbox::{demo_app_binary, Sandbox, SandboxOptions, IMAGE};
 use switchyard_engine::config::RuntimeChoice;
 use switchyard_engine::deploy::upstream_set;
-use switchyard_engine::{
-    Event, Instance, InstanceSpec, Observer, Prober, Runtime, ServiceSpec, Version,
-};
+use switchyard_engine::{Event, Instance, InstanceSpec, Prober, Runtime, ServiceSpec, Version};
 
 /// Deploys per flow.
 const DEPLOYS: usize = 20;
@@ -315,17 +315,6 @@ fn row(w: &Window, report: &LoadReport) -> Row {
     }
 }
 
-/// Records every engine event with the instant it arrived.
-#[derive(Default)]
-struct Timeline(Mutex<Vec<(Instant, Event)>>);
-
-impl Observer for Timeline {
-    fn event(&self, event: &Event) {
-        let mut events = self.0.lock().expect("timeline lock");
-        events.push((Instant::now(), event.clone()));
-    }
-}
-
 impl Timeline {
     fn first(&self, matches: fn(&Event) -> bool) -> Option<Instant> {
         let events = self.0.lock().expect("timeline lock");
@@ -515,53 +504,6 @@ async fn hup(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Untags the bench's images; they share one layer with the demo's, so only tags go.
-async fn remove_images(versions: &[String]) {
-    let tags = versions.iter().map(|v| format!("{IMAGE}:{v}"));
-    let removed = tokio::process::Command::new("docker")
-        .args(["image", "rm", "--no-prune"])
-        .args(tags)
-        .output()
-        .await;
-    match removed {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "removing the bench images: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => eprintln!("removing the bench images: running docker: {e}"),
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median, quartiles and range of some values (linear interpolation between ranks).
-struct Spread {
-    min: f64,
-    p25: f64,
-    median: f64,
-    p75: f64,
-    max: f64,
-}
-
-fn spread(mut values: Vec<f64>) -> Option<Spread> {
-    values.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        let h = q * (values.len() - 1) as f64;
-        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-        values[lo] + (h - h.floor()) * (values[hi] - values[lo])
-    };
-    Some(Spread {
-        min: *values.first()?,
-        p25: quantile(0.25),
-        median: quantile(0.5),
-        p75: quantile(0.75),
-        max: *values.last()?,
-    })
-}
-
 const METRICS: [&str; 16] = [
     "failed requests",
     "retried (idle keep-alive closed)",
@@ -637,14 +579,6 @@ fn print_table(series: &Series) {
     println!();
 }
 
-fn num(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
 fn json_path() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -698,24 +632,5 @@ impl Machine {
             "machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}, Docker {}, {}",
             self.cpus, self.cpu_model, self.memory_gib, self.kernel, self.docker, self.nginx
         )
-    }
-}
-
-/// A command's stdout, or its stderr when stdout is empty (`nginx -v`); "unknown" on error.
-async fn output(program: &str, args: &[&str]) -> String {
-    match tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-    {
-        Ok(out) => {
-            let text = if out.stdout.is_empty() {
-                out.stderr
-            } else {
-                out.stdout
-            };
-            String::from_utf8_lossy(&text).trim().to_owned()
-        }
-        Err(e) => format!("unknown ({program}: {e})"),
     }
 }

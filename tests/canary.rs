@@ -5,15 +5,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use switchyard_app::load::{FailureKind, Load, LoadConfig};
+use switchyard_app::load::{FailureKind, Load};
 use switchyard_app::progress::Progress;
-use switchyard_app::sandbox::{Sandbox, SandboxOptions, SERVICE};
+use switchyard_app::sandbox::{Sandbox, SERVICE};
 use switchyard_engine::config::RuntimeChoice;
 use switchyard_engine::{Control, Name, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{eventually, require_e2e};
+use crate::support::{eventually, responses_from};
 
 /// Short holds so a whole canary takes seconds: the judge needs 20 requests in a 3 s window.
 const FAST: &str = r#"steps = [20, 50, 100]
@@ -24,37 +24,15 @@ min_requests = 20
 inconclusive_limit = 10"#;
 
 async fn sandbox(runtime: RuntimeChoice, canary: &str, env: &[(&str, &str)]) -> Option<Sandbox> {
-    let app = require_e2e(runtime).await?;
-    let mut options = SandboxOptions::new(runtime, app)
-        .replicas(2)
-        .env("LATENCY_MS", "5");
-    options.canary = canary.to_owned();
-    for (k, v) in env {
-        options = options.env(k, v);
-    }
-    Some(Sandbox::start(&options).await.expect("sandbox starts"))
+    crate::e2e::sandbox(runtime, |mut o| {
+        o.canary = canary.to_owned();
+        env.iter().fold(o, |o, (k, v)| o.env(k, v))
+    })
+    .await
 }
 
 fn load(sandbox: &Sandbox, connections: usize) -> Load {
-    let mut config = LoadConfig::new(sandbox.url());
-    config.connections = connections;
-    config.max_requests = 2_000_000;
-    config.max_duration = Duration::from_secs(90);
-    Load::start(config)
-}
-
-async fn responses_from(load: &Load, version: &str, n: u64) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{n} responses from {version}"),
-        || async {
-            load.snapshot()
-                .by_version
-                .get(version)
-                .is_some_and(|v| v.count >= n)
-        },
-    )
-    .await;
+    crate::support::load(sandbox.url(), connections)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,11 @@ use switchyard_app::{live::Live, settings};
 use switchyard_engine::config::RuntimeChoice;
 use switchyard_engine::{Name, Runtime, Store, Version};
 
-use crate::support::{eventually, require_e2e};
+use crate::support::{eventually, require_e2e, responses_from};
 
 const CONNECTIONS: usize = 32;
 
-async fn sandbox(
+pub(crate) async fn sandbox(
     runtime: RuntimeChoice,
     configure: impl FnOnce(SandboxOptions) -> SandboxOptions,
 ) -> Option<Sandbox> {
@@ -30,26 +30,7 @@ async fn sandbox(
 }
 
 fn load(sandbox: &Sandbox) -> Load {
-    let mut config = LoadConfig::new(sandbox.url());
-    config.connections = CONNECTIONS;
-    config.max_requests = 2_000_000;
-    config.max_duration = Duration::from_secs(90);
-    Load::start(config)
-}
-
-/// Waits until the load has seen `n` responses from `version`.
-async fn responses_from(load: &Load, version: &str, n: u64) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("{n} responses from {version}"),
-        || async {
-            load.snapshot()
-                .by_version
-                .get(version)
-                .is_some_and(|v| v.count >= n)
-        },
-    )
-    .await;
+    crate::support::load(sandbox.url(), CONNECTIONS)
 }
 
 fn assert_no_failures(report: &LoadReport) {

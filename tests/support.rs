@@ -104,3 +104,27 @@ pub fn stop_nginx(pid_file: &std::path::Path) {
         );
     }
 }
+
+/// A bounded load of `connections` keep-alive connections on `url` (at most 2M requests, 90 s).
+pub fn load(url: String, connections: usize) -> switchyard_app::load::Load {
+    let mut config = switchyard_app::load::LoadConfig::new(url);
+    config.connections = connections;
+    config.max_requests = 2_000_000;
+    config.max_duration = Duration::from_secs(90);
+    switchyard_app::load::Load::start(config)
+}
+
+/// Waits until `load` has seen `n` successful responses from `version`.
+pub async fn responses_from(load: &switchyard_app::load::Load, version: &str, n: u64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} responses from {version}"),
+        || async {
+            load.snapshot()
+                .by_version
+                .get(version)
+                .is_some_and(|v| v.count >= n)
+        },
+    )
+    .await;
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::ServiceSpec;
+use crate::config::{ServiceSpec, StrategyKind};
 use crate::model::*;
 use crate::names::{Name, Version};
 use crate::seams::*;
@@ -199,6 +199,37 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         })
     }
 
+    /// Records a new deployment of `spec` (from `old` to `version` in `color`) and says so.
+    fn begin(
+        &self,
+        spec: &ServiceSpec,
+        kind: DeployKind,
+        strategy: StrategyKind,
+        old: Option<&Slot>,
+        version: &Version,
+        color: Color,
+    ) -> Result<DeploymentId, DeployError> {
+        let host = self.host;
+        let id = self.store.begin(&NewDeployment {
+            service: spec.name.clone(),
+            kind,
+            strategy: strategy.as_str().into(),
+            from_version: old.map(|s| s.version.clone()),
+            to_version: version.clone(),
+            color,
+            who: format!("{}@{} (pid {})", host.user(), host.hostname(), host.pid()),
+            started_ms: host.now_ms(),
+        })?;
+        self.observer.event(&Event::Begin {
+            deployment: id,
+            service: spec.name.to_string(),
+            from: old.map(|s| s.version.to_string()),
+            to: version.to_string(),
+            color,
+        });
+        Ok(id)
+    }
+
     /// Journals `step` (before acting on it) and refreshes the lock heartbeat.
     fn journal(&self, id: DeploymentId, service: &Name, step: Step) -> Result<(), DeployError> {
         let now = self.host.now_ms();
@@ -223,28 +254,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             ),
             Target::Reuse(slot) => (slot.version.clone(), slot.color),
         };
-        let id = self.store.begin(&NewDeployment {
-            service: spec.name.clone(),
+        let id = self.begin(
+            spec,
             kind,
-            strategy: "blue-green".into(),
-            from_version: old.as_ref().map(|s| s.version.clone()),
-            to_version: version.clone(),
+            StrategyKind::BlueGreen,
+            old.as_ref(),
+            &version,
             color,
-            who: format!(
-                "{}@{} (pid {})",
-                self.host.user(),
-                self.host.hostname(),
-                self.host.pid()
-            ),
-            started_ms: self.host.now_ms(),
-        })?;
-        self.observer.event(&Event::Begin {
-            deployment: id,
-            service: spec.name.to_string(),
-            from: old.as_ref().map(|s| s.version.to_string()),
-            to: version.to_string(),
-            color,
-        });
+        )?;
 
         let mut new = Vec::new();
         let started_new = match &target {

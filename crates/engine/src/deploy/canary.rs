@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{health, recover, DeployError, DeployReport, Deployer, Target};
-use crate::config::ServiceSpec;
+use crate::config::{ServiceSpec, StrategyKind};
 use crate::judge::{judge, Measurement, Track, TrackWindow, Verdict};
 use crate::model::*;
 use crate::names::Version;
@@ -60,28 +60,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         };
         let started = Instant::now();
         let color = old.color.other();
-        let id = self.store.begin(&NewDeployment {
-            service: spec.name.clone(),
-            kind: DeployKind::Deploy,
-            strategy: "canary".into(),
-            from_version: Some(old.version.clone()),
-            to_version: version.clone(),
+        let id = self.begin(
+            spec,
+            DeployKind::Deploy,
+            StrategyKind::Canary,
+            Some(&old),
+            version,
             color,
-            who: format!(
-                "{}@{} (pid {})",
-                self.host.user(),
-                self.host.hostname(),
-                self.host.pid()
-            ),
-            started_ms: self.host.now_ms(),
-        })?;
-        self.observer.event(&Event::Begin {
-            deployment: id,
-            service: spec.name.to_string(),
-            from: Some(old.version.to_string()),
-            to: version.to_string(),
-            color,
-        });
+        )?;
         let mut new = Vec::new();
         if let Err(message) = self.start_fresh(spec, id, version, color, &mut new).await {
             return Err(self.abort(spec, id, &new, Some(&old), message).await);
