@@ -401,3 +401,35 @@ async fn a_paused_canary_is_shown_by_status_and_promoted_by_the_cli() {
     assert_exit(&nothing, 2);
     assert!(text(&nothing.stderr).contains("no deployment of web is running"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_still_reports_the_store_when_the_runtime_is_unreachable() {
+    // Review finding: status failed outright without Docker, exactly when it is needed.
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
+    let project = Project::new(&app, "");
+    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    let config = std::fs::read_to_string(project.config()).unwrap();
+    let docker = project.dir.path().join("docker.toml");
+    let text = config
+        .replace("kind = \"process\"", "kind = \"docker\"")
+        .replace("command = [", "image = \"x:{version}\"\n#");
+    std::fs::write(&docker, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&docker)
+        .arg("status")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("web  v1 (blue)  deployment #1"), "{stdout}");
+    assert!(stdout.contains("state unknown  health: 200 ok"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("instance states are unknown"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -3,10 +3,12 @@
 //! interrupted deployment if there is one (with what the next run will do about it).
 
 use serde::Serialize;
-use switchyard_app::live::Live;
+use switchyard_app::live::{AnyRuntime, HttpProber, SystemHost};
+use switchyard_app::settings;
 use switchyard_app::AppError;
 use switchyard_engine::deploy::lock_is_stale;
 use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Step, Store};
+use switchyard_store::SqliteStore;
 
 use super::{json, open};
 use crate::Cli;
@@ -40,7 +42,8 @@ struct CanaryReport {
 struct InstanceReport {
     name: String,
     addr: String,
-    state: InstanceStatus,
+    /// None when the runtime could not be asked.
+    state: Option<InstanceStatus>,
     health: String,
 }
 
@@ -51,35 +54,83 @@ struct LockReport {
     stale: bool,
 }
 
+/// What status reads from. Without a runtime (Docker unreachable) it still reports what the
+/// store knows and what the health probes answer, and exits 3.
+struct Sources<'a> {
+    store: &'a SqliteStore,
+    runtime: Option<&'a AnyRuntime>,
+    prober: &'a HttpProber,
+}
+
 pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
-    let live = open(cli).await?;
+    let prober = HttpProber::default();
+    let (live, fallback, unavailable) = match open(cli).await {
+        Ok(live) => (Some(live), None, None),
+        Err(e) if e.code == 3 => {
+            let config = settings::load(&cli.config)?;
+            let store = SqliteStore::open(&config.state_path)
+                .map_err(|s| AppError::environment(format!("{}; and {s}", e.message)))?;
+            (None, Some((config, store)), Some(e))
+        }
+        Err(e) => return Err(e),
+    };
+    let (config, sources) = match (&live, &fallback) {
+        (Some(live), _) => (
+            &live.config,
+            Sources {
+                store: &live.store,
+                runtime: Some(&live.runtime),
+                prober: &live.prober,
+            },
+        ),
+        (None, Some((config, store))) => (
+            config,
+            Sources {
+                store,
+                runtime: None,
+                prober: &prober,
+            },
+        ),
+        (None, None) => unreachable!("either live clients or the store fallback"),
+    };
     let specs: Vec<&ServiceSpec> = match service {
-        Some(name) => vec![live.spec(name)?],
-        None => live.config.services.iter().collect(),
+        Some(name) => vec![config
+            .service(name)
+            .ok_or_else(|| AppError::input(format!("no service {name:?} in the config")))?],
+        None => config.services.iter().collect(),
     };
     let mut all = Vec::new();
     for spec in specs {
-        all.push(service_status(&live, spec).await?);
+        all.push(service_status(&sources, spec).await?);
     }
-    if json(cli, &all) {
-        return Ok(());
+    if !json(cli, &all) {
+        for s in &all {
+            print_human(s);
+        }
     }
-    for s in &all {
-        print_human(s);
+    match unavailable {
+        None => Ok(()),
+        Some(e) => Err(AppError::environment(format!(
+            "instance states are unknown: {}",
+            e.message
+        ))),
     }
-    Ok(())
 }
 
-async fn service_status(live: &Live, spec: &ServiceSpec) -> Result<ServiceStatus, AppError> {
+async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<ServiceStatus, AppError> {
     let env = |e: switchyard_engine::StoreError| AppError::environment(e.to_string());
     let record = live.store.service(&spec.name).map_err(env)?;
     let mut instances = Vec::new();
     for instance in record.active.iter().flat_map(|s| &s.instances) {
-        let state = live
-            .runtime
-            .status(instance)
-            .await
-            .map_err(|e| AppError::environment(e.to_string()))?;
+        let state = match live.runtime {
+            Some(runtime) => Some(
+                runtime
+                    .status(instance)
+                    .await
+                    .map_err(|e| AppError::environment(e.to_string()))?,
+            ),
+            None => None,
+        };
         let probe = live
             .prober
             .probe(instance.addr(), &spec.health.path, spec.health.timeout)
@@ -92,9 +143,10 @@ async fn service_status(live: &Live, spec: &ServiceSpec) -> Result<ServiceStatus
             health,
         });
     }
-    let now = live.host.now_ms();
+    let host = SystemHost;
+    let now = host.now_ms();
     let lock = live.store.lock(&spec.name).map_err(env)?.map(|lock| {
-        let stale = lock_is_stale(&lock, &live.host, now);
+        let stale = lock_is_stale(&lock, &host, now);
         LockReport { lock, stale }
     });
     let interrupted = live.store.unfinished(&spec.name).map_err(env)?.map(|(d, journal)| {
@@ -197,11 +249,12 @@ fn print_human(s: &ServiceStatus) {
     }
     for i in &s.instances {
         let state = match &i.state {
-            InstanceStatus::Running { .. } => "running".to_owned(),
-            InstanceStatus::Exited { code } => {
+            Some(InstanceStatus::Running { .. }) => "running".to_owned(),
+            Some(InstanceStatus::Exited { code }) => {
                 format!("exited ({})", code.map_or("?".into(), |c| c.to_string()))
             }
-            InstanceStatus::Missing => "missing".to_owned(),
+            Some(InstanceStatus::Missing) => "missing".to_owned(),
+            None => "state unknown".to_owned(),
         };
         println!("  {}  {}  {state}  health: {}", i.name, i.addr, i.health);
     }
