@@ -412,10 +412,10 @@ async fn status_still_reports_the_store_when_the_runtime_is_unreachable() {
     assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
     let config = std::fs::read_to_string(project.config()).unwrap();
     let docker = project.dir.path().join("docker.toml");
-    let text = config
+    let docker_config = config
         .replace("kind = \"process\"", "kind = \"docker\"")
         .replace("command = [", "image = \"x:{version}\"\n#");
-    std::fs::write(&docker, text).unwrap();
+    std::fs::write(&docker, docker_config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--config")
         .arg(&docker)
