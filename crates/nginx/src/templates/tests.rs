@@ -87,7 +87,7 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
     check_golden("service-api-2-canary.conf", &text);
     assert!(
         text.contains(
-            "split_clients \"$cookie_uid\" $sy_api_2_split {\n    5.25% canary;\n    * stable;\n}"
+            "split_clients \"$sy_api_2_key\" $sy_api_2_split {\n    5.25% canary;\n    * stable;\n}"
         ),
         "{text}"
     );
