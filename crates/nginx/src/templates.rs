@@ -96,7 +96,7 @@ impl Templates {
             let canary = CanaryContext {
                 backends: addrs(&canary.backends),
                 weight,
-                                split_key,
+                split_key,
                 sticky: canary.sticky.is_some(),
                 map_source,
                 route_value: canary.route.as_ref().map(|r| r.value.clone()),
@@ -127,7 +127,7 @@ struct CanaryContext {
     backends: Vec<String>,
     /// `"5.25"`, or None at weight 0 (no split: only matching requests reach the canary).
     weight: Option<String>,
-        split_key: String,
+    split_key: String,
     /// Whether `split_key` is a cookie or header (empty for some requests).
     sticky: bool,
     map_source: String,

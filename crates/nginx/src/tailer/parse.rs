@@ -102,16 +102,26 @@ struct RawLine<'a> {
     request_time: f64,
 }
 
+/// nginx's status for a request the client closed before the response.
+const CLIENT_CLOSED: u16 = 499;
+
 /// Parses one line written with [`LOG_FORMAT`] (without its newline).
 pub fn parse_line(line: &str) -> Result<ProxyRecord, ParseError> {
     let raw: RawLine =
         serde_json::from_str(line).map_err(|e| ParseError::Malformed(e.to_string()))?;
     let (service, track) = upstream_group(&raw.proxy_host)?;
-    let attempts = attempts(
+    let mut attempts = attempts(
         &raw.upstream_addr,
         &raw.upstream_status,
         &raw.upstream_response_time,
     )?;
+    // 499: the client went away while the last attempt was still waiting. That attempt logs
+    // `-`, which would otherwise count as a 502 against the upstream.
+    if raw.status == CLIENT_CLOSED {
+        if let Some(last) = attempts.last_mut().filter(|a| a.status.is_none()) {
+            last.status = Some(CLIENT_CLOSED);
+        }
+    }
     Ok(ProxyRecord {
         time: raw.msec,
         service: service.to_owned(),

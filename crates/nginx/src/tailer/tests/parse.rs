@@ -202,3 +202,25 @@ fn the_directive_quotes_the_format_whole() {
         assert!(directive.contains(var), "{var} missing from {directive}");
     }
 }
+
+#[test]
+fn a_client_that_went_away_is_not_an_upstream_error() {
+    // Review finding: a 499 logs `-` for the waiting attempt, which counted as a 502 and could
+    // fail a slow but correct canary.
+    let gone = attempts(Vars {
+        upstream_status: "-",
+        upstream_response_time: "-",
+        status: "499",
+        ..OK
+    });
+    assert_eq!(gone[0].status, Some(499));
+    assert!(!gone[0].is_error());
+    // A real upstream failure with `-` still counts as one.
+    let failed = attempts(Vars {
+        upstream_status: "-",
+        upstream_response_time: "-",
+        status: "502",
+        ..OK
+    });
+    assert!(failed[0].is_error());
+}
