@@ -130,6 +130,12 @@ impl RouteMatch {
             && value
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        // Words nginx's `map` reads as parameters, not values.
+        if ["default", "hostnames", "include", "volatile"].contains(&value) {
+            return Err(format!(
+                "{value:?} is a keyword of nginx's map: choose another match value"
+            ));
+        }
         if ok {
             Ok(RouteMatch {
                 key,

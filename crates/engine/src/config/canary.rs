@@ -117,8 +117,11 @@ impl Checker<'_> {
                 if steps.windows(2).any(|w| w[0] >= w[1]) {
                     return Err("steps must increase".into());
                 }
-                if steps.last() != Some(&10_000) {
+                                if steps.last() != Some(&10_000) {
                     return Err("the last step must be 100".into());
+                }
+                if steps.len() < 2 {
+                    return Err("a canary needs a step below 100: it is judged there before it gets all traffic".into());
                 }
                 Ok(steps)
             })
@@ -128,11 +131,11 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|p| self.check(p, &format!("{f}.pause"), |p| basis_points(p)));
         if let (Some(steps), Some(pause), Some(raw_pause)) = (&steps, &pause_after, &raw.pause) {
-            if let Some(bad) = pause.iter().find(|p| !steps.contains(p)) {
+            if let Some(bad) = pause.iter().find(|p| !steps.contains(p) || **p == 10_000) {
                 self.push(
                     Some(raw_pause.span()),
                     &format!("{f}.pause"),
-                    format!("{} is not one of the steps", *bad as f64 / 100.0),
+                    format!("{} is not one of the steps below 100", *bad as f64 / 100.0),
                 );
             }
         }
@@ -141,6 +144,15 @@ impl Checker<'_> {
         };
         let hold = duration(self, &raw.hold, "hold");
         let interval = duration(self, &raw.interval, "interval");
+        if interval.is_zero() {
+            if let Some(i) = &raw.interval {
+                self.push(
+                    Some(i.span()),
+                    &format!("{f}.interval"),
+                    "must be more than 0".into(),
+                );
+            }
+        }
         let window = duration(self, &raw.window, "window");
         let max_error_rate = raw.max_error_rate.as_ref().and_then(|r| {
             self.check(r, &format!("{f}.max_error_rate"), |&r| {

@@ -161,6 +161,13 @@ fn bad_canary_values_are_located() {
             "service.canary.route",
         ),
         ("pause = [30]", "service.canary.pause"),
+        ("pause = [100]", "service.canary.pause"),
+        ("steps = [100]", "service.canary.steps"),
+        ("interval = \"0s\"", "service.canary.interval"),
+        (
+            "route = { header = \"x\", value = \"default\" }",
+            "service.canary.route",
+        ),
         ("hold = \"soon\"", "service.canary.hold"),
     ] {
         let text = format!("{GOOD}\n[service.canary]\n{line}\n");
