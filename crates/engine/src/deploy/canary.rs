@@ -15,12 +15,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{health, recover, DeployError, DeployReport, Deployer, Target};
+use super::{health, recover, upstream_set, DeployError, DeployReport, Deployer, Target};
 use crate::config::{ServiceSpec, StrategyKind};
 use crate::judge::{judge, Measurement, Track, TrackWindow, Verdict};
 use crate::model::*;
 use crate::names::Version;
 use crate::seams::*;
+
+/// How long a rollback waits for the last step's old workers before its own reload.
+const ROLLBACK_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a paused canary looks for `promote` or `abort`.
 const PAUSE_POLL: Duration = Duration::from_millis(500);
@@ -91,6 +94,12 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let c = &spec.canary;
         let mut live: Option<Reload> = None;
         for &weight_bp in c.steps.iter().filter(|&&w| w < 10_000) {
+            // An abort that arrived during the health wait or a drain acts before the next step.
+            if let Some(StepEnd::RollBack(reason)) = self.control(id)? {
+                return Err(self
+                    .roll_back_canary(spec, id, &old, &new, live.as_ref(), reason)
+                    .await);
+            }
             let reload = match self
                 .shift(spec, id, &old, &new, weight_bp, live.as_ref())
                 .await?
@@ -125,6 +134,19 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
 
         if let Some(previous) = &live {
             self.drain(spec, previous).await?;
+        }
+        // Last chances before all traffic moves: an abort sent meanwhile, or a canary replica
+        // that stopped being healthy since its last check.
+        if let Some(StepEnd::RollBack(reason)) = self.control(id)? {
+            return Err(self
+                .roll_back_canary(spec, id, &old, &new, live.as_ref(), reason)
+                .await);
+        }
+        if !recover::slot_healthy_now(self, spec, &new).await {
+            let reason = "promoting: a canary replica is not healthy any more".to_owned();
+            return Err(self
+                .roll_back_canary(spec, id, &old, &new, live.as_ref(), reason)
+                .await);
         }
         let reload = match self.route(spec, id, &new).await? {
             Ok(reload) => reload,
@@ -310,7 +332,11 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         }))
     }
 
-    /// Everything back on the stable slot (one reload, drained), then the canary removed.
+    /// Everything back on the stable slot in one reload, drained, then the canary removed.
+    /// The stable slot served all along, so it is not health-checked first (that would only
+    /// delay the rollback, and fail it if one stable replica flaps); the previous step's
+    /// workers get at most [`ROLLBACK_DRAIN_WAIT`], so long-lived connections cannot hold a
+    /// bad canary in traffic.
     async fn roll_back_canary(
         &self,
         spec: &ServiceSpec,
@@ -321,18 +347,42 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         reason: String,
     ) -> DeployError {
         if let Some(previous) = live {
-            // Like every step: the previous reload's workers go before the next reload.
-            if let Err(e) = self.drain(spec, previous).await {
-                return e;
+            let wait = spec.drain_timeout.min(ROLLBACK_DRAIN_WAIT);
+            if let Err(e) = self.router.wait_drained(previous, wait).await {
+                return DeployError::Environment(e.to_string());
             }
-            match recover::route_back(self, spec, id, old).await {
-                Ok(reload) => self.observer.event(&Event::RolledBack { generation: reload.generation, reason: reason.clone() }),
-                Err(e) => {
-                    return DeployError::Environment(format!(
-                        "{reason}; routing everything back to {} failed: {e}; `switchyard status` shows the state, the next deploy or rollback finishes it",
-                        old.version
-                    ))
-                }
+            let set = upstream_set(spec, &old.instances);
+            let back = async {
+                self.journal(
+                    id,
+                    &spec.name,
+                    Step::RouteBack {
+                        backends: set.backends.clone(),
+                    },
+                )?;
+                let reload = self
+                    .router
+                    .apply(&set)
+                    .await
+                    .map_err(|e| DeployError::Environment(e.to_string()))?;
+                self.observer.event(&Event::RolledBack {
+                    generation: reload.generation,
+                    reason: reason.clone(),
+                });
+                self.drain(spec, &reload).await?;
+                self.journal(
+                    id,
+                    &spec.name,
+                    Step::RoutedBack {
+                        generation: reload.generation,
+                    },
+                )
+            };
+            if let Err(e) = back.await {
+                return DeployError::Environment(format!(
+                    "{reason}; routing everything back to {} failed: {e}; `switchyard status` shows the state, the next deploy or rollback finishes it",
+                    old.version
+                ));
             }
         }
         self.abort(spec, id, new, Some(old), reason).await

@@ -133,7 +133,7 @@ async fn finish_failed<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     }
 }
 
-async fn slot_healthy_now<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+pub(super) async fn slot_healthy_now<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     d: &Deployer<'_, R, P, N, S, H>,
     spec: &ServiceSpec,
     instances: &[Instance],
