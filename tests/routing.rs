@@ -139,13 +139,21 @@ async fn a_sticky_split_keeps_each_user_on_one_side_and_canary_users_stay_as_it_
     }
     // Regression (review): without the cookie the key is empty, and an empty key used to hash
     // into the canary's bucket for every such request. Now they are split at random.
-    let set = canary_set(&n, &stable, &canary, route(&canary, 1000, Some(cookie.clone()), None));
+    let set = canary_set(
+        &n,
+        &stable,
+        &canary,
+        route(&canary, 1000, Some(cookie.clone()), None),
+    );
     n.router.apply(&set).await.unwrap();
     let mut anonymous_on_canary = 0;
     for _ in 0..300 {
         anonymous_on_canary += usize::from(get(n.listen, &[]).await == "canary");
     }
-    assert!(anonymous_on_canary <= 60, "{anonymous_on_canary} of 300 cookie-less requests on a 10% canary");
+    assert!(
+        anonymous_on_canary <= 60,
+        "{anonymous_on_canary} of 300 cookie-less requests on a 10% canary"
+    );
     let (at_10, at_50) = (&sides_at[0], &sides_at[1]);
     let (n10, n50) = (
         at_10.iter().filter(|c| **c).count(),

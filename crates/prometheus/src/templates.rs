@@ -22,7 +22,7 @@ pub struct QueryTemplates {
     pub p99_latency: Option<String>,
 }
 
-const SELECTOR: &str = r#"service="{service}",track="{track}""#;
+const SELECTOR: &str = r#"service="{service}",track="{track}",version="{version}""#;
 
 impl Default for QueryTemplates {
     /// Queries over the metrics switchyard exports: `switchyard_proxy_requests_total` and
@@ -167,15 +167,15 @@ mod tests {
         let w = canary(Duration::from_secs(30));
         assert_eq!(
             QueryTemplates::render(&t.requests, &w).unwrap(),
-            r#"sum(increase(switchyard_proxy_requests_total{service="web",track="canary"}[30s]))"#
+            r#"sum(increase(switchyard_proxy_requests_total{service="web",track="canary",version="v2.1-rc_1"}[30s]))"#
         );
         assert_eq!(
             QueryTemplates::render(&t.errors, &w).unwrap(),
-            r#"sum(increase(switchyard_proxy_requests_total{service="web",track="canary",code=~"5.."}[30s])) or (0 * sum(increase(switchyard_proxy_requests_total{service="web",track="canary"}[30s])))"#
+            r#"sum(increase(switchyard_proxy_requests_total{service="web",track="canary",version="v2.1-rc_1",code=~"5.."}[30s])) or (0 * sum(increase(switchyard_proxy_requests_total{service="web",track="canary",version="v2.1-rc_1"}[30s])))"#
         );
         assert_eq!(
             QueryTemplates::render(t.p99_latency.as_deref().unwrap(), &w).unwrap(),
-            r#"histogram_quantile(0.99, sum by (le) (rate(switchyard_proxy_request_duration_seconds_bucket{service="web",track="canary"}[30s])))"#
+            r#"histogram_quantile(0.99, sum by (le) (rate(switchyard_proxy_request_duration_seconds_bucket{service="web",track="canary",version="v2.1-rc_1"}[30s])))"#
         );
         t.check().unwrap();
     }

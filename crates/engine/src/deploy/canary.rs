@@ -236,7 +236,8 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         metrics: &M,
     ) -> Result<StepEnd, DeployError> {
         let c = &spec.canary;
-        let hold_until = Instant::now() + c.hold;
+        // The passing check must measure only this step: the hold lasts at least one window.
+        let hold_until = Instant::now() + c.hold.max(c.window);
         let (mut failures, mut silent) = (0u32, 0u32);
         loop {
             tokio::time::sleep(c.interval).await;
