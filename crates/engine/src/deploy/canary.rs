@@ -366,9 +366,9 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                     .apply(&set)
                     .await
                     .map_err(|e| DeployError::Environment(e.to_string()))?;
-                self.observer.event(&Event::RolledBack {
+                self.observer.event(&Event::Reloaded {
                     generation: reload.generation,
-                    reason: reason.clone(),
+                    confirm_ms: reload.confirm_ms,
                 });
                 self.drain(spec, &reload).await?;
                 self.journal(
@@ -377,7 +377,13 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                     Step::RoutedBack {
                         generation: reload.generation,
                     },
-                )
+                )?;
+                // All traffic on stable and the workers that routed to the canary gone.
+                self.observer.event(&Event::RolledBack {
+                    generation: reload.generation,
+                    reason: reason.clone(),
+                });
+                Ok::<(), DeployError>(())
             };
             if let Err(e) = back.await {
                 return DeployError::Environment(format!(
