@@ -121,7 +121,8 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 .await?
             {
                 StepEnd::Passed if c.pause_after.contains(&weight_bp) => {
-                    self.pause(spec, id, weight_bp).await?
+                    self.pause(spec, id, &old, version, weight_bp, metrics)
+                        .await?
                 }
                 end => end,
             };
@@ -244,38 +245,9 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             if let Some(end) = self.control(id)? {
                 return Ok(end);
             }
-            let query = |track, version: &Version| TrackWindow {
-                service: spec.name.clone(),
-                track,
-                version: version.clone(),
-                window: c.window,
-            };
-            let canary = metrics.measure(&query(Track::Canary, version)).await;
-            let baseline = match c.policy.baseline_margin {
-                Some(_) => Some(metrics.measure(&query(Track::Stable, &old.version)).await),
-                None => None,
-            };
-            let (verdict, measurement) = match (canary, baseline) {
-                (Err(e), _) | (_, Some(Err(e))) => {
-                    (Verdict::NoData(e.to_string()), Measurement::default())
-                }
-                (Ok(m), baseline) => (
-                    judge(&m, baseline.and_then(Result::ok).as_ref(), &c.policy),
-                    m,
-                ),
-            };
-            let (name, reason) = verdict_parts(&verdict);
-            let step = Step::Analysis {
-                weight_bp,
-                verdict: name.to_owned(),
-                detail: reason.to_owned(),
-            };
-            self.journal(id, &spec.name, step)?;
-            self.observer.event(&Event::Analysis {
-                weight_bp,
-                verdict: verdict.clone(),
-                measurement,
-            });
+            let verdict = self
+                .check(spec, id, old, version, weight_bp, metrics)
+                .await?;
             let at = percent(weight_bp);
             match verdict {
                 Verdict::Pass(_) => {
@@ -307,22 +279,91 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         }
     }
 
-    /// Waits for `switchyard promote` (go on) or `switchyard abort` (roll back).
-    async fn pause(
+    /// One judgement of the canary over the trailing window: measured (with the stable
+    /// baseline when configured), journaled and reported.
+    async fn check<M: MetricSource>(
         &self,
         spec: &ServiceSpec,
         id: DeploymentId,
+        old: &Slot,
+        version: &Version,
         weight_bp: u32,
+        metrics: &M,
+    ) -> Result<Verdict, DeployError> {
+        let c = &spec.canary;
+        let query = |track, version: &Version| TrackWindow {
+            service: spec.name.clone(),
+            track,
+            version: version.clone(),
+            window: c.window,
+        };
+        let canary = metrics.measure(&query(Track::Canary, version)).await;
+        let baseline = match c.policy.baseline_margin {
+            Some(_) => Some(metrics.measure(&query(Track::Stable, &old.version)).await),
+            None => None,
+        };
+        let (verdict, measurement) = match (canary, baseline) {
+            (Err(e), _) | (_, Some(Err(e))) => {
+                (Verdict::NoData(e.to_string()), Measurement::default())
+            }
+            (Ok(m), baseline) => (
+                judge(&m, baseline.and_then(Result::ok).as_ref(), &c.policy),
+                m,
+            ),
+        };
+        let (name, reason) = verdict_parts(&verdict);
+        let step = Step::Analysis {
+            weight_bp,
+            verdict: name.to_owned(),
+            detail: reason.to_owned(),
+        };
+        self.journal(id, &spec.name, step)?;
+        self.observer.event(&Event::Analysis {
+            weight_bp,
+            verdict: verdict.clone(),
+            measurement,
+        });
+        Ok(verdict)
+    }
+
+    /// Waits for `switchyard promote` (go on) or `switchyard abort` (roll back), judging the
+    /// canary every interval meanwhile: a canary held at a step for hours can still fail, and
+    /// `failure_limit` failed checks roll it back.
+    #[allow(clippy::too_many_arguments)]
+    async fn pause<M: MetricSource>(
+        &self,
+        spec: &ServiceSpec,
+        id: DeploymentId,
+        old: &Slot,
+        version: &Version,
+        weight_bp: u32,
+        metrics: &M,
     ) -> Result<StepEnd, DeployError> {
+        let c = &spec.canary;
         self.journal(id, &spec.name, Step::Paused { weight_bp })?;
         self.observer.event(&Event::Paused { weight_bp });
+        let mut next_check = Instant::now() + c.interval;
+        let mut failures = 0u32;
         loop {
             if let Some(end) = self.control(id)? {
                 return Ok(end);
             }
+            if Instant::now() >= next_check {
+                next_check += c.interval;
+                if let Verdict::Fail(reason) = self
+                    .check(spec, id, old, version, weight_bp, metrics)
+                    .await?
+                {
+                    failures += 1;
+                    if failures >= c.failure_limit {
+                        let at = percent(weight_bp);
+                        return Ok(StepEnd::RollBack(format!("while paused at {at}%: {reason} ({failures} failed check(s), limit {})", c.failure_limit)));
+                    }
+                }
+            }
             self.store
                 .heartbeat(&spec.name, self.host.pid(), self.host.now_ms())?;
-            tokio::time::sleep(PAUSE_POLL).await;
+            tokio::time::sleep(PAUSE_POLL.min(c.interval)).await;
         }
     }
 

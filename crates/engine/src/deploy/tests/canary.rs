@@ -353,3 +353,26 @@ async fn a_canary_replica_unhealthy_at_the_flip_is_rolled_back_not_promoted() {
     );
     w.assert_consistent("v1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_canary_that_starts_failing_is_rolled_back_while_paused() {
+    // Review finding: a pause stopped all checking, so a canary held for hours could degrade
+    // unnoticed and `promote` would flip on an old check.
+    let metrics = FakeMetrics::default();
+    let mut w = with_v1(&metrics).await;
+    w.spec.canary.pause_after = vec![2500];
+    metrics.set("v2", 1000.0, 0.0);
+    let deploy = w.canary("v2", &metrics);
+    let degrades = async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(w.canary_weight(), Some(2500), "paused at 25%");
+        metrics.set("v2", 1000.0, 0.2);
+    };
+    let (result, ()) = tokio::join!(deploy, degrades);
+    let msg = result.unwrap_err().to_string();
+    assert!(
+        msg.contains("while paused at 25%: error rate 20.00%"),
+        "{msg}"
+    );
+    w.assert_consistent("v1");
+}
