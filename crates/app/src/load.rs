@@ -21,6 +21,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use switchyard_engine::error_chain;
 
 use tokio::task::JoinHandle;
 
@@ -462,21 +463,6 @@ async fn send(client: &reqwest::Client, url: &str) -> Outcome {
             version,
         }
     }
-}
-
-/// reqwest's own message says only "error sending request"; the cause is in the sources.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod deploy;
+pub mod errors;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 pub mod judge;
@@ -15,6 +16,7 @@ pub mod plan;
 pub mod seams;
 
 pub use config::{Config, ConfigError, ConfigErrors, ServiceSpec, Source};
+pub use errors::error_chain;
 pub use model::*;
 pub use names::{Name, RequestKey, RouteMatch, Version};
 pub use seams::*;

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use switchyard_engine::error_chain;
 
 use switchyard_engine::{RequestKey, UpstreamSet};
 use tera::{Context, Tera};
@@ -145,17 +146,6 @@ pub fn variable(key: &RequestKey) -> String {
 /// nginx's time syntax, in milliseconds so nothing is rounded away.
 pub fn nginx_time(d: Duration) -> String {
     format!("{}ms", d.as_millis())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
