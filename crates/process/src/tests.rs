@@ -213,7 +213,18 @@ async fn restart_serves_on_the_same_port_and_names_a_taken_one() {
     let first_pid = fx.label(&web).await.pid;
     fx.runtime.stop(&web, Duration::from_secs(5)).await.unwrap();
 
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", web.host_port)).unwrap();
+    // The stopped server's socket may take a moment to go (seen under a parallel CI run).
+    let mut squatter = None;
+    for _ in 0..100 {
+        match std::net::TcpListener::bind(("127.0.0.1", web.host_port)) {
+            Ok(l) => {
+                squatter = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let squatter = squatter.expect("the stopped replica's port frees within 5 s");
     let err = fx.restart(&web).await.unwrap_err();
     let port = web.host_port.to_string();
     assert!(err.to_string().contains(&port), "{err}");
