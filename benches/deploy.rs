@@ -385,6 +385,7 @@ async fn naive_flip(
                 source: spec.source_for(&version),
                 port: spec.port,
                 env: spec.env.clone(),
+                host_port: None,
             })
             .await?;
         first_started.get_or_insert_with(Instant::now);

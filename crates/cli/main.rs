@@ -70,6 +70,9 @@ pub enum Command {
         service: String,
         #[arg(long)]
         version: String,
+        /// Plans with this strategy instead of the service's.
+        #[arg(long)]
+        strategy: Option<String>,
     },
     /// Check the config file and report every problem with its line.
     Validate,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use switchyard_docker::image::{build_scratch_image, ScratchImage};
-use switchyard_engine::config::RuntimeChoice;
+use switchyard_engine::config::{RuntimeChoice, StrategyKind};
 use switchyard_engine::deploy::DeployReport;
 use switchyard_engine::{Observer, ServiceSpec, Version};
 use switchyard_nginx::ManagedNginx;
@@ -39,6 +39,10 @@ pub struct SandboxOptions {
     pub docker_healthcheck: bool,
     /// Lines of the `[service.canary]` table (steps, hold, thresholds).
     pub canary: String,
+    /// `strategy = ...` of the service: "blue-green", "canary", "rolling" or "in-place".
+    pub strategy: String,
+    /// Lines of the `[service.rolling]` table (max_surge, max_unavailable, on_failure).
+    pub rolling: String,
 }
 
 impl SandboxOptions {
@@ -53,7 +57,16 @@ impl SandboxOptions {
             drain_timeout: "10s".into(),
             docker_healthcheck: false,
             canary: String::new(),
+            strategy: "blue-green".into(),
+            rolling: String::new(),
         }
+    }
+
+    /// The service's strategy and the lines of its `[service.rolling]` table.
+    pub fn strategy(mut self, strategy: &str, rolling: &str) -> SandboxOptions {
+        self.strategy = strategy.to_owned();
+        self.rolling = rolling.to_owned();
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> SandboxOptions {
@@ -208,6 +221,27 @@ impl Sandbox {
             .await?)
     }
 
+    /// Deploys `version` with the strategy `kind` (rolling, in-place or blue-green).
+    pub async fn deploy_with(
+        &self,
+        version: &str,
+        kind: StrategyKind,
+        observer: &dyn Observer,
+    ) -> Result<DeployReport, AppError> {
+        if kind == StrategyKind::Canary {
+            return self.deploy_canary(version, observer).await;
+        }
+        self.ensure_image(version).await?;
+        let version = Version::parse(version).map_err(AppError::input)?;
+        let deployer = self.live().deployer(observer);
+        Ok(match kind {
+            StrategyKind::Rolling | StrategyKind::InPlace => {
+                deployer.roll(self.spec(), &version, kind).await?
+            }
+            _ => deployer.deploy(self.spec(), &version).await?,
+        })
+    }
+
     pub async fn rollback(&self, observer: &dyn Observer) -> Result<DeployReport, AppError> {
         Ok(self.live().deployer(observer).rollback(self.spec()).await?)
     }
@@ -301,6 +335,7 @@ listen = "{listen}"
 {source}
 port = 8080
 replicas = {replicas}
+strategy = "{strategy}"
 stop_timeout = "5s"
 health = {{ {health} }}
 drain = {{ timeout = "{drain}" }}
@@ -308,9 +343,14 @@ drain = {{ timeout = "{drain}" }}
 [service.canary]
 {canary}
 
+[service.rolling]
+{rolling}
+
 [service.env]
 {env}"#,
         canary = o.canary,
+        rolling = o.rolling,
+        strategy = o.strategy,
         replicas = o.replicas,
         health = o.health,
         drain = o.drain_timeout,

@@ -32,6 +32,9 @@ pub async fn deploy(
                 .canary(spec, &version, &live.metrics(service)?)
                 .await?
         }
+        kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
+            deployer.roll(spec, &version, kind).await?
+        }
     };
     print_report(cli, &report);
     Ok(())
@@ -55,6 +58,38 @@ fn print_report(cli: &Cli, r: &DeployReport) {
         .from
         .as_ref()
         .map_or("nothing".to_owned(), |v| v.to_string());
+    if let Some(rollout) = &r.rollout {
+        println!(
+            "{} {} is live ({}, was {from}): {} batch(es), {} reload(s), at most {} instance(s) running, {} ms in all",
+            r.service,
+            r.to,
+            rollout.strategy,
+            rollout.batches.len(),
+            rollout.reloads,
+            rollout.peak_running,
+            r.total_ms
+        );
+        for (i, b) in rollout.batches.iter().enumerate() {
+            println!(
+                "  batch {}: +{} -{}, healthy after {} ms, reload {}, drained in {} ms",
+                i + 1,
+                b.added.len(),
+                b.removed.len(),
+                b.healthy_ms,
+                b.confirm_ms.map_or("not needed".to_owned(), |ms| format!(
+                    "confirmed in {ms} ms"
+                )),
+                b.drained_ms
+            );
+        }
+        if let Some(gap) = rollout.gap_ms {
+            println!("  downtime (allow_downtime = true): no replica answered for {gap} ms");
+        }
+        for w in &r.warnings {
+            println!("warning: {w}");
+        }
+        return;
+    }
     println!(
         "{} {} is live ({} slot, was {from}): healthy after {} ms, reload confirmed in {} ms, old workers gone after {} ms, {} ms in all",
         r.service,

@@ -29,7 +29,11 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
         Command::Serve(args) => serve::run(cli, args).await,
         Command::Status { service } => status::run(cli, service.as_deref()).await,
         Command::History { service, limit } => history::run(cli, service.as_deref(), *limit).await,
-        Command::Plan { service, version } => plan::run(cli, service, version).await,
+        Command::Plan {
+            service,
+            version,
+            strategy,
+        } => plan::run(cli, service, version, strategy.as_deref()).await,
         Command::Validate => validate::run(cli),
         Command::Demo(args) => demo::run(args).await,
     }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use similar::TextDiff;
 use switchyard_app::AppError;
+use switchyard_engine::config::StrategyKind;
 use switchyard_engine::plan::{self, Plan};
 use switchyard_engine::{ConfigDiff, Router, Store, Version};
 
@@ -16,16 +17,29 @@ struct PlanOutput {
     nginx: ConfigDiff,
 }
 
-pub async fn run(cli: &Cli, service: &str, version: &str) -> Result<(), AppError> {
+pub async fn run(
+    cli: &Cli,
+    service: &str,
+    version: &str,
+    strategy: Option<&str>,
+) -> Result<(), AppError> {
     let version =
         Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
+    let strategy = strategy
+        .map(|s| StrategyKind::parse(s).map_err(|e| AppError::input(format!("--strategy: {e}"))))
+        .transpose()?;
     let live = open(cli).await?;
     let spec = live.spec(service)?;
     let record = live
         .store
         .service(&spec.name)
         .map_err(|e| AppError::environment(e.to_string()))?;
-    let plan = plan::blue_green(spec, &record, &version);
+    let plan = match strategy.unwrap_or(spec.strategy) {
+        kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
+            plan::rolling(spec, &record, &version, kind)
+        }
+        _ => plan::blue_green(spec, &record, &version),
+    };
     let diff = live
         .router
         .preview(&plan.upstream)
@@ -36,9 +50,10 @@ pub async fn run(cli: &Cli, service: &str, version: &str) -> Result<(), AppError
     }
     let from = out.plan.from.as_deref().unwrap_or("nothing");
     println!(
-        "plan: {} {from} -> {} (blue-green, {} slot)",
+        "plan: {} {from} -> {} ({}, {} slot)",
         out.plan.service,
         out.plan.to,
+        out.plan.strategy,
         out.plan.color.as_str()
     );
     for (i, step) in out.plan.steps.iter().enumerate() {

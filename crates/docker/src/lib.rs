@@ -4,11 +4,14 @@
 //! Every container is labelled with its service, version, colour, deployment, replica, host
 //! port and a *scope* (one per state database), so two switchyard installations, or two
 //! tests, on one engine never see each other's containers. Ports are published on
-//! 127.0.0.1 only, on host ports switchyard allocates. [`image`] builds `FROM scratch`
+//! 127.0.0.1 only: on the host port the spec names (freed by the replica it replaces, for an
+//! in-place deploy), else on one switchyard allocates. [`image`] builds `FROM scratch`
 //! images from a static binary, for the demo and the tests (no registry can be reached).
 
 pub mod image;
 mod labels;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -33,9 +36,19 @@ pub use labels::SCOPE_LABEL;
 /// How many times a start is retried when the allocated host port was taken meanwhile.
 const PORT_ATTEMPTS: usize = 3;
 
+/// How long a start on a requested host port (`InstanceSpec::host_port`) is retried while
+/// that port is taken: the container that held it has just been stopped, and Docker's proxy
+/// may release it a moment later.
+const PORT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long to wait between those attempts.
+const PORT_RETRY: Duration = Duration::from_millis(100);
+
 pub struct DockerRuntime {
     docker: Docker,
     scope: String,
+    /// [`PORT_WAIT`], shorter in tests.
+    port_wait: Duration,
 }
 
 impl DockerRuntime {
@@ -53,6 +66,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             scope: scope.to_owned(),
+            port_wait: PORT_WAIT,
         })
     }
 
@@ -88,16 +102,15 @@ impl DockerRuntime {
         }
     }
 
+    /// Creates the container publishing on 127.0.0.1:`host_port` and starts it; if the start
+    /// fails, the container is removed again.
     async fn create_and_start(
         &self,
         spec: &InstanceSpec,
         image: &str,
         name: &str,
+        host_port: u16,
     ) -> Result<Instance, RuntimeError> {
-        let host_port = free_loopback_port().map_err(|e| RuntimeError::Failed {
-            what: name.to_owned(),
-            message: format!("allocating a host port: {e}"),
-        })?;
         let container_port = format!("{}/tcp", spec.port);
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("APP_VERSION={}", spec.version));
@@ -148,6 +161,58 @@ impl DockerRuntime {
             host_port,
         })
     }
+
+    /// Starts on a port allocated here, on another one if it was taken meanwhile.
+    async fn start_allocating(
+        &self,
+        spec: &InstanceSpec,
+        image: &str,
+        name: &str,
+    ) -> Result<Instance, RuntimeError> {
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let host_port = free_loopback_port().map_err(|e| RuntimeError::Failed {
+                what: name.to_owned(),
+                message: format!("allocating a host port: {e}"),
+            })?;
+            match self.create_and_start(spec, image, name, host_port).await {
+                Ok(instance) => return Ok(instance),
+                Err(e) if is_port_conflict(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// Starts on the requested `port`, retrying every [`PORT_RETRY`] for up to `port_wait`
+    /// while it is still taken.
+    async fn start_on(
+        &self,
+        spec: &InstanceSpec,
+        image: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<Instance, RuntimeError> {
+        let deadline = tokio::time::Instant::now() + self.port_wait;
+        loop {
+            match self.create_and_start(spec, image, name, port).await {
+                Err(RuntimeError::Failed { message, .. })
+                    if is_port_conflict_message(&message)
+                        && tokio::time::Instant::now() >= deadline =>
+                {
+                    return Err(RuntimeError::Failed {
+                        what: name.to_owned(),
+                        message: format!(
+                            "host port 127.0.0.1:{port} is still taken after {:?}: {message}",
+                            self.port_wait
+                        ),
+                    });
+                }
+                Err(e) if is_port_conflict(&e) => tokio::time::sleep(PORT_RETRY).await,
+                result => return result,
+            }
+        }
+    }
 }
 
 impl Runtime for DockerRuntime {
@@ -163,15 +228,10 @@ impl Runtime for DockerRuntime {
             });
         };
         let name = format!("{}-{}", self.scope, spec.instance_name());
-        let mut last = None;
-        for _ in 0..PORT_ATTEMPTS {
-            match self.create_and_start(spec, image, &name).await {
-                Ok(instance) => return Ok(instance),
-                Err(e) if is_port_conflict(&e) => last = Some(e),
-                Err(e) => return Err(e),
-            }
+        match spec.host_port {
+            Some(port) => self.start_on(spec, image, &name, port).await,
+            None => self.start_allocating(spec, image, &name).await,
         }
-        Err(last.expect("at least one attempt"))
     }
 
     async fn restart(&self, instance: &Instance) -> Result<Instance, RuntimeError> {
@@ -286,7 +346,12 @@ fn failed(what: &str, e: BollardError) -> RuntimeError {
 }
 
 fn is_port_conflict(e: &RuntimeError) -> bool {
-    matches!(e, RuntimeError::Failed { message, .. } if message.contains("port is already allocated") || message.contains("address already in use"))
+    matches!(e, RuntimeError::Failed { message, .. } if is_port_conflict_message(message))
+}
+
+/// Docker's words for a host port that is taken: by another container, or by anything else.
+fn is_port_conflict_message(message: &str) -> bool {
+    message.contains("port is already allocated") || message.contains("address already in use")
 }
 
 /// A port on 127.0.0.1 that was free a moment ago; a race is retried by the caller.

@@ -18,8 +18,11 @@ use toml::Spanned;
 use crate::names::{check_env_key, check_http_path, check_image_ref, Name, Version};
 
 mod canary;
+mod rolling;
 pub use canary::CanarySpec;
 use canary::RawCanary;
+use rolling::RawRolling;
+pub use rolling::{OnFailure, RollingSpec};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +97,9 @@ pub struct ServiceSpec {
     pub retain: usize,
     /// How a canary deploy moves (used by `strategy = "canary"` or `--strategy canary`).
     pub canary: CanarySpec,
+    /// How a rolling or in-place deploy moves (`strategy = "rolling"`/`"in-place"` or
+    /// `--strategy`); see [`RollingSpec::for_kind`].
+    pub rolling: RollingSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +114,10 @@ pub enum Source {
 pub enum StrategyKind {
     BlueGreen,
     Canary,
+    /// Replicas replaced in batches bounded by `max_surge` and `max_unavailable`.
+    Rolling,
+    /// Rolling with no extra capacity: `max_surge = 0`, new replicas reuse the freed ports.
+    InPlace,
 }
 
 impl StrategyKind {
@@ -115,18 +125,24 @@ impl StrategyKind {
         match self {
             StrategyKind::BlueGreen => "blue-green",
             StrategyKind::Canary => "canary",
+            StrategyKind::Rolling => "rolling",
+            StrategyKind::InPlace => "in-place",
         }
+    }
+
+    /// Whether replicas are replaced in batches (rolling or in-place).
+    pub fn is_rolling(self) -> bool {
+        matches!(self, StrategyKind::Rolling | StrategyKind::InPlace)
     }
 
     pub fn parse(s: &str) -> Result<StrategyKind, String> {
         match s {
             "blue-green" => Ok(StrategyKind::BlueGreen),
             "canary" => Ok(StrategyKind::Canary),
-            "rolling" | "in-place" => Err(format!(
-                "strategy {s:?} is not available yet: use \"blue-green\" or \"canary\""
-            )),
+            "rolling" => Ok(StrategyKind::Rolling),
+            "in-place" => Ok(StrategyKind::InPlace),
             other => Err(format!(
-                "unknown strategy {other:?}: use \"blue-green\" or \"canary\""
+                "unknown strategy {other:?}: use \"blue-green\", \"canary\", \"rolling\" or \"in-place\""
             )),
         }
     }
@@ -163,7 +179,12 @@ impl Config {
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
-                let field = e.message().split('`').nth(1).unwrap_or("").to_owned();
+                // "unknown field `prot`" names the field; "invalid value: integer `-1`" does not.
+                let msg = e.message();
+                let field = match msg.split('`').nth(1) {
+                    Some(f) if msg.contains(" field `") => f.to_owned(),
+                    _ => String::new(),
+                };
                 errs.push(e.span(), &field, e.message().trim().to_owned());
                 return Err(errs.finish());
             }
@@ -286,6 +307,8 @@ struct RawService {
     retain: Option<usize>,
     #[serde(default)]
     canary: RawCanary,
+    #[serde(default)]
+    rolling: RawRolling,
 }
 
 #[derive(Deserialize, Default)]
@@ -315,15 +338,21 @@ struct Preset {
     drain_timeout: String,
     #[serde(default)]
     canary: RawCanary,
+    #[serde(default)]
+    rolling: RawRolling,
 }
 
 const BLUE_GREEN_PRESET: &str = include_str!("../../../strategies/blue-green.toml");
 const CANARY_PRESET: &str = include_str!("../../../strategies/canary.toml");
+const ROLLING_PRESET: &str = include_str!("../../../strategies/rolling.toml");
+const IN_PLACE_PRESET: &str = include_str!("../../../strategies/in-place.toml");
 
 fn preset(kind: StrategyKind) -> Preset {
     let text = match kind {
         StrategyKind::BlueGreen => BLUE_GREEN_PRESET,
         StrategyKind::Canary => CANARY_PRESET,
+        StrategyKind::Rolling => ROLLING_PRESET,
+        StrategyKind::InPlace => IN_PLACE_PRESET,
     };
     toml::from_str(text).expect("compiled-in strategy presets are valid (tested)")
 }
@@ -550,6 +579,15 @@ impl Checker<'_> {
             "service.stop_timeout",
             Duration::from_secs(10),
         );
+        // Checked before the `?`s below so that their errors are reported with the others.
+        // Any service can be deployed as a canary with --strategy canary.
+        let canary = self.canary(
+            s.canary
+                .clone()
+                .over(self::preset(StrategyKind::Canary).canary),
+        );
+        // Any service can be deployed with --strategy rolling (or in-place).
+        let rolling = self.rolling(raw, strategy, replicas);
         Some(ServiceSpec {
             name: name?,
             listen: listen?,
@@ -566,12 +604,8 @@ impl Checker<'_> {
             drain_timeout,
             stop_timeout,
             retain: s.retain.unwrap_or(preset.retain),
-            // Any service can be deployed as a canary with --strategy canary.
-            canary: self.canary(
-                s.canary
-                    .clone()
-                    .over(self::preset(StrategyKind::Canary).canary),
-            ),
+            canary,
+            rolling,
         })
     }
 

@@ -9,6 +9,7 @@
 pub mod canary;
 mod health;
 mod recover;
+pub mod rolling;
 
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ pub struct DeployReport {
     pub total_ms: u64,
     /// Non-fatal problems after traffic moved (an old instance that would not stop).
     pub warnings: Vec<String>,
+    /// Batches, reloads and peak instances of a rolling or in-place deploy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<rolling::RolloutReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -66,6 +70,9 @@ pub enum DeployError {
     },
     #[error("nothing to roll back to: {0}")]
     NoPrevious(String),
+    /// The deploy would break a promise the config did not waive (an in-place gap).
+    #[error("refused: {0}")]
+    Refused(String),
     /// The deploy failed and traffic stayed on (or went back to) the previous version.
     #[error(
         "deployment #{deployment} of {service} failed, traffic stays on {stays_on}: {message}"
@@ -86,7 +93,7 @@ impl DeployError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DeployError::Failed { .. } => 1,
-            DeployError::Locked { .. } | DeployError::NoPrevious(_) => 2,
+            DeployError::Locked { .. } | DeployError::NoPrevious(_) | DeployError::Refused(_) => 2,
             DeployError::Environment(_) => 3,
         }
     }
@@ -104,6 +111,13 @@ impl From<RuntimeError> for DeployError {
     }
 }
 
+/// What the command that found an interrupted deployment asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wanted<'v> {
+    Deploy(&'v Version),
+    Rollback,
+}
+
 /// What the new slot is made of.
 enum Target<'s> {
     Fresh(Version),
@@ -118,7 +132,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         spec: &ServiceSpec,
         version: &Version,
     ) -> Result<DeployReport, DeployError> {
-        self.locked(spec, "deploy", |d| async move {
+        self.locked(spec, "deploy", Wanted::Deploy(version), |d| async move {
             d.run(spec, DeployKind::Deploy, Target::Fresh(version.clone()))
                 .await
         })
@@ -127,7 +141,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
 
     /// Brings the newest retained version back, restarting its stopped instances.
     pub async fn rollback(&self, spec: &ServiceSpec) -> Result<DeployReport, DeployError> {
-        self.locked(spec, "rollback", |d| async move {
+        self.locked(spec, "rollback", Wanted::Rollback, |d| async move {
             let record = d.store.service(&spec.name)?;
             let Some(slot) = record.retained.first() else {
                 return Err(DeployError::NoPrevious(format!(
@@ -135,6 +149,12 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                     spec.name, spec.retain
                 )));
             };
+            if spec.strategy.is_rolling() {
+                let version = slot.version.clone();
+                return d
+                    .run_rollout(spec, DeployKind::Rollback, &version, spec.strategy)
+                    .await;
+            }
             d.run(spec, DeployKind::Rollback, Target::Reuse(slot)).await
         })
         .await
@@ -145,6 +165,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         &'d self,
         spec: &ServiceSpec,
         kind: &'static str,
+        wanted: Wanted<'_>,
         body: F,
     ) -> Result<DeployReport, DeployError>
     where
@@ -155,8 +176,10 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let result = match self.store.unfinished(&spec.name) {
             Err(e) => Err(e.into()),
             Ok(Some((record, journal))) => {
-                match recover::resume(self, spec, &record, &journal).await {
-                    Ok(()) => body(self).await,
+                match recover::resume(self, spec, &record, &journal, wanted).await {
+                    Ok(None) => body(self).await,
+                    // Finishing the interrupted deployment was what the command asked for.
+                    Ok(Some(report)) => Ok(report),
                     Err(e) => Err(e),
                 }
             }
@@ -306,6 +329,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             drained,
             total_ms: started.elapsed().as_millis() as u64,
             warnings,
+            rollout: None,
         })
     }
 
@@ -327,6 +351,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 source: spec.source_for(version),
                 port: spec.port,
                 env: spec.env.clone(),
+                host_port: None,
             };
             let name = instance_spec.instance_name();
             self.journal(

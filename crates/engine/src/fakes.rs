@@ -104,8 +104,18 @@ pub struct FakeRuntime {
     pub unstartable: RefCell<BTreeSet<String>>,
     /// Instance ids whose restart fails (a retained container whose port was taken).
     pub unrestartable: RefCell<BTreeSet<String>>,
+    /// Instance names that never pass a probe (one replica of a version).
+    pub unhealthy_names: RefCell<BTreeSet<String>>,
     /// Docker HEALTHCHECK status by version; versions not listed have no HEALTHCHECK.
     pub docker_health: RefCell<BTreeMap<String, RuntimeHealth>>,
+    peak: Cell<usize>,
+}
+
+fn port_allocated(name: &str, port: u16) -> RuntimeError {
+    RuntimeError::Failed {
+        what: name.to_owned(),
+        message: format!("127.0.0.1:{port}: port is already allocated"),
+    }
 }
 
 impl FakeRuntime {
@@ -119,6 +129,8 @@ impl FakeRuntime {
             unstartable: RefCell::default(),
             docker_health: RefCell::default(),
             unrestartable: RefCell::default(),
+            unhealthy_names: RefCell::default(),
+            peak: Cell::new(0),
         }
     }
 
@@ -145,6 +157,23 @@ impl FakeRuntime {
         found.map(|f| f.instance.version.to_string())
     }
 
+    /// Whether a running instance other than `except` publishes `port`.
+    fn port_taken(&self, port: u16, except: Option<&str>) -> bool {
+        self.instances.borrow().values().any(|f| {
+            f.running && f.instance.host_port == port && Some(f.instance.id.as_str()) != except
+        })
+    }
+
+    /// The most instances running at once so far.
+    pub fn peak_running(&self) -> usize {
+        self.peak.get()
+    }
+
+    fn note_running(&self) {
+        let now = self.running().len();
+        self.peak.set(self.peak.get().max(now));
+    }
+
     fn is_crashing(&self, instance: &Instance) -> bool {
         self.crashing.borrow().contains(instance.version.as_str())
     }
@@ -167,6 +196,10 @@ impl Runtime for FakeRuntime {
         }
         let n = self.next.get() + 1;
         self.next.set(n);
+        let host_port = spec.host_port.unwrap_or(20000 + n);
+        if self.port_taken(host_port, None) {
+            return Err(port_allocated(&name, host_port));
+        }
         let instance = Instance {
             id: format!("c{n}"),
             name,
@@ -175,7 +208,7 @@ impl Runtime for FakeRuntime {
             color: spec.color,
             deployment: spec.deployment,
             replica: spec.replica,
-            host_port: 20000 + n,
+            host_port,
         };
         let running = !self.crashing.borrow().contains(spec.version.as_str());
         self.instances.borrow_mut().insert(
@@ -185,6 +218,7 @@ impl Runtime for FakeRuntime {
                 running,
             },
         );
+        self.note_running();
         Ok(instance)
     }
 
@@ -198,6 +232,9 @@ impl Runtime for FakeRuntime {
                 message: "port is already allocated".into(),
             });
         }
+        if self.port_taken(instance.host_port, Some(&instance.id)) {
+            return Err(port_allocated(&instance.name, instance.host_port));
+        }
         let crashing = self.is_crashing(instance);
         let mut instances = self.instances.borrow_mut();
         let Some(found) = instances.get_mut(&instance.id) else {
@@ -207,7 +244,10 @@ impl Runtime for FakeRuntime {
             });
         };
         found.running = !crashing;
-        Ok(found.instance.clone())
+        let instance = found.instance.clone();
+        drop(instances);
+        self.note_running();
+        Ok(instance)
     }
 
     async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError> {
@@ -263,8 +303,17 @@ impl Runtime for FakeRuntime {
 impl Prober for FakeRuntime {
     async fn probe(&self, addr: SocketAddr, path: &str, _timeout: Duration) -> Probe {
         self.shared.alive().await;
+        let name = self
+            .instances
+            .borrow()
+            .values()
+            .find(|f| f.running && f.instance.addr() == addr)
+            .map(|f| f.instance.name.clone());
         let ok = match self.version_at(addr) {
-            Some(v) => !self.unhealthy.borrow().contains(&v),
+            Some(v) => {
+                !self.unhealthy.borrow().contains(&v)
+                    && !name.is_some_and(|n| self.unhealthy_names.borrow().contains(&n))
+            }
             None => false,
         };
         let summary = match (ok, self.version_at(addr)) {
@@ -289,6 +338,8 @@ pub struct FakeRouter {
     pub sets: RefCell<BTreeMap<Name, UpstreamSet>>,
     /// The next `apply` is refused as `nginx -t` would.
     pub reject_next: Cell<bool>,
+    /// Every applied backend list, in order.
+    pub history: RefCell<Vec<Vec<SocketAddr>>>,
 }
 
 impl FakeRouter {
@@ -299,6 +350,7 @@ impl FakeRouter {
             generation: Cell::new(0),
             reject_next: Cell::new(false),
             sets: RefCell::default(),
+            history: RefCell::default(),
         }
     }
 
@@ -338,6 +390,7 @@ impl Router for FakeRouter {
         self.sets
             .borrow_mut()
             .insert(set.service.clone(), set.clone());
+        self.history.borrow_mut().push(set.backends.clone());
         Ok(Reload {
             generation,
             old_workers: vec![generation as u32 * 100],

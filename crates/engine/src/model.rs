@@ -56,6 +56,9 @@ pub struct InstanceSpec {
     /// The app's port inside its container; processes get their host port instead.
     pub port: u16,
     pub env: BTreeMap<String, String>,
+    /// The 127.0.0.1 port to publish on, freed by the replica this one replaces (in-place);
+    /// `None` lets the runtime allocate one.
+    pub host_port: Option<u16>,
 }
 
 impl InstanceSpec {
@@ -322,6 +325,22 @@ pub enum Step {
     Paused {
         weight_bp: u32,
     },
+    /// Intent of a rolling batch: nginx is to send traffic to exactly these instances.
+    Serve {
+        batch: u32,
+        instances: Vec<String>,
+        backends: Vec<SocketAddr>,
+    },
+    /// A rolling deploy is going back to `version`, the one live before it.
+    Restore {
+        version: String,
+        reason: String,
+    },
+    /// A rolling deploy stopped after a failed batch (`on_failure = "pause"`), left for
+    /// `switchyard rollback` or `switchyard deploy` to finish.
+    Halted {
+        reason: String,
+    },
 }
 
 impl Step {
@@ -347,6 +366,9 @@ impl Step {
             Step::Shifted { .. } => "shifted",
             Step::Analysis { .. } => "analysis",
             Step::Paused { .. } => "paused",
+            Step::Serve { .. } => "serve",
+            Step::Restore { .. } => "restore",
+            Step::Halted { .. } => "halted",
         }
     }
 }

@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::config::{ServiceSpec, Source};
+use crate::config::{ServiceSpec, Source, StrategyKind};
+use crate::deploy::rolling::batches::{self, Counts, Limits};
 use crate::model::{Color, ServiceRecord};
 use crate::names::Version;
 use crate::seams::UpstreamSet;
@@ -15,6 +16,7 @@ use crate::seams::UpstreamSet;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub service: String,
+    pub strategy: String,
     pub from: Option<String>,
     pub to: String,
     pub color: Color,
@@ -71,6 +73,7 @@ pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version)
     let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     Plan {
         service: spec.name.to_string(),
+        strategy: StrategyKind::BlueGreen.as_str().into(),
         from: old.map(|s| s.version.to_string()),
         to: version.to_string(),
         color,
@@ -81,5 +84,183 @@ pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version)
             backends: vec![placeholder; usize::from(n)],
             canary: None,
         },
+    }
+}
+
+/// A rolling or in-place deploy of `version`: one step per batch, within the service's
+/// `max_surge` and `max_unavailable`.
+pub fn rolling(
+    spec: &ServiceSpec,
+    record: &ServiceRecord,
+    version: &Version,
+    kind: StrategyKind,
+) -> Plan {
+    let old = record.active.as_ref();
+    let color = old.map_or(Color::Blue, |s| s.color.other());
+    let r = spec.rolling.for_kind(kind);
+    let limits = Limits {
+        replicas: spec.replicas,
+        max_surge: r.max_surge,
+        max_unavailable: r.max_unavailable,
+    };
+    let stale = old.map_or(0, |s| s.instances.len() as u16);
+    let h = &spec.health;
+    let ports = if kind == StrategyKind::InPlace {
+        "on the ports the old replicas freed"
+    } else {
+        "each on a new 127.0.0.1 port"
+    };
+    let mut steps = vec![format!(
+        "{} {} -> {version} in batches: at most {} replica(s) running ({} + max_surge {}), at least {} in the upstream ({} - max_unavailable {})",
+        kind.as_str(),
+        spec.name,
+        spec.replicas + r.max_surge,
+        spec.replicas,
+        r.max_surge,
+        spec.replicas.saturating_sub(r.max_unavailable),
+        spec.replicas,
+        r.max_unavailable
+    )];
+    if batches::has_gap(limits, stale) && !r.allow_downtime {
+        steps.push("refused: a batch would leave no replica in the upstream; set allow_downtime = true in [service.rolling] to accept the gap".into());
+    }
+    let mut now = Counts { fresh: 0, stale };
+    for (i, b) in batches::plan(limits, stale).iter().enumerate() {
+        let mut parts = Vec::new();
+        if b.add > 0 {
+            parts.push(format!(
+                "start {} replica(s) of {version} {ports} and wait until each passes GET {} {} times in a row",
+                b.add, h.path, h.healthy_after
+            ));
+        }
+        now.fresh += b.add;
+        now.stale -= b.remove;
+        let serving = now.fresh + now.stale;
+        if serving == 0 {
+            parts.push(format!(
+                "stop the last old replica: nginx keeps its address, and requests fail until the replacement answers (allow_downtime = {})",
+                r.allow_downtime
+            ));
+        } else {
+            parts.push(format!(
+                "one validated, confirmed reload: {} new in, {} old out ({serving} in the upstream)",
+                b.add, b.remove
+            ));
+        }
+        if b.remove > 0 && serving > 0 {
+            parts.push(format!(
+                "wait for the old workers to exit (at most {:?}), then stop the {} old replica(s) and keep them",
+                spec.drain_timeout, b.remove
+            ));
+        }
+        steps.push(format!("batch {}: {}", i + 1, parts.join("; ")));
+    }
+    steps.push(format!(
+        "on a failed batch: {}",
+        match r.on_failure {
+            crate::config::OnFailure::Rollback =>
+                "remove its replicas, then restore the replaced ones to the previous version in batches (exit 1)",
+            crate::config::OnFailure::Pause =>
+                "remove its replicas and stop there (exit 1); `switchyard rollback` or `switchyard deploy` finishes",
+        }
+    ));
+    let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let backends = match (kind, old) {
+        (StrategyKind::InPlace, Some(slot)) => slot.instances.iter().map(|i| i.addr()).collect(),
+        _ => vec![placeholder; usize::from(spec.replicas)],
+    };
+    Plan {
+        service: spec.name.to_string(),
+        strategy: kind.as_str().into(),
+        from: old.map(|s| s.version.to_string()),
+        to: version.to_string(),
+        color,
+        steps,
+        upstream: UpstreamSet {
+            service: spec.name.clone(),
+            listen: spec.listen,
+            backends,
+            canary: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::model::{Instance, Slot};
+
+    fn spec(strategy: &str, replicas: u16) -> ServiceSpec {
+        let text = format!(
+            "[proxy]\nprefix = \"nginx\"\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:8000\"\nimage = \"demo:{{version}}\"\nreplicas = {replicas}\nstrategy = \"{strategy}\"\n[service.rolling]\nallow_downtime = true\n"
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap().services[0].clone()
+    }
+
+    fn live(replicas: u16) -> ServiceRecord {
+        let instances = (0..replicas)
+            .map(|r| Instance {
+                id: format!("c{r}"),
+                name: format!("sy-web-blue-d1-r{r}"),
+                service: crate::names::Name::parse("web").unwrap(),
+                version: Version::parse("v1").unwrap(),
+                color: Color::Blue,
+                deployment: 1,
+                replica: r,
+                host_port: 4000 + r,
+            })
+            .collect();
+        ServiceRecord {
+            active: Some(Slot {
+                version: Version::parse("v1").unwrap(),
+                color: Color::Blue,
+                deployment: 1,
+                instances,
+            }),
+            retained: vec![],
+        }
+    }
+
+    #[test]
+    fn a_rolling_plan_has_one_step_per_batch() {
+        let v2 = Version::parse("v2").unwrap();
+        let plan = rolling(&spec("rolling", 4), &live(4), &v2, StrategyKind::Rolling);
+        let batches: Vec<&String> = plan
+            .steps
+            .iter()
+            .filter(|s| s.starts_with("batch"))
+            .collect();
+        assert_eq!(batches.len(), 4, "{:#?}", plan.steps);
+        assert!(
+            batches[0].contains("1 new in, 1 old out (4 in the upstream)"),
+            "{}",
+            batches[0]
+        );
+        assert_eq!(plan.strategy, "rolling");
+    }
+
+    #[test]
+    fn an_in_place_plan_keeps_the_ports_and_shows_its_gap() {
+        let v2 = Version::parse("v2").unwrap();
+        let plan = rolling(&spec("in-place", 3), &live(3), &v2, StrategyKind::InPlace);
+        let ports: Vec<u16> = plan.upstream.backends.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [4000, 4001, 4002]);
+        assert!(
+            plan.steps[0].contains("at most 3 replica(s) running"),
+            "{}",
+            plan.steps[0]
+        );
+
+        let one = rolling(&spec("in-place", 1), &live(1), &v2, StrategyKind::InPlace);
+        assert!(
+            one.steps
+                .iter()
+                .any(|s| s.contains("requests fail until the replacement answers")),
+            "{:#?}",
+            one.steps
+        );
     }
 }

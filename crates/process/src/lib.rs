@@ -2,7 +2,8 @@
 //! hosts without a Docker engine, running each replica as one local process.
 //!
 //! A replica is an argument vector (`command` in the config) spawned in its own process group,
-//! serving on a 127.0.0.1 port the runtime picks. Its output is appended to
+//! serving on a 127.0.0.1 port: the one its spec names (freed by the replica it replaces), or
+//! else one the runtime picks. Its output is appended to
 //! `<state_dir>/processes/<name>.log`; its [`label`] file next to it is the runtime's record
 //! (instance, pid, argv, environment), so any later `switchyard` process can find, stop and
 //! restart it. The instance id is the instance name, stable across restarts.
@@ -29,10 +30,19 @@ use crate::label::Label;
 /// How long `remove` lets a running replica shut down before SIGKILL.
 const REMOVE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long `start` waits for a requested host port (`InstanceSpec::host_port`) to be free:
+/// the replica that held it has just been stopped, and its socket may linger a moment.
+const PORT_WAIT: Duration = Duration::from_secs(5);
+
+/// How often that port is checked meanwhile.
+const PORT_POLL: Duration = Duration::from_millis(50);
+
 /// The engine's `Runtime` as local processes, recorded under `<state_dir>/processes/`.
 #[derive(Debug, Clone)]
 pub struct ProcessRuntime {
     dir: PathBuf,
+    /// [`PORT_WAIT`], shorter in tests.
+    port_wait: Duration,
 }
 
 impl ProcessRuntime {
@@ -46,12 +56,45 @@ impl ProcessRuntime {
                 spawn::io_message(&e)
             ))
         })?;
-        Ok(ProcessRuntime { dir })
+        Ok(ProcessRuntime {
+            dir,
+            port_wait: PORT_WAIT,
+        })
     }
 
     /// The directory holding the label and log files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The host port for `spec`: the one it asks for once that is free (waiting up to
+    /// `port_wait`), else a free one.
+    async fn host_port(&self, name: &str, spec: &InstanceSpec) -> Result<u16, RuntimeError> {
+        let Some(port) = spec.host_port else {
+            return spawn::free_port().map_err(|e| {
+                failed(
+                    name,
+                    format!(
+                        "finding a free port on 127.0.0.1: {}",
+                        spawn::io_message(&e)
+                    ),
+                )
+            });
+        };
+        let deadline = tokio::time::Instant::now() + self.port_wait;
+        while !spawn::port_is_free(port) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failed(
+                    name,
+                    format!(
+                        "port 127.0.0.1:{port} is still taken by another process after {:?}",
+                        self.port_wait
+                    ),
+                ));
+            }
+            tokio::time::sleep(PORT_POLL).await;
+        }
+        Ok(port)
     }
 
     /// Spawns `argv` and records it. If the record cannot be written the process is killed:
@@ -108,15 +151,7 @@ impl Runtime for ProcessRuntime {
                 return Err(failed(&name, format!("already running as pid {}", old.pid)));
             }
         }
-        let port = spawn::free_port().map_err(|e| {
-            failed(
-                &name,
-                format!(
-                    "finding a free port on 127.0.0.1: {}",
-                    spawn::io_message(&e)
-                ),
-            )
-        })?;
+        let port = self.host_port(&name, spec).await?;
         let port_text = port.to_string();
         let argv = argv
             .iter()

@@ -65,6 +65,8 @@ pub(crate) fn free_port() -> io::Result<u16> {
         .port())
 }
 
+/// Whether 127.0.0.1:`port` can be bound now. std sets SO_REUSEADDR, so a connection of a
+/// stopped replica lingering in TIME_WAIT does not count as taking it.
 pub(crate) fn port_is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }

@@ -119,6 +119,7 @@ fn spec(service: &str, replica: u16, argv: &[&str]) -> InstanceSpec {
         source: Source::Command(argv.iter().map(|a| a.to_string()).collect()),
         port: 8080,
         env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+        host_port: None,
     }
 }
 
@@ -379,4 +380,94 @@ async fn logs_return_the_last_lines_of_stdout_and_stderr() {
     assert_eq!(fx.runtime.logs(&web, 0).await, "");
     fx.runtime.remove(&web).await.unwrap();
     assert_eq!(fx.runtime.logs(&web, 10).await, "", "no log, no lines");
+}
+
+/// In-place: the replacement is started on the port its stopped predecessor freed.
+#[tokio::test]
+async fn start_reuses_the_host_port_a_stopped_replica_freed() {
+    let fx = Fixture::new();
+    let old = fx.start(&spec("web", 0, HTTP_SERVER)).await.unwrap();
+    assert_eventually!(
+        port_open(old.host_port).await,
+        "the old replica never answered"
+    );
+    fx.runtime.stop(&old, Duration::from_secs(5)).await.unwrap();
+
+    let replacement = InstanceSpec {
+        version: Version::parse("v2").unwrap(),
+        host_port: Some(old.host_port),
+        ..spec("web", 1, HTTP_SERVER)
+    };
+    let new = fx.start(&replacement).await.unwrap();
+    assert_eq!(new.host_port, old.host_port, "the freed port is reused");
+    assert_eq!(
+        fx.label(&new).await.env.get("PORT"),
+        Some(&old.host_port.to_string())
+    );
+    assert_eq!(fx.status(&new).await, RUNNING);
+    assert_eventually!(
+        port_open(new.host_port).await,
+        "the replacement never answered on {}",
+        new.host_port
+    );
+    assert_eq!(fx.status(&old).await, EXITED, "it is the new one answering");
+}
+
+#[tokio::test]
+async fn start_on_a_host_port_held_by_another_process_names_it_after_the_wait() {
+    let mut fx = Fixture::new();
+    fx.runtime.port_wait = Duration::from_millis(300);
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+
+    let began = Instant::now();
+    let held = InstanceSpec {
+        host_port: Some(port),
+        ..spec("web", 0, HTTP_SERVER)
+    };
+    let err = fx.start(&held).await.unwrap_err();
+    let took = began.elapsed();
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(300), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(5), "waited {took:?}");
+    assert!(
+        std::fs::read_dir(fx.runtime.dir())
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing was started, so no label or log is left behind"
+    );
+    drop(squatter);
+}
+
+/// The port frees while `start` waits, as a stopped replica's may a moment after the stop.
+#[tokio::test]
+async fn start_waits_for_a_requested_host_port_to_free() {
+    let fx = Fixture::new();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(squatter);
+    });
+
+    let began = Instant::now();
+    let wanted = InstanceSpec {
+        host_port: Some(port),
+        ..spec("web", 0, HTTP_SERVER)
+    };
+    let web = fx.start(&wanted).await.unwrap();
+    release.await.unwrap();
+    assert!(
+        began.elapsed() >= Duration::from_millis(300),
+        "started before the port was free"
+    );
+    assert_eq!(web.host_port, port);
+    assert_eventually!(
+        port_open(port).await,
+        "the replica never answered on {port}"
+    );
 }

@@ -2,6 +2,8 @@
 
 use super::*;
 
+mod rolling;
+
 const GOOD: &str = r#"
 [proxy]
 prefix = "nginx"
@@ -83,9 +85,11 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
-fn unavailable_strategy_and_missing_image_are_rejected() {
-    let text = GOOD.replace("replicas = 2", "replicas = 2\nstrategy = \"rolling\"");
-    assert_eq!(errors(&text)[0].field, "service.strategy");
+fn unknown_strategy_and_missing_image_are_rejected() {
+    let text = GOOD.replace("replicas = 2", "replicas = 2\nstrategy = \"linear\"");
+    let e = &errors(&text)[0];
+    assert_eq!((e.line, e.field.as_str()), (12, "service.strategy"));
+    assert!(e.message.contains("\"rolling\" or \"in-place\""), "{e}");
     let text = GOOD.replace("image = \"demo-app:{version}\"", "");
     assert_eq!(errors(&text)[0].field, "service.image");
 }
@@ -115,8 +119,47 @@ fn process_runtime_needs_a_command() {
 
 #[test]
 fn compiled_in_presets_parse() {
-    let p = preset(StrategyKind::BlueGreen);
-    parse_duration(&p.drain_timeout).unwrap();
+    let kinds = [
+        StrategyKind::BlueGreen,
+        StrategyKind::Canary,
+        StrategyKind::Rolling,
+        StrategyKind::InPlace,
+    ];
+    for kind in kinds {
+        let p = preset(kind);
+        assert_eq!(p.kind, kind.as_str(), "the preset for {kind:?}");
+        parse_duration(&p.drain_timeout).unwrap();
+        // Each preset's own values pass validation.
+        let text = GOOD.replace(
+            "replicas = 2",
+            &format!("replicas = 2\nstrategy = {:?}", kind.as_str()),
+        );
+        let c =
+            Config::parse(&text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert_eq!(c.services[0].strategy, kind);
+    }
+    // Every file in strategies/ is one of them, compiled in.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../strategies");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let p: Preset = toml::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let kind = StrategyKind::parse(&p.kind).unwrap();
+        assert_eq!(
+            path.file_name().unwrap().to_str().unwrap(),
+            format!("{}.toml", kind.as_str())
+        );
+        let compiled = match kind {
+            StrategyKind::BlueGreen => BLUE_GREEN_PRESET,
+            StrategyKind::Canary => CANARY_PRESET,
+            StrategyKind::Rolling => ROLLING_PRESET,
+            StrategyKind::InPlace => IN_PLACE_PRESET,
+        };
+        assert_eq!(text, compiled, "{path:?}");
+        seen.push(kind);
+    }
+    assert_eq!(seen.len(), kinds.len(), "{seen:?}");
 }
 
 #[test]

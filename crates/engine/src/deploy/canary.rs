@@ -43,9 +43,12 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         version: &Version,
         metrics: &M,
     ) -> Result<DeployReport, DeployError> {
-        self.locked(spec, "deploy", |d| async move {
-            d.run_canary(spec, version, metrics).await
-        })
+        self.locked(
+            spec,
+            "deploy",
+            super::Wanted::Deploy(version),
+            |d| async move { d.run_canary(spec, version, metrics).await },
+        )
         .await
     }
 
@@ -172,6 +175,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             drained,
             total_ms: started.elapsed().as_millis() as u64,
             warnings,
+            rollout: None,
         })
     }
 

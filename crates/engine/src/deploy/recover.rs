@@ -6,8 +6,8 @@
 //! slot is brought back (restarted if it was already stopped), traffic is routed back to it,
 //! and the new instances are removed.
 
-use super::{health, upstream_set, DeployError, Deployer};
-use crate::config::ServiceSpec;
+use super::{health, rolling, upstream_set, DeployError, DeployReport, Deployer, Wanted};
+use crate::config::{ServiceSpec, StrategyKind};
 use crate::model::*;
 use crate::seams::*;
 
@@ -16,7 +16,8 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     spec: &ServiceSpec,
     record: &DeploymentRecord,
     journal: &[JournalEntry],
-) -> Result<(), DeployError> {
+    wanted: Wanted<'_>,
+) -> Result<Option<DeployReport>, DeployError> {
     let id = record.id;
     let last = journal.last().map_or("begin", |e| e.step.name());
     let reason = format!(
@@ -36,6 +37,32 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         reason: reason.clone(),
     });
 
+    let service = d.store.service(&spec.name)?;
+    // Killed after `activate` (pruning, say): the flip and the stop were done; finish.
+    if service.active.as_ref().is_some_and(|s| s.deployment == id) {
+        d.complete(spec, id, &format!("{reason}; completed on resume"))
+            .await?;
+        return Ok(None);
+    }
+    match StrategyKind::parse(&record.strategy) {
+        Ok(kind) if kind.is_rolling() => {
+            rolling::resume(d, spec, record, journal, kind, wanted, reason).await
+        }
+        _ => resume_slot(d, spec, id, service, journal, reason)
+            .await
+            .map(|()| None),
+    }
+}
+
+/// Blue-green and canary: finish the flip if the new slot is healthy, otherwise go back.
+async fn resume_slot<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    id: DeploymentId,
+    record: ServiceRecord,
+    journal: &[JournalEntry],
+    reason: String,
+) -> Result<(), DeployError> {
     let mut new: Vec<Instance> = Vec::new();
     let mut routed = None;
     let (mut route_intent, mut shifted, mut routed_back, mut removing) =
@@ -57,13 +84,6 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
             Step::RemoveNew { .. } => removing = true,
             _ => {}
         }
-    }
-    let record = d.store.service(&spec.name)?;
-    // Killed after `activate` (pruning, say): the flip and the stop were done; finish.
-    if record.active.as_ref().is_some_and(|s| s.deployment == id) {
-        return d
-            .complete(spec, id, &format!("{reason}; completed on resume"))
-            .await;
     }
     let old = record.active.filter(|s| s.deployment != id);
     // Removal starts only once no traffic can reach the new slot.
@@ -138,27 +158,39 @@ pub(super) async fn slot_healthy_now<R: Runtime, P: Prober, N: Router, S: Store,
     spec: &ServiceSpec,
     instances: &[Instance],
 ) -> bool {
-    if instances.len() != usize::from(spec.replicas) {
-        return false;
-    }
+    instances.len() == usize::from(spec.replicas) && all_healthy(d, spec, instances).await
+}
+
+pub(super) async fn all_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    instances: &[Instance],
+) -> bool {
     for instance in instances {
-        let running = matches!(
-            d.runtime.status(instance).await,
-            Ok(InstanceStatus::Running {
-                health: RuntimeHealth::None | RuntimeHealth::Healthy
-            })
-        );
-        if !running
-            || !d
-                .prober
-                .probe(instance.addr(), &spec.health.path, spec.health.timeout)
-                .await
-                .ok
-        {
+        if !instance_healthy(d, spec, instance).await {
             return false;
         }
     }
     true
+}
+
+/// Running (and Docker-healthy, where the image has a check) and passing the health path.
+pub(super) async fn instance_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    instance: &Instance,
+) -> bool {
+    let running = matches!(
+        d.runtime.status(instance).await,
+        Ok(InstanceStatus::Running {
+            health: RuntimeHealth::None | RuntimeHealth::Healthy
+        })
+    );
+    running
+        && d.prober
+            .probe(instance.addr(), &spec.health.path, spec.health.timeout)
+            .await
+            .ok
 }
 
 /// Restarts the old slot where it was stopped, waits until healthy, routes all traffic to

@@ -82,7 +82,7 @@ impl World {
     fn assert_consistent(&self, version: &str) {
         assert_eq!(
             self.live_versions(),
-            vec![version.to_owned(); 2],
+            vec![version.to_owned(); usize::from(self.spec.replicas)],
             "nginx routes to the active version"
         );
         let record = self.store.service(&self.spec.name).unwrap();
@@ -633,3 +633,4 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
 }
 
 mod canary;
+mod rolling;

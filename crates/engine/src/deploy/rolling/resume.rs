@@ -1,0 +1,159 @@
+//! Finishing a rollout that was killed or paused: [`resume`].
+//!
+//! First the service is made consistent: nginx serves the last confirmed `serve` set (or the
+//! intended one, if every replica in it is healthy now), minus any replica that is not
+//! healthy now, and every other instance the deployment touched is stopped or removed.
+//! Then the command that found it decides: `deploy` of the same version finishes the
+//! rollout, `rollback` of a rollback finishes that; anything else restores the version that
+//! was live before, in batches, and (for `deploy` of another version) goes on from there.
+
+use tokio::time::Instant;
+
+use super::{restore, rollout_report, Halt, Rollout};
+use crate::config::{ServiceSpec, StrategyKind};
+use crate::deploy::recover::all_healthy;
+use crate::deploy::recover::instance_healthy as healthy;
+use crate::deploy::{DeployError, DeployReport, Deployer, Wanted};
+use crate::model::*;
+use crate::seams::*;
+
+pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    record: &DeploymentRecord,
+    journal: &[JournalEntry],
+    kind: StrategyKind,
+    wanted: Wanted<'_>,
+    reason: String,
+) -> Result<Option<DeployReport>, DeployError> {
+    let started = Instant::now();
+    let id = record.id;
+    let old = d.store.service(&spec.name)?.active;
+    let mut known: Vec<Instance> = old.as_ref().map_or(Vec::new(), |s| s.instances.clone());
+    let mut confirmed: Vec<String> = known.iter().map(|i| i.id.clone()).collect();
+    let mut pending: Option<Vec<String>> = None;
+    for entry in journal {
+        match &entry.step {
+            Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
+                known.retain(|k| k.id != instance.id);
+                known.push(instance.clone());
+            }
+            Step::Serve { instances, .. } => pending = Some(instances.clone()),
+            Step::Routed { .. } => {
+                if let Some(p) = pending.take() {
+                    confirmed = p;
+                }
+            }
+            _ => {}
+        }
+    }
+    let find = |ids: &[String]| -> Vec<Instance> {
+        ids.iter()
+            .filter_map(|id| known.iter().find(|k| &k.id == id).cloned())
+            .collect()
+    };
+    // A reload killed before its confirmation left nginx on one of the two sets.
+    let (candidate, reapply) = match pending {
+        Some(p) if !p.is_empty() && all_healthy(d, spec, &find(&p)).await => (find(&p), true),
+        Some(_) => (find(&confirmed), true),
+        None => (find(&confirmed), false),
+    };
+    let mut serving = Vec::new();
+    for i in &candidate {
+        if healthy(d, spec, i).await {
+            serving.push(i.clone());
+        }
+    }
+    let reapply = reapply || serving.len() != candidate.len();
+
+    let mut rollout = Rollout::new(spec, id, kind, serving.clone());
+    rollout.remember_ports(&known);
+    if reapply && !serving.is_empty() {
+        match rollout.route(d, 0, &serving).await? {
+            Ok(Some(reload)) => {
+                rollout.drain(d, &reload).await?;
+            }
+            Ok(None) => {}
+            Err(m) => {
+                return Err(DeployError::Environment(format!(
+                    "{reason}; re-applying what nginx served failed: {m}"
+                )))
+            }
+        }
+    }
+    let mut strays = Vec::new();
+    for i in known
+        .iter()
+        .filter(|k| !serving.iter().any(|s| s.id == k.id))
+    {
+        if matches!(d.runtime.status(i).await?, InstanceStatus::Running { .. }) {
+            strays.push(i.clone());
+        }
+    }
+    rollout.retire(d, &strays).await?;
+    rollout.discard(d, &[]).await?;
+
+    let finish = match wanted {
+        Wanted::Deploy(v) => record.kind == DeployKind::Deploy && v == &record.to_version,
+        Wanted::Rollback => record.kind == DeployKind::Rollback,
+    };
+    if finish {
+        let reuse: Vec<Instance> = match record.kind {
+            DeployKind::Deploy => Vec::new(),
+            DeployKind::Rollback => d
+                .store
+                .service(&spec.name)?
+                .retained
+                .iter()
+                .filter(|s| s.version == record.to_version)
+                .flat_map(|s| s.instances.iter().cloned())
+                .collect(),
+        };
+        let rebind = record.kind == DeployKind::Rollback;
+        rollout.towards(&record.to_version, record.color, reuse, rebind);
+        match rollout.converge(d).await {
+            Ok(()) => {}
+            Err(Halt::Env(e)) => return Err(e),
+            Err(Halt::Batch(m)) => {
+                let message = format!("{reason}; {m}");
+                return Err(d.after_failed_batch(spec, id, rollout, old, message).await);
+            }
+        }
+        let batches = rollout.report.batches.len();
+        d.complete(
+            spec,
+            id,
+            &format!("{reason}; finished on resume in {batches} batch(es)"),
+        )
+        .await?;
+        return Ok(Some(rollout_report(
+            spec,
+            id,
+            record.kind,
+            record.from_version.clone(),
+            &record.to_version,
+            record.color,
+            rollout,
+            started,
+        )));
+    }
+    let back_to = old
+        .as_ref()
+        .map_or("nothing".to_owned(), |s| s.version.to_string());
+    let message = format!("{reason}; {back_to} was restored");
+    restore(d, spec, &mut rollout, old.as_ref(), &message).await?;
+    match (wanted, old) {
+        // Undoing the interrupted rollout was the rollback.
+        (Wanted::Rollback, Some(old)) => Ok(Some(rollout_report(
+            spec,
+            id,
+            DeployKind::Rollback,
+            Some(record.to_version.clone()),
+            &old.version,
+            old.color,
+            rollout,
+            started,
+        ))),
+        _ => Ok(None),
+    }
+}
