@@ -5,14 +5,15 @@
 //! connections starts; switchyard deploys v2 blue-green under that load; the load stops and
 //! [`DemoSummary`] reports every request: failures, which version answered, how long after
 //! v2 was healthy the first v2 response and the last v1 response came, and latency in
-//! steady state versus during the deploy.
+//! steady state versus during the deploy. Then canaries (one good, one bad) and two rolling
+//! scenes (rolling, then in-place), each under its own load.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use switchyard_docker::DockerRuntime;
-use switchyard_engine::config::RuntimeChoice;
+use switchyard_engine::config::{RuntimeChoice, StrategyKind};
 
 use crate::load::{Load, LoadConfig, LoadReport};
 use crate::progress::Progress;
@@ -20,6 +21,7 @@ use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::AppError;
 
 pub mod canary;
+pub mod rolling;
 
 pub struct DemoOptions {
     /// None: Docker when the daemon answers, else local processes.
@@ -54,6 +56,7 @@ pub struct DemoSummary {
     pub deploy_p99_ms: Option<f64>,
     pub failures: Vec<String>,
     pub canaries: Vec<canary::CanaryScene>,
+    pub rollouts: Vec<rolling::RollingScene>,
 }
 
 pub async fn choose_runtime() -> RuntimeChoice {
@@ -131,6 +134,10 @@ async fn demo_flow(
         canary::BAD_FAIL_RATE
     );
     let bad = canary::scene(sandbox, canary::BAD_VERSION, o.connections).await?;
+    eprintln!("\nrolling to v5, one surge replica at a time, under load:");
+    let rolled = rolling::scene(sandbox, "v5", StrategyKind::Rolling, o.connections).await?;
+    eprintln!("\nin-place to v6, no extra capacity (the freed ports reused), under load:");
+    let in_place = rolling::scene(sandbox, "v6", StrategyKind::InPlace, o.connections).await?;
     let healthy_at = progress
         .healthy_at
         .lock()
@@ -144,6 +151,7 @@ async fn demo_flow(
         (deploy_start, deploy_end),
     );
     summary.canaries = vec![good, bad];
+    summary.rollouts = vec![rolled, in_place];
     Ok(summary)
 }
 
@@ -185,6 +193,7 @@ fn summarize(
         deploy_p99_ms: t.percentile(99.0, Some(deploy)).map(ms),
         failures: t.failures.iter().map(|f| format!("{f:?}")).collect(),
         canaries: Vec::new(),
+        rollouts: Vec::new(),
     }
 }
 
@@ -243,6 +252,9 @@ impl DemoSummary {
         }
         for c in &self.canaries {
             text.push_str(&c.table());
+        }
+        for r in &self.rollouts {
+            text.push_str(&r.table());
         }
         text
     }

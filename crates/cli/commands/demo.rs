@@ -45,7 +45,12 @@ pub async fn run(args: &DemoArgs) -> Result<(), AppError> {
     let summary = demo::run(&options).await?;
     println!("{}", summary.table());
     // Only the bad canary's own 5xx may fail: every other failure is the cutover's fault.
-    let elsewhere: u64 = summary.canaries.iter().map(|c| c.failed_elsewhere).sum();
+    let elsewhere: u64 = summary
+        .canaries
+        .iter()
+        .map(|c| c.failed_elsewhere)
+        .sum::<u64>()
+        + summary.rollouts.iter().map(|r| r.failed).sum::<u64>();
     if elsewhere > 0 {
         return Err(AppError {
             code: 1,
