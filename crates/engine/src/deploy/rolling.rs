@@ -90,9 +90,10 @@ pub(super) struct Rollout<'r> {
     color: Color,
     /// Stopped instances of `target` to restart rather than start fresh (a rollback).
     reuse: Vec<Instance>,
-    /// Whether restarted instances join this deployment (a rollback) or stay in their own
-    /// slot (restoring the version that was live).
-    rebind: bool,
+    /// Whether the target is this deployment's own instances (a deploy or rollback: restarted
+    /// ones join it) or the version that was live (a restore: restarted ones stay in their
+    /// slot, and any replica of that version counts).
+    own: bool,
     /// Host ports by replica, which in-place replacements take over.
     ports: Vec<(u16, u16)>,
     /// What nginx sends traffic to now.
@@ -119,7 +120,7 @@ impl<'r> Rollout<'r> {
             target: Version::parse("v0").expect("literal version"),
             color: Color::Blue,
             reuse: Vec::new(),
-            rebind: false,
+            own: true,
             ports,
             serving,
             report: RolloutReport {
@@ -148,13 +149,13 @@ impl<'r> Rollout<'r> {
         version: &Version,
         color: Color,
         reuse: Vec<Instance>,
-        rebind: bool,
+        own: bool,
     ) {
         self.remember_ports(&reuse);
         self.target = version.clone();
         self.color = color;
         self.reuse = reuse;
-        self.rebind = rebind;
+        self.own = own;
     }
 
     fn limits(&self) -> Limits {
@@ -170,7 +171,12 @@ impl<'r> Rollout<'r> {
         let mut fresh: Vec<Instance> = Vec::new();
         let mut stale = Vec::new();
         for i in &self.serving {
-            let keep = i.version == self.target
+            let target = if self.own {
+                i.deployment == self.id
+            } else {
+                i.version == self.target
+            };
+            let keep = target
                 && i.replica < self.spec.replicas
                 && !fresh.iter().any(|f| f.replica == i.replica);
             if keep {
@@ -303,7 +309,7 @@ impl<'r> Rollout<'r> {
     ) -> Result<Instance, Halt> {
         let (id, service) = (self.id, &self.spec.name);
         if let Some(old) = self.reuse.iter().find(|i| i.replica == replica) {
-            let instance = if self.rebind {
+            let instance = if self.own {
                 Instance {
                     deployment: id,
                     ..old.clone()
@@ -327,7 +333,7 @@ impl<'r> Rollout<'r> {
                 deployment: instance.deployment,
                 ..restarted
             };
-            if self.rebind {
+            if self.own {
                 d.note_started(self.spec, id, &restarted, true)?;
             } else {
                 d.observer.event(&Event::Started {
@@ -605,7 +611,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         }
         let id = self.begin(spec, kind, strategy, old.as_ref(), version, color)?;
         let mut rollout = Rollout::new(spec, id, strategy, serving);
-        rollout.towards(version, color, reuse, kind == DeployKind::Rollback);
+        rollout.towards(version, color, reuse, true);
         let halted = match rollout.converge(self).await {
             Ok(()) => None,
             Err(Halt::Env(e)) => return Err(e),

@@ -109,8 +109,7 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
                 .flat_map(|s| s.instances.iter().cloned())
                 .collect(),
         };
-        let rebind = record.kind == DeployKind::Rollback;
-        rollout.towards(&record.to_version, record.color, reuse, rebind);
+        rollout.towards(&record.to_version, record.color, reuse, true);
         match rollout.converge(d).await {
             Ok(()) => {}
             Err(Halt::Env(e)) => return Err(e),

@@ -355,3 +355,16 @@ async fn a_rollout_killed_after_any_step_is_finished_by_deploy_or_restored_by_ro
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn redeploying_the_live_version_rolls_fresh_replicas() {
+    let w = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
+    let before = w.runtime.running();
+    let report = w.roll("v1").await.unwrap();
+    w.assert_consistent("v1");
+    assert_eq!(report.rollout.unwrap().batches.len(), 3);
+    assert!(
+        w.runtime.running().is_disjoint(&before),
+        "every replica was replaced"
+    );
+}
