@@ -152,8 +152,20 @@ async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<Servic
     let interrupted = live.store.unfinished(&spec.name).map_err(env)?.map(|(d, journal)| {
         let last = journal.last().map_or("begin", |e| e.step.name());
         let holder_alive = lock.as_ref().is_some_and(|l| !l.stale && l.lock.deployment == Some(d.id));
+        let halted = journal.iter().rev().find_map(|e| match &e.step {
+            Step::Halted { reason } => Some(reason.clone()),
+            _ => None,
+        });
         if holder_alive {
             format!("deployment #{} ({} to {}) is in progress, at step `{last}`", d.id, d.kind.as_str(), d.to_version)
+        } else if let Some(reason) = halted {
+            format!(
+                "{} deployment #{} ({} to {}) is paused after a failed batch: {reason}",
+                d.strategy,
+                d.id,
+                d.kind.as_str(),
+                d.to_version
+            )
         } else {
             format!(
                 "deployment #{} ({} to {}) was interrupted after step `{last}`; the next deploy or rollback of {} finishes it first",
