@@ -251,8 +251,20 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
         .map(|(k, v)| (k.to_owned(), v.to_owned(), "succeeded".to_owned()));
     assert_eq!(rows, expected);
 
-    let refused = project.run(&["deploy", "web", "--version", "v3", "--strategy", "rolling"]);
+    let refused = project.run(&["deploy", "web", "--version", "v3", "--strategy", "linear"]);
     assert_exit(&refused, 2);
+    assert!(text(&refused.stderr).contains("unknown strategy \"linear\""));
+
+    let plan = project.run(&["plan", "web", "--version", "v3", "--strategy", "in-place"]);
+    assert_exit(&plan, 0);
+    let planned = text(&plan.stdout);
+    assert!(planned.contains("(in-place,"), "{planned}");
+    assert!(planned.contains("batch 1:"), "{planned}");
+    let rolled = project.run(&["deploy", "web", "--version", "v3", "--strategy", "rolling"]);
+    assert_exit(&rolled, 0);
+    let out = text(&rolled.stdout);
+    assert!(out.contains("web v3 is live (rolling, was v1)"), "{out}");
+    assert!(out.contains("batch 1: +1 -1"), "{out}");
     let bad_version = project.run(&["deploy", "web", "--version", "v3;rm"]);
     assert_exit(&bad_version, 2);
     assert!(text(&bad_version.stderr).contains("--version: invalid version"));

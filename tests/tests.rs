@@ -8,5 +8,6 @@ mod canary;
 mod cli;
 mod e2e;
 mod nginx;
+mod rolling;
 mod routing;
 mod serve;
