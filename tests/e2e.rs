@@ -33,7 +33,7 @@ fn load(sandbox: &Sandbox) -> Load {
     crate::support::load(sandbox.url(), CONNECTIONS)
 }
 
-fn assert_no_failures(report: &LoadReport) {
+pub(crate) fn assert_no_failures(report: &LoadReport) {
     assert_eq!(
         report.failed, 0,
         "failed requests while traffic moved:\n{report}"

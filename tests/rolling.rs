@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_app::live::AnyRuntime;
-use switchyard_app::load::{Load, LoadReport};
+use switchyard_app::load::Load;
 use switchyard_app::sandbox::{Sandbox, SERVICE};
 use switchyard_docker::image::{build_scratch_image, ScratchImage};
 use switchyard_docker::DockerRuntime;
 use switchyard_engine::config::{RuntimeChoice, StrategyKind};
 use switchyard_engine::{Event, Instance, InstanceStatus, Name, Observer, Quiet, Runtime, Store};
 
-use crate::e2e::sandbox;
+use crate::e2e::{assert_no_failures, sandbox};
 use crate::support::{eventually, require_demo_app};
 
 const CONNECTIONS: usize = 32;
@@ -25,15 +25,6 @@ const SURGE_ONE: &str = "max_surge = 1\nmax_unavailable = 0";
 
 fn load(sandbox: &Sandbox) -> Load {
     crate::support::load(sandbox.url(), CONNECTIONS)
-}
-
-/// As e2e.rs: no failed request, and the load really ran.
-fn assert_no_failures(report: &LoadReport) {
-    assert_eq!(
-        report.failed, 0,
-        "failed requests while traffic moved:\n{report}"
-    );
-    assert!(report.ok > 100, "the load ran: {report}");
 }
 
 fn service() -> Name {

@@ -463,27 +463,38 @@ impl<'r> Rollout<'r> {
         let ids = instances.iter().map(|i| i.id.clone()).collect();
         d.journal(self.id, &self.spec.name, Step::StopOld { instances: ids })?;
         for instance in instances {
-            if created_by(instance, self.id) {
-                d.runtime.remove(instance).await?;
-                d.store.put_instance(instance, InstanceState::Removed)?;
-                d.observer.event(&Event::Removed {
-                    instance: instance.name.clone(),
-                });
-                continue;
-            }
-            d.runtime.stop(instance, self.spec.stop_timeout).await?;
-            if instance.deployment == self.id {
-                let origin = Instance {
-                    deployment: created_in(instance).unwrap_or(instance.deployment),
-                    ..instance.clone()
-                };
-                d.store.put_instance(&origin, InstanceState::Retained)?;
-            }
-            d.observer.event(&Event::Stopped {
-                instance: instance.name.clone(),
-            });
+            self.take_away(d, instance).await?;
         }
         d.journal(self.id, &self.spec.name, Step::OldStopped)?;
+        Ok(())
+    }
+
+    /// Removes an instance this deployment created; stops any other, and one it restarted
+    /// goes back to its own slot as retained.
+    async fn take_away<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+        &self,
+        d: &Deployer<'_, R, P, N, S, H>,
+        instance: &Instance,
+    ) -> Result<(), DeployError> {
+        if created_by(instance, self.id) {
+            d.runtime.remove(instance).await?;
+            d.store.put_instance(instance, InstanceState::Removed)?;
+            d.observer.event(&Event::Removed {
+                instance: instance.name.clone(),
+            });
+            return Ok(());
+        }
+        d.runtime.stop(instance, self.spec.stop_timeout).await?;
+        if instance.deployment == self.id {
+            let origin = Instance {
+                deployment: created_in(instance).unwrap_or(instance.deployment),
+                ..instance.clone()
+            };
+            d.store.put_instance(&origin, InstanceState::Retained)?;
+        }
+        d.observer.event(&Event::Stopped {
+            instance: instance.name.clone(),
+        });
         Ok(())
     }
 
@@ -511,24 +522,9 @@ impl<'r> Rollout<'r> {
                 reason: "not in the upstream".into(),
             },
         )?;
-        // `retire` without its journal pair: these never served.
+        // Without `retire`'s journal pair: these never served.
         for instance in &gone {
-            if created_by(instance, self.id) {
-                d.runtime.remove(instance).await?;
-                d.store.put_instance(instance, InstanceState::Removed)?;
-                d.observer.event(&Event::Removed {
-                    instance: instance.name.clone(),
-                });
-            } else {
-                d.runtime.stop(instance, self.spec.stop_timeout).await?;
-                if instance.deployment == self.id {
-                    let origin = Instance {
-                        deployment: created_in(instance).unwrap_or(instance.deployment),
-                        ..instance.clone()
-                    };
-                    d.store.put_instance(&origin, InstanceState::Retained)?;
-                }
-            }
+            self.take_away(d, instance).await?;
         }
         Ok(())
     }
