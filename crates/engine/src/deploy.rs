@@ -149,10 +149,22 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                     spec.name, spec.retain
                 )));
             };
-            if spec.strategy.is_rolling() {
+            // Versions deployed in place share host ports: only in-place order can swap them.
+            let live_strategy = match &record.active {
+                Some(active) => d
+                    .store
+                    .deployment(active.deployment)?
+                    .and_then(|(r, _)| StrategyKind::parse(&r.strategy).ok()),
+                None => None,
+            };
+            let kind = match live_strategy {
+                Some(StrategyKind::InPlace) => StrategyKind::InPlace,
+                _ => spec.strategy,
+            };
+            if kind.is_rolling() {
                 let version = slot.version.clone();
                 return d
-                    .run_rollout(spec, DeployKind::Rollback, &version, spec.strategy)
+                    .run_rollout(spec, DeployKind::Rollback, &version, kind)
                     .await;
             }
             d.run(spec, DeployKind::Rollback, Target::Reuse(slot)).await

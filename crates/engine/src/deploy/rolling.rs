@@ -99,6 +99,11 @@ pub(super) struct Rollout<'r> {
     /// What nginx sends traffic to now.
     pub(super) serving: Vec<Instance>,
     pub(super) report: RolloutReport,
+    /// Instances that never count as on the target: a restore's target is the old slot,
+    /// not replicas of the same version this deployment started before it failed.
+    exclude: Vec<String>,
+    /// Old replicas that would not stop (after they left the upstream): not fatal.
+    warnings: std::cell::RefCell<Vec<String>>,
     last_reload: Option<Reload>,
     gap_from: Option<Instant>,
 }
@@ -129,6 +134,8 @@ impl<'r> Rollout<'r> {
                 max_unavailable: limits.max_unavailable,
                 ..RolloutReport::default()
             },
+            exclude: Vec::new(),
+            warnings: Default::default(),
             last_reload: None,
             gap_from: None,
         }
@@ -177,6 +184,7 @@ impl<'r> Rollout<'r> {
                 i.version == self.target
             };
             let keep = target
+                && !self.exclude.contains(&i.id)
                 && i.replica < self.spec.replicas
                 && !fresh.iter().any(|f| f.replica == i.replica);
             if keep {
@@ -288,10 +296,10 @@ impl<'r> Rollout<'r> {
         };
         if let Some(reload) = &reload {
             self.last_reload = Some(reload.clone());
-            report.drained_ms = self.drain(d, reload).await?;
             if let Some(from) = self.gap_from.take() {
                 self.report.gap_ms = Some(from.elapsed().as_millis() as u64);
             }
+            report.drained_ms = self.drain(d, reload).await?;
         } else if self.serving.is_empty() && !removed.is_empty() {
             // Nothing left to route to: nginx keeps the old address, which the
             // replacement takes over. Requests fail until it answers.
@@ -484,7 +492,14 @@ impl<'r> Rollout<'r> {
             });
             return Ok(());
         }
-        d.runtime.stop(instance, self.spec.stop_timeout).await?;
+        if let Err(e) = d.runtime.stop(instance, self.spec.stop_timeout).await {
+            // Out of the upstream and drained already: a replica that will not stop is a
+            // warning, not a reason to leave the deployment unfinished.
+            self.warnings
+                .borrow_mut()
+                .push(format!("stopping {}: {e}", instance.name));
+            return Ok(());
+        }
         if instance.deployment == self.id {
             let origin = Instance {
                 deployment: created_in(instance).unwrap_or(instance.deployment),
@@ -593,7 +608,16 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 (slot.color, slot.instances.clone())
             }
         };
-        let serving = old.as_ref().map_or(Vec::new(), |s| s.instances.clone());
+        // What the store calls active and the runtime still runs (nginx routes to these).
+        let mut serving = Vec::new();
+        for i in old.iter().flat_map(|s| &s.instances) {
+            if matches!(
+                self.runtime.status(i).await?,
+                InstanceStatus::Running { .. }
+            ) {
+                serving.push(i.clone());
+            }
+        }
         let mut probe = Rollout::new(spec, 0, strategy, serving.clone());
         probe.towards(version, color, reuse.clone(), true);
         if probe.has_gap() && !spec.rolling.allow_downtime {
@@ -697,6 +721,12 @@ pub(super) async fn restore<R: Runtime, P: Prober, N: Router, S: Store, H: Host>
                     reason: message.to_owned(),
                 },
             )?;
+            rollout.exclude = rollout
+                .serving
+                .iter()
+                .filter(|i| created_by(i, id))
+                .map(|i| i.id.clone())
+                .collect();
             rollout.towards(&old.version, old.color, old.instances.clone(), false);
             match rollout.converge(d).await {
                 Ok(()) => {}
@@ -715,6 +745,17 @@ pub(super) async fn restore<R: Runtime, P: Prober, N: Router, S: Store, H: Host>
                     ..i.clone()
                 };
                 d.store.put_instance(&joined, InstanceState::Active)?;
+            }
+            // Old replicas the restore did not bring back (beyond `replicas` now) go, so the
+            // store's active slot is exactly what nginx serves.
+            for i in old
+                .instances
+                .iter()
+                .filter(|i| !rollout.serving.iter().any(|s| s.id == i.id))
+            {
+                d.runtime.stop(i, spec.stop_timeout).await?;
+                d.runtime.remove(i).await?;
+                d.store.put_instance(i, InstanceState::Removed)?;
             }
             old.version.to_string()
         }
@@ -765,7 +806,7 @@ pub(super) fn rollout_report(
             lingering: vec![],
         },
         total_ms: started.elapsed().as_millis() as u64,
-        warnings: Vec::new(),
+        warnings: rollout.warnings.into_inner(),
         rollout: Some(r),
     }
 }

@@ -32,18 +32,27 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
     let mut known: Vec<Instance> = old.as_ref().map_or(Vec::new(), |s| s.instances.clone());
     let mut confirmed: Vec<String> = known.iter().map(|i| i.id.clone()).collect();
     let mut pending: Option<Vec<String>> = None;
+    // The last confirmed reload whose old workers may still be draining.
+    let mut undrained: Option<Reload> = None;
     for entry in journal {
         match &entry.step {
+            Step::Routed {
+                generation,
+                old_workers,
+            } if pending.is_some() => {
+                undrained = Some(Reload {
+                    generation: *generation,
+                    old_workers: old_workers.clone(),
+                    confirm_ms: 0,
+                });
+                confirmed = pending.take().expect("checked");
+            }
+            Step::Drained { .. } => undrained = None,
             Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
                 known.retain(|k| k.id != instance.id);
                 known.push(instance.clone());
             }
             Step::Serve { instances, .. } => pending = Some(instances.clone()),
-            Step::Routed { .. } => {
-                if let Some(p) = pending.take() {
-                    confirmed = p;
-                }
-            }
             _ => {}
         }
     }
@@ -81,6 +90,10 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
             }
         }
     }
+    // Nothing that left the upstream stops before the workers that routed to it are gone.
+    if let (false, Some(reload)) = (reapply, &undrained) {
+        rollout.drain(d, reload).await?;
+    }
     let mut strays = Vec::new();
     for i in known
         .iter()
@@ -97,7 +110,8 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
         Wanted::Deploy(v) => record.kind == DeployKind::Deploy && v == &record.to_version,
         Wanted::Rollback => record.kind == DeployKind::Rollback,
     };
-    if finish {
+    // A first deploy has nothing to go back to: what is live is finished instead.
+    if finish || old.is_none() {
         let reuse: Vec<Instance> = match record.kind {
             DeployKind::Deploy => Vec::new(),
             DeployKind::Rollback => d
@@ -125,6 +139,9 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
             &format!("{reason}; finished on resume in {batches} batch(es)"),
         )
         .await?;
+        if !finish {
+            return Ok(None);
+        }
         return Ok(Some(rollout_report(
             spec,
             id,

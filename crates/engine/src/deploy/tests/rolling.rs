@@ -368,3 +368,127 @@ async fn redeploying_the_live_version_rolls_fresh_replicas() {
         "every replica was replaced"
     );
 }
+
+/// Journal write number (1-based) of the first `step` in a clean v1 -> v2 rollout.
+async fn nth_journal(step: &str) -> usize {
+    let w = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
+    let before = w
+        .shared
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("journal"))
+        .count();
+    w.roll("v2").await.unwrap();
+    let journal: Vec<String> = w
+        .shared
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("journal"))
+        .collect();
+    journal[before..]
+        .iter()
+        .position(|c| c == &format!("journal {step}"))
+        .unwrap()
+        + 1
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restore_the_store_is_what_nginx_serves() {
+    // Review finding: a restore left stopped replicas `active`, and the next deploy kept
+    // routing to them. Fewer replicas than the live slot, then a failed batch:
+    let mut w = rolling_world(StrategyKind::Rolling, 4, 1, 0).await;
+    w.spec.replicas = 3;
+    w.runtime
+        .unhealthy_names
+        .borrow_mut()
+        .insert("sy-web-green-d2-r1".into());
+    w.roll("v2").await.unwrap_err();
+    w.assert_consistent("v1");
+    w.runtime.unhealthy_names.borrow_mut().clear();
+    let reloads = w.reloads();
+    w.roll("v3").await.unwrap();
+    w.assert_consistent("v3");
+    w.assert_floor(reloads, 3);
+
+    // A redeploy of the live version that fails: the stopped old replica comes back.
+    w.runtime
+        .unhealthy_names
+        .borrow_mut()
+        .insert("sy-web-blue-d4-r1".into());
+    w.roll("v3").await.unwrap_err();
+    w.assert_consistent("v3");
+    w.runtime.unhealthy_names.borrow_mut().clear();
+    let reloads = w.reloads();
+    w.roll("v4").await.unwrap();
+    w.assert_consistent("v4");
+    w.assert_floor(reloads, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_rollout_drains_before_it_stops_what_left_the_upstream() {
+    // Review finding: killed right after `routed`, the resume stopped the replica the reload
+    // took out without waiting for the workers that still routed to it.
+    let n = nth_journal("routed").await;
+    let w = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
+    w.shared.kill_after_journal(n, true);
+    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v2")).await;
+    assert!(w.shared.is_dead());
+    w.shared.revive();
+    w.host.restart();
+    let from = w.shared.calls().len();
+    w.roll("v2").await.unwrap();
+    let calls = w.shared.calls()[from..].to_vec();
+    let stop = calls.iter().position(|c| c.starts_with("runtime.stop")).unwrap();
+    assert!(
+        calls[..stop].iter().any(|c| c.starts_with("router.wait_drained")),
+        "{calls:#?}"
+    );
+    w.assert_consistent("v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_rollout_killed_after_traffic_moved_is_finished_not_torn_down() {
+    // Review finding: with nothing to go back to, the resume removed the live replicas.
+    let mut w = World::new();
+    w.spec.strategy = StrategyKind::Rolling;
+    let n = {
+        let mut p = World::new();
+        p.spec.strategy = StrategyKind::Rolling;
+        p.roll("v1").await.unwrap();
+        let journal: Vec<String> = p
+            .shared
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("journal"))
+            .collect();
+        journal.iter().position(|c| c == "journal routed").unwrap() + 1
+    };
+    w.shared.kill_after_journal(n, true);
+    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v1")).await;
+    assert!(w.shared.is_dead());
+    w.shared.revive();
+    w.host.restart();
+    let err = w.roll_back().await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "nothing to roll back to: {err}");
+    w.assert_consistent("v1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_after_in_place_swaps_the_shared_ports_whatever_the_strategy_now() {
+    // Review finding: a blue-green or surging rollback restarted v1 on ports v2 held.
+    for strategy in [StrategyKind::BlueGreen, StrategyKind::Rolling] {
+        let mut w = rolling_world(StrategyKind::InPlace, 3, 0, 1).await;
+        let ports = w.live_ports();
+        w.roll("v2").await.unwrap();
+        w.spec.strategy = strategy;
+        w.spec.rolling.max_surge = 1;
+        w.spec.rolling.max_unavailable = 0;
+        let report = w
+            .roll_back()
+            .await
+            .unwrap_or_else(|e| panic!("{strategy:?}: {e}"));
+        assert_eq!(report.to.as_str(), "v1");
+        w.assert_consistent("v1");
+        assert_eq!(w.live_ports(), ports, "{strategy:?}");
+    }
+}
