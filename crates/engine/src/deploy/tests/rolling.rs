@@ -438,9 +438,14 @@ async fn a_resumed_rollout_drains_before_it_stops_what_left_the_upstream() {
     let from = w.shared.calls().len();
     w.roll("v2").await.unwrap();
     let calls = w.shared.calls()[from..].to_vec();
-    let stop = calls.iter().position(|c| c.starts_with("runtime.stop")).unwrap();
+    let stop = calls
+        .iter()
+        .position(|c| c.starts_with("runtime.stop"))
+        .unwrap();
     assert!(
-        calls[..stop].iter().any(|c| c.starts_with("router.wait_drained")),
+        calls[..stop]
+            .iter()
+            .any(|c| c.starts_with("router.wait_drained")),
         "{calls:#?}"
     );
     w.assert_consistent("v2");
