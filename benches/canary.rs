@@ -20,7 +20,7 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use switchyard_app::live::Live;
 use switchyard_app::load::{FailureKind, Load, LoadConfig, LoadReport};
-use switchyard_app::sandbox::{demo_app_binary, Sandbox, SandboxOptions, SERVICE};
+use switchyard_app::sandbox::{Sandbox, SandboxOptions, SERVICE};
 use switchyard_app::traffic::{self, TrafficWatch};
 use switchyard_app::{serve, settings, AppError};
 use switchyard_engine::config::RuntimeChoice;
@@ -90,18 +90,8 @@ failure_limit = 1
 inconclusive_limit = 10"#;
 
 fn main() -> anyhow::Result<()> {
-    let binary = demo_app_binary();
-    if !binary.exists() {
-        bail!(
-            "demo-app binary not found at {}: build it with scripts/build-demo-app first",
-            binary.display()
-        );
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?
-        .block_on(run(binary))
+    let binary = demo_app()?;
+    block_on(run(binary))
 }
 
 /// The versions one series deploys: a good stable and a bad canary per run, or a chain of
@@ -164,7 +154,7 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
     print_rollbacks("embedded judge", &embedded, EMBEDDED_TARGET);
     print_rollbacks("prometheus judge", &prometheus, PROMETHEUS_TARGET);
     print_stepped(&stepped);
-    let path = json_path();
+    let path = json_path("bench-canary.json");
     let json = serde_json::json!({
         "machine": machine,
         "connections": CONNECTIONS,
@@ -219,14 +209,6 @@ async fn start_sandbox(options: &SandboxOptions, images: &[String]) -> anyhow::R
         }
     }
     Ok(sandbox)
-}
-
-/// Shuts the sandbox down whatever `result` is, and returns it.
-async fn finish<T>(sandbox: Sandbox, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    let cleanup = sandbox.shutdown().await;
-    let value = result?;
-    cleanup.context("shutting the sandbox down")?;
-    Ok(value)
 }
 
 /// Where the judge's measurements come from.
@@ -689,25 +671,9 @@ fn signed_ms(later: Instant, earlier: Instant) -> f64 {
     }
 }
 
-/// A Markdown table of named columns of values, so the output pastes into BENCHMARKS.md.
+/// The shared Markdown table, with this bench's metric column width.
 fn print_table(metrics: &[(&str, Vec<f64>)]) {
-    println!(
-        "| {:<50} | {:>8} | {:>15} | {:>15} |",
-        "metric", "median", "p25–p75", "min–max"
-    );
-    println!("|{:-<52}|{:->10}|{:->17}|{:->17}|", "", ":", ":", ":");
-    for (name, values) in metrics {
-        let [median, quartiles, range] = match spread(values.clone()) {
-            None => ["–".to_owned(), String::new(), String::new()],
-            Some(s) => [
-                num(s.median),
-                format!("{}–{}", num(s.p25), num(s.p75)),
-                format!("{}–{}", num(s.min), num(s.max)),
-            ],
-        };
-        println!("| {name:<50} | {median:>8} | {quartiles:>15} | {range:>15} |");
-    }
-    println!();
+    print_metrics(50, metrics);
 }
 
 fn column<R>(rows: &[R], value: impl Fn(&R) -> f64) -> Vec<f64> {
@@ -850,13 +816,6 @@ fn print_stepped(rows: &[SteppedRow]) {
             rows.iter().filter_map(|r| r.p99_during_ms).collect(),
         ),
     ]);
-}
-
-fn json_path() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("bench-canary.json")
 }
 
 /// What the numbers were measured on.

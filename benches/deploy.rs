@@ -5,7 +5,8 @@
 //! (managed nginx, the demo-app as Docker containers answering after 20 ms, two replicas),
 //! each under one continuous [`Load`] of 64 keep-alive connections:
 //! - `switchyard`: [`DEPLOYS`] deploys through the engine, timed by a [`Timeline`] observer;
-//! - `naive`: the seed script's order, done by hand in [`naive_flip`]: start the new replicas,
+//! - `naive`: the seed script's order, done by hand in [`naive_flip`] (shared, in
+//!   `common`): start the new replicas,
 //!   wait until healthy, rewrite the upstream file, SIGHUP the nginx master, and stop and
 //!   remove the old replicas at once.
 //!
@@ -16,19 +17,15 @@
 mod common;
 use common::*;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::Poll;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 use switchyard_app::load::{Load, LoadConfig, LoadReport};
-use switchyard_app::sandbox::{demo_app_binary, Sandbox, SandboxOptions, IMAGE};
+use switchyard_app::sandbox::{Sandbox, SandboxOptions, IMAGE};
 use switchyard_engine::config::RuntimeChoice;
-use switchyard_engine::deploy::upstream_set;
-use switchyard_engine::{Event, Instance, InstanceSpec, Prober, Runtime, ServiceSpec, Version};
+use switchyard_engine::{Event, Runtime};
 
 /// Deploys per flow.
 const DEPLOYS: usize = 20;
@@ -47,18 +44,8 @@ const MAX_REQUESTS: u64 = 3_000_000;
 const MAX_SERIES: Duration = Duration::from_secs(300);
 
 fn main() -> anyhow::Result<()> {
-    let binary = demo_app_binary();
-    if !binary.exists() {
-        bail!(
-            "demo-app binary not found at {}: build it with scripts/build-demo-app first",
-            binary.display()
-        );
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?
-        .block_on(run(binary))
+    let binary = demo_app()?;
+    block_on(run(binary))
 }
 
 async fn run(binary: PathBuf) -> anyhow::Result<()> {
@@ -95,7 +82,7 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
     for series in [&engine_series, &naive_series] {
         print_table(series);
     }
-    let path = json_path();
+    let path = json_path("bench-deploy.json");
     let json = serde_json::json!({
         "machine": machine,
         "deploys": DEPLOYS,
@@ -171,23 +158,6 @@ struct Row {
     stop_old_ms: f64,
     p99_steady_ms: Option<f64>,
     p99_during_ms: Option<f64>,
-}
-
-/// When each phase of one deploy ended.
-#[derive(Debug, Clone, Copy)]
-struct Phases {
-    called: Instant,
-    /// The engine's `Begin` (lock taken, deployment recorded); `called` for the naive flow.
-    begun: Instant,
-    first_started: Instant,
-    last_started: Instant,
-    healthy: Instant,
-    /// Engine: reload confirmed. Naive: SIGHUP sent.
-    reloaded: Instant,
-    drained: Option<Instant>,
-    /// Every old replica's stop call has returned (the engine's last `Stopped` event).
-    old_stopped: Option<Instant>,
-    returned: Instant,
 }
 
 /// Per-deploy bookkeeping taken while the load runs; turned into a [`Row`] at the end.
@@ -353,158 +323,6 @@ async fn engine_flip(sandbox: &Sandbox, to: &str) -> anyhow::Result<Phases> {
     })
 }
 
-/// The seed script's order: start, wait healthy, rewrite the upstream file (no `nginx -t`,
-/// no confirmation), SIGHUP the master, and stop and remove the old replicas at once.
-/// `live_now` holds the serving replicas, and the new ones afterwards.
-async fn naive_flip(
-    sandbox: &Sandbox,
-    live_now: &mut Vec<Instance>,
-    to: &str,
-    n: usize,
-) -> anyhow::Result<Phases> {
-    let (live, spec) = (sandbox.live(), sandbox.spec());
-    let version = Version::parse(to).map_err(anyhow::Error::msg)?;
-    let color = live_now
-        .first()
-        .context("nothing is serving before a naive flip")?
-        .color
-        .other();
-    let called = Instant::now();
-    let mut new = Vec::new();
-    let mut first_started = None;
-    for replica in 0..spec.replicas {
-        let instance = live
-            .runtime
-            .start(&InstanceSpec {
-                service: spec.name.clone(),
-                version: version.clone(),
-                color,
-                // Far from the engine's ids, so instance names never collide.
-                deployment: 1000 + n as i64,
-                replica,
-                source: spec.source_for(&version),
-                port: spec.port,
-                env: spec.env.clone(),
-                host_port: None,
-            })
-            .await?;
-        first_started.get_or_insert_with(Instant::now);
-        new.push(instance);
-    }
-    let last_started = Instant::now();
-    wait_healthy(sandbox, spec, &new).await?;
-    let healthy = Instant::now();
-    let text = live
-        .router
-        .templates
-        .service(&upstream_set(spec, &new), &live.router.layout.access_log)
-        .map_err(anyhow::Error::msg)?;
-    let file = live
-        .router
-        .layout
-        .conf_dir
-        .join(format!("{}.conf", spec.name));
-    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-    hup(live.router.master()?).await?;
-    let reloaded = Instant::now();
-    // "At once": every old replica together, as `docker stop a b` does. One after another,
-    // nginx would retry a dead one's requests on the other (`proxy_next_upstream error`).
-    let stops = live_now
-        .iter()
-        .map(|old| live.runtime.stop(old, Duration::ZERO));
-    join_all(stops.collect())
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()?;
-    let old_stopped = Instant::now();
-    for old in live_now.drain(..) {
-        live.runtime.remove(&old).await?;
-    }
-    *live_now = new;
-    Ok(Phases {
-        called,
-        begun: called,
-        first_started: first_started.unwrap_or(last_started),
-        last_started,
-        healthy,
-        reloaded,
-        drained: None,
-        old_stopped: Some(old_stopped),
-        returned: Instant::now(),
-    })
-}
-
-/// The engine's health rule without its Docker status checks: `healthy_after` passes in a
-/// row per replica, polled every `interval`, within `deadline`.
-async fn wait_healthy(
-    sandbox: &Sandbox,
-    spec: &ServiceSpec,
-    instances: &[Instance],
-) -> anyhow::Result<()> {
-    let h = &spec.health;
-    let start = Instant::now();
-    let mut passes = vec![0u32; instances.len()];
-    loop {
-        for (i, instance) in instances.iter().enumerate() {
-            if passes[i] < h.healthy_after {
-                let probe = sandbox
-                    .live()
-                    .prober
-                    .probe(instance.addr(), &h.path, h.timeout)
-                    .await;
-                passes[i] = if probe.ok { passes[i] + 1 } else { 0 };
-            }
-        }
-        if passes.iter().all(|&p| p >= h.healthy_after) {
-            return Ok(());
-        }
-        if start.elapsed() >= h.deadline {
-            bail!(
-                "naive flow: new replicas not healthy within {:?}",
-                h.deadline
-            );
-        }
-        tokio::time::sleep(h.interval).await;
-    }
-}
-
-/// Polls `futures` together on this task (the runtime's futures are not `Send`).
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
-/// SIGHUP through kill(1): the bench has no signal crate of its own.
-async fn hup(pid: u32) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .await
-        .context("running kill -HUP")?;
-    if !status.success() {
-        bail!("kill -HUP {pid} failed: {status}");
-    }
-    Ok(())
-}
-
 const METRICS: [&str; 16] = [
     "failed requests",
     "retried (idle keep-alive closed)",
@@ -559,79 +377,11 @@ fn print_table(series: &Series) {
         series.failed_outside_windows,
         series.retried
     );
-    println!(
-        "| {:<42} | {:>8} | {:>15} | {:>15} |",
-        "metric", "median", "p25–p75", "min–max"
-    );
-    println!("|{:-<44}|{:->10}|{:->17}|{:->17}|", "", ":", ":", ":");
     let rows: Vec<[Option<f64>; 16]> = series.rows.iter().map(Row::metrics).collect();
-    for (i, name) in METRICS.iter().enumerate() {
-        let cells = match spread(rows.iter().filter_map(|r| r[i]).collect()) {
-            None => ["–".to_owned(), String::new(), String::new()],
-            Some(s) => [
-                num(s.median),
-                format!("{}–{}", num(s.p25), num(s.p75)),
-                format!("{}–{}", num(s.min), num(s.max)),
-            ],
-        };
-        let [median, quartiles, range] = cells;
-        println!("| {name:<42} | {median:>8} | {quartiles:>15} | {range:>15} |");
-    }
-    println!();
-}
-
-fn json_path() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("bench-deploy.json")
-}
-
-/// What the numbers were measured on.
-#[derive(Debug, Serialize)]
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    memory_gib: f64,
-    kernel: String,
-    docker: String,
-    nginx: String,
-}
-
-impl Machine {
-    async fn read() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem_kib: f64 = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
-        let docker_format = "{{.Server.Version}} (API {{.Server.APIVersion}})";
-        let docker = output("docker", &["version", "--format", docker_format]).await;
-        let nginx = output("nginx", &["-v"]).await;
-        Machine {
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model: cpuinfo
-                .lines()
-                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-                .unwrap_or("unknown")
-                .trim()
-                .to_owned(),
-            memory_gib: mem_kib / 1024.0 / 1024.0,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            docker,
-            nginx: nginx.trim_start_matches("nginx version: ").to_owned(),
-        }
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}, Docker {}, {}",
-            self.cpus, self.cpu_model, self.memory_gib, self.kernel, self.docker, self.nginx
-        )
-    }
+    let metrics: Vec<(&str, Vec<f64>)> = METRICS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, rows.iter().filter_map(|r| r[i]).collect()))
+        .collect();
+    print_metrics(42, &metrics);
 }

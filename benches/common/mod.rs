@@ -1,12 +1,27 @@
-//! Helpers both benchmarks share: a timestamped event log ([`Timeline`]), medians and
-//! spreads ([`spread`], [`Spread`]), number formatting, image clean-up, and running a command
-//! for the machine description ([`output`]).
+//! Helpers the benchmarks share: a timestamped event log ([`Timeline`]), medians and
+//! spreads ([`spread`], [`Spread`]), Markdown tables ([`print_metrics`], [`Table`]), number
+//! formatting, the bench's start ([`demo_app`], [`block_on`]), sandbox and image clean-up
+//! ([`finish`], [`remove_images`]), where raw rows go ([`json_path`]), the machine they ran
+//! on ([`Machine`]), and the naive reload-then-stop flow the engine is measured against
+//! ([`naive_flip`]).
 
+// Each bench compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use switchyard_app::sandbox::IMAGE;
-use switchyard_engine::{Event, Observer};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use switchyard_app::sandbox::{demo_app_binary, Sandbox, IMAGE};
+use switchyard_engine::deploy::upstream_set;
+use switchyard_engine::{
+    Event, Instance, InstanceSpec, Observer, Prober, Runtime, ServiceSpec, Version,
+};
 
 /// Records every engine event with the instant it arrived.
 #[derive(Default)]
@@ -17,6 +32,35 @@ impl Observer for Timeline {
         let mut events = self.0.lock().expect("timeline lock");
         events.push((Instant::now(), event.clone()));
     }
+}
+
+/// The static demo-app binary, or an error saying how to build it.
+pub fn demo_app() -> anyhow::Result<PathBuf> {
+    let binary = demo_app_binary();
+    if !binary.exists() {
+        bail!(
+            "demo-app binary not found at {}: build it with scripts/build-demo-app first",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Runs a bench's body on a multi-threaded tokio runtime.
+pub fn block_on(body: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(body)
+}
+
+/// Shuts the sandbox down whatever `result` is, and returns it.
+pub async fn finish<T>(sandbox: Sandbox, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    let cleanup = sandbox.shutdown().await;
+    let value = result?;
+    cleanup.context("shutting the sandbox down")?;
+    Ok(value)
 }
 
 /// Untags the bench's images; they share one layer with the demo's, so only tags go.
@@ -35,6 +79,14 @@ pub async fn remove_images(versions: &[String]) {
         ),
         Err(e) => eprintln!("removing the bench images: running docker: {e}"),
     }
+}
+
+/// `target/<file>`, or `$CARGO_TARGET_DIR/<file>` when that is set.
+pub fn json_path(file: &str) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join(file)
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -74,6 +126,94 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// A Markdown table of named columns of values, each as median, p25–p75 and min–max, so
+/// the output pastes into BENCHMARKS.md. `width` is the metric column's.
+pub fn print_metrics(width: usize, metrics: &[(&str, Vec<f64>)]) {
+    println!(
+        "| {:<width$} | {:>8} | {:>15} | {:>15} |",
+        "metric", "median", "p25–p75", "min–max"
+    );
+    println!(
+        "|{:-<dashes$}|{:->10}|{:->17}|{:->17}|",
+        "",
+        ":",
+        ":",
+        ":",
+        dashes = width + 2
+    );
+    for (name, values) in metrics {
+        let [median, quartiles, range] = match spread(values.clone()) {
+            None => ["–".to_owned(), String::new(), String::new()],
+            Some(s) => [
+                num(s.median),
+                format!("{}–{}", num(s.p25), num(s.p75)),
+                format!("{}–{}", num(s.min), num(s.max)),
+            ],
+        };
+        println!("| {name:<width$} | {median:>8} | {quartiles:>15} | {range:>15} |");
+    }
+    println!();
+}
+
+/// A Markdown table with one row per case: the first column left-aligned, the others
+/// right-aligned, every column as wide as its widest cell.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells print empty.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn print(&self) {
+        let cell = |row: &[String], i: usize| row.get(i).cloned().unwrap_or_default();
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                std::iter::once(&self.header)
+                    .chain(&self.rows)
+                    .map(|row| cell(row, i).chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |row: &[String]| {
+            let cells: Vec<String> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| match i {
+                    0 => format!(" {:<w$} ", cell(row, i)),
+                    _ => format!(" {:>w$} ", cell(row, i)),
+                })
+                .collect();
+            format!("|{}|", cells.join("|"))
+        };
+        println!("{}", line(&self.header));
+        let rule: Vec<String> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| match i {
+                0 => format!("{:-<n$}", "", n = w + 2),
+                _ => format!("{:->n$}", ":", n = w + 2),
+            })
+            .collect();
+        println!("|{}|", rule.join("|"));
+        for row in &self.rows {
+            println!("{}", line(row));
+        }
+        println!();
+    }
+}
+
 /// A command's stdout, or its stderr when stdout is empty (`nginx -v`); "unknown" on error.
 pub async fn output(program: &str, args: &[&str]) -> String {
     match tokio::process::Command::new(program)
@@ -91,4 +231,223 @@ pub async fn output(program: &str, args: &[&str]) -> String {
         }
         Err(e) => format!("unknown ({program}: {e})"),
     }
+}
+
+/// What the numbers were measured on.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub docker: String,
+    pub nginx: String,
+}
+
+impl Machine {
+    pub async fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let docker_format = "{{.Server.Version}} (API {{.Server.APIVersion}})";
+        let docker = output("docker", &["version", "--format", docker_format]).await;
+        let nginx = output("nginx", &["-v"]).await;
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned(),
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            docker,
+            nginx: nginx.trim_start_matches("nginx version: ").to_owned(),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}, Docker {}, {}",
+            self.cpus, self.cpu_model, self.memory_gib, self.kernel, self.docker, self.nginx
+        )
+    }
+}
+
+/// When each phase of one deploy ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    pub called: Instant,
+    /// The engine's `Begin` (lock taken, deployment recorded); `called` for the naive flow.
+    pub begun: Instant,
+    pub first_started: Instant,
+    pub last_started: Instant,
+    pub healthy: Instant,
+    /// Engine: reload confirmed. Naive: SIGHUP sent.
+    pub reloaded: Instant,
+    pub drained: Option<Instant>,
+    /// Every old replica's stop call has returned (the engine's last `Stopped` event).
+    pub old_stopped: Option<Instant>,
+    pub returned: Instant,
+}
+
+/// The seed script's order: start, wait healthy, rewrite the upstream file (no `nginx -t`,
+/// no confirmation), SIGHUP the master, and stop and remove the old replicas at once.
+/// `live_now` holds the serving replicas, and the new ones afterwards. `n` keeps the new
+/// replicas' names apart from earlier naive flips in the same sandbox.
+pub async fn naive_flip(
+    sandbox: &Sandbox,
+    live_now: &mut Vec<Instance>,
+    to: &str,
+    n: usize,
+) -> anyhow::Result<Phases> {
+    let (live, spec) = (sandbox.live(), sandbox.spec());
+    let version = Version::parse(to).map_err(anyhow::Error::msg)?;
+    let color = live_now
+        .first()
+        .context("nothing is serving before a naive flip")?
+        .color
+        .other();
+    let called = Instant::now();
+    let mut new = Vec::new();
+    let mut first_started = None;
+    for replica in 0..spec.replicas {
+        let instance = live
+            .runtime
+            .start(&InstanceSpec {
+                service: spec.name.clone(),
+                version: version.clone(),
+                color,
+                // Far from the engine's ids, so instance names never collide.
+                deployment: 1000 + n as i64,
+                replica,
+                source: spec.source_for(&version),
+                port: spec.port,
+                env: spec.env.clone(),
+                host_port: None,
+            })
+            .await?;
+        first_started.get_or_insert_with(Instant::now);
+        new.push(instance);
+    }
+    let last_started = Instant::now();
+    wait_healthy(sandbox, spec, &new).await?;
+    let healthy = Instant::now();
+    let text = live
+        .router
+        .templates
+        .service(&upstream_set(spec, &new), &live.router.layout.access_log)
+        .map_err(anyhow::Error::msg)?;
+    let file = live
+        .router
+        .layout
+        .conf_dir
+        .join(format!("{}.conf", spec.name));
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    hup(live.router.master()?).await?;
+    let reloaded = Instant::now();
+    // "At once": every old replica together, as `docker stop a b` does. One after another,
+    // nginx would retry a dead one's requests on the other (`proxy_next_upstream error`).
+    let stops = live_now
+        .iter()
+        .map(|old| live.runtime.stop(old, Duration::ZERO));
+    join_all(stops.collect())
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    let old_stopped = Instant::now();
+    for old in live_now.drain(..) {
+        live.runtime.remove(&old).await?;
+    }
+    *live_now = new;
+    Ok(Phases {
+        called,
+        begun: called,
+        first_started: first_started.unwrap_or(last_started),
+        last_started,
+        healthy,
+        reloaded,
+        drained: None,
+        old_stopped: Some(old_stopped),
+        returned: Instant::now(),
+    })
+}
+
+/// The engine's health rule without its Docker status checks: `healthy_after` passes in a
+/// row per replica, polled every `interval`, within `deadline`.
+async fn wait_healthy(
+    sandbox: &Sandbox,
+    spec: &ServiceSpec,
+    instances: &[Instance],
+) -> anyhow::Result<()> {
+    let h = &spec.health;
+    let start = Instant::now();
+    let mut passes = vec![0u32; instances.len()];
+    loop {
+        for (i, instance) in instances.iter().enumerate() {
+            if passes[i] < h.healthy_after {
+                let probe = sandbox
+                    .live()
+                    .prober
+                    .probe(instance.addr(), &h.path, h.timeout)
+                    .await;
+                passes[i] = if probe.ok { passes[i] + 1 } else { 0 };
+            }
+        }
+        if passes.iter().all(|&p| p >= h.healthy_after) {
+            return Ok(());
+        }
+        if start.elapsed() >= h.deadline {
+            bail!(
+                "naive flow: new replicas not healthy within {:?}",
+                h.deadline
+            );
+        }
+        tokio::time::sleep(h.interval).await;
+    }
+}
+
+/// Polls `futures` together on this task (the runtime's futures are not `Send`).
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// SIGHUP through kill(1): the bench has no signal crate of its own.
+async fn hup(pid: u32) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .await
+        .context("running kill -HUP")?;
+    if !status.success() {
+        bail!("kill -HUP {pid} failed: {status}");
+    }
+    Ok(())
 }
