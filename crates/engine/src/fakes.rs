@@ -106,6 +106,8 @@ pub struct FakeRuntime {
     pub unrestartable: RefCell<BTreeSet<String>>,
     /// Instance names that never pass a probe (one replica of a version).
     pub unhealthy_names: RefCell<BTreeSet<String>>,
+    /// Instance names whose stop fails (and which keep running).
+    pub unstoppable: RefCell<BTreeSet<String>>,
     /// Docker HEALTHCHECK status by version; versions not listed have no HEALTHCHECK.
     pub docker_health: RefCell<BTreeMap<String, RuntimeHealth>>,
     peak: Cell<usize>,
@@ -130,6 +132,7 @@ impl FakeRuntime {
             docker_health: RefCell::default(),
             unrestartable: RefCell::default(),
             unhealthy_names: RefCell::default(),
+            unstoppable: RefCell::default(),
             peak: Cell::new(0),
         }
     }
@@ -270,6 +273,12 @@ impl Runtime for FakeRuntime {
         self.shared.alive().await;
         self.shared
             .record(format!("runtime.stop {}", instance.name));
+        if self.unstoppable.borrow().contains(&instance.name) {
+            return Err(RuntimeError::Failed {
+                what: instance.name.clone(),
+                message: "did not stop".into(),
+            });
+        }
         if let Some(f) = self.instances.borrow_mut().get_mut(&instance.id) {
             f.running = false;
         }

@@ -492,14 +492,7 @@ impl<'r> Rollout<'r> {
             });
             return Ok(());
         }
-        if let Err(e) = d.runtime.stop(instance, self.spec.stop_timeout).await {
-            // Out of the upstream and drained already: a replica that will not stop is a
-            // warning, not a reason to leave the deployment unfinished.
-            self.warnings
-                .borrow_mut()
-                .push(format!("stopping {}: {e}", instance.name));
-            return Ok(());
-        }
+        let stopped = d.runtime.stop(instance, self.spec.stop_timeout).await;
         if instance.deployment == self.id {
             let origin = Instance {
                 deployment: created_in(instance).unwrap_or(instance.deployment),
@@ -507,9 +500,17 @@ impl<'r> Rollout<'r> {
             };
             d.store.put_instance(&origin, InstanceState::Retained)?;
         }
-        d.observer.event(&Event::Stopped {
-            instance: instance.name.clone(),
-        });
+        match stopped {
+            Ok(()) => d.observer.event(&Event::Stopped {
+                instance: instance.name.clone(),
+            }),
+            // Out of the upstream and drained already: a replica that will not stop is a
+            // warning, not a reason to leave the deployment unfinished.
+            Err(e) => self
+                .warnings
+                .borrow_mut()
+                .push(format!("stopping {}: {e}", instance.name)),
+        }
         Ok(())
     }
 
@@ -753,17 +754,27 @@ pub(super) async fn restore<R: Runtime, P: Prober, N: Router, S: Store, H: Host>
                 .iter()
                 .filter(|i| !rollout.serving.iter().any(|s| s.id == i.id))
             {
-                d.runtime.stop(i, spec.stop_timeout).await?;
-                d.runtime.remove(i).await?;
+                // Retired (and drained) by the converge already; a stuck one is not fatal.
+                if let Err(e) = d.runtime.remove(i).await {
+                    rollout
+                        .warnings
+                        .borrow_mut()
+                        .push(format!("removing {}: {e}", i.name));
+                }
                 d.store.put_instance(i, InstanceState::Removed)?;
             }
             old.version.to_string()
         }
-        None => {
-            let all = std::mem::take(&mut rollout.serving);
-            rollout.retire(d, &all).await?;
-            "no version (nothing was live)".to_owned()
+        // Nothing to go back to. What already serves stays: tearing it down would leave
+        // nginx with nothing.
+        None if !rollout.serving.is_empty() => {
+            d.store.activate(&spec.name, id)?;
+            format!(
+                "{} (nothing was live before, so what already served stays)",
+                rollout.describe_serving()
+            )
         }
+        None => "no version (nothing was live)".to_owned(),
     };
     rollout.discard(d, &[]).await?;
     d.store

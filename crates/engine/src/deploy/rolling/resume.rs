@@ -110,8 +110,9 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
         Wanted::Deploy(v) => record.kind == DeployKind::Deploy && v == &record.to_version,
         Wanted::Rollback => record.kind == DeployKind::Rollback,
     };
-    // A first deploy has nothing to go back to: what is live is finished instead.
-    if finish || old.is_none() {
+    // A first deploy that already served has nothing to go back to: it is finished instead.
+    let forced = !finish && old.is_none() && !rollout.serving.is_empty();
+    if finish || forced {
         let reuse: Vec<Instance> = match record.kind {
             DeployKind::Deploy => Vec::new(),
             DeployKind::Rollback => d
@@ -124,12 +125,29 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
                 .collect(),
         };
         rollout.towards(&record.to_version, record.color, reuse, true);
+        if rollout.has_gap() && !spec.rolling.allow_downtime && old.is_some() {
+            // The config changed since: finishing would empty the upstream. Go back instead.
+            let message = format!("{reason}; finishing it would leave no replica in the upstream (allow_downtime is not set), so the previous version was restored");
+            let old_version = old.as_ref().map(|s| s.version.to_string());
+            restore(d, spec, &mut rollout, old.as_ref(), &message).await?;
+            return Err(DeployError::Failed {
+                deployment: id,
+                service: spec.name.clone(),
+                stays_on: old_version.unwrap_or_default(),
+                message,
+            });
+        }
         match rollout.converge(d).await {
             Ok(()) => {}
             Err(Halt::Env(e)) => return Err(e),
             Err(Halt::Batch(m)) => {
                 let message = format!("{reason}; {m}");
-                return Err(d.after_failed_batch(spec, id, rollout, old, message).await);
+                let err = d.after_failed_batch(spec, id, rollout, old, message).await;
+                // Finishing it was not what this command asked: its failure is history.
+                if forced && matches!(err, DeployError::Failed { .. }) {
+                    return Ok(None);
+                }
+                return Err(err);
             }
         }
         let batches = rollout.report.batches.len();
@@ -139,7 +157,7 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
             &format!("{reason}; finished on resume in {batches} batch(es)"),
         )
         .await?;
-        if !finish {
+        if forced {
             return Ok(None);
         }
         return Ok(Some(rollout_report(

@@ -497,3 +497,139 @@ async fn rollback_after_in_place_swaps_the_shared_ports_whatever_the_strategy_no
         assert_eq!(w.live_ports(), ports, "{strategy:?}");
     }
 }
+
+/// Kills a first rolling deploy of v1 (3 replicas) after its first `step` journal write.
+async fn first_deploy_killed_after(step: &str) -> World {
+    let journal = {
+        let mut p = World::new();
+        p.spec.replicas = 3;
+        p.spec.strategy = StrategyKind::Rolling;
+        p.roll("v1").await.unwrap();
+        let calls = p.shared.calls();
+        calls
+            .into_iter()
+            .filter(|c| c.starts_with("journal"))
+            .collect::<Vec<_>>()
+    };
+    let n = journal
+        .iter()
+        .position(|c| c == &format!("journal {step}"))
+        .unwrap()
+        + 1;
+    let mut w = World::new();
+    w.spec.replicas = 3;
+    w.spec.strategy = StrategyKind::Rolling;
+    w.shared.kill_after_journal(n, true);
+    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v1")).await;
+    assert!(w.shared.is_dead());
+    w.shared.revive();
+    w.host.restart();
+    w
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_rollout_killed_before_traffic_moved_is_dropped_for_the_next_version() {
+    // Second review: the forced finish re-ran a first deploy that never served.
+    let w = first_deploy_killed_after("wait_healthy").await;
+    w.runtime.unhealthy.borrow_mut().insert("v1".into());
+    let from = w.shared.calls().len();
+    w.roll("v2").await.unwrap();
+    w.assert_consistent("v2");
+    let restarted_v1 = w.shared.calls()[from..]
+        .iter()
+        .any(|c| c.starts_with("runtime.start sy-web-blue-d1"));
+    assert!(!restarted_v1, "v1 never served: it is dropped, not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_first_rollout_whose_replica_fails_on_resume_keeps_what_serves() {
+    // Second review: finishing it failed a batch and restore(None) removed the live replica.
+    let w = first_deploy_killed_after("routed").await;
+    w.runtime
+        .unhealthy_names
+        .borrow_mut()
+        .insert("sy-web-blue-d1-r1".into());
+    let err = w.roll("v1").await.unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let live = w.live_versions();
+    assert!(
+        !live.is_empty() && live.iter().all(|v| v == "v1"),
+        "{live:?}"
+    );
+    let active = w.store.service(&w.spec.name).unwrap().active.unwrap();
+    let ids: std::collections::BTreeSet<String> =
+        active.instances.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(
+        w.runtime.running(),
+        ids,
+        "the store's active slot is what runs"
+    );
+    assert!(w.store.unfinished(&w.spec.name).unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_will_not_stop_is_a_warning_not_an_endless_deployment() {
+    // Second review: restore's cleanup stopped it again and returned before finishing.
+    let mut w = rolling_world(StrategyKind::Rolling, 4, 1, 0).await;
+    w.spec.replicas = 3;
+    w.runtime
+        .unstoppable
+        .borrow_mut()
+        .insert("sy-web-blue-d1-r3".into());
+    w.runtime
+        .unhealthy_names
+        .borrow_mut()
+        .insert("sy-web-green-d2-r1".into());
+    let err = w.roll("v2").await.unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(w.store.unfinished(&w.spec.name).unwrap().is_none());
+    w.runtime.unhealthy_names.borrow_mut().clear();
+    w.roll("v3").await.unwrap();
+    assert_eq!(w.live_versions(), ["v3"; 3]);
+    let active = w.store.service(&w.spec.name).unwrap().active.unwrap();
+    assert_eq!(active.instances.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stray_that_will_not_stop_goes_back_to_its_slot_not_into_the_new_one() {
+    // Second review: a restarted retained replica that would not stop was promoted by
+    // `activate` beside its replacement.
+    let w = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
+    w.roll("v2").await.unwrap();
+    let n = {
+        let p = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
+        p.roll("v2").await.unwrap();
+        let before = p
+            .shared
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("journal"))
+            .count();
+        p.roll_back().await.unwrap();
+        let journal: Vec<String> = p
+            .shared
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("journal"))
+            .collect();
+        journal[before..]
+            .iter()
+            .position(|c| c == "journal instance_started")
+            .unwrap()
+            + 1
+    };
+    w.shared.kill_after_journal(n, true);
+    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll_back()).await;
+    assert!(w.shared.is_dead());
+    w.shared.revive();
+    w.host.restart();
+    w.runtime
+        .unstoppable
+        .borrow_mut()
+        .insert("sy-web-blue-d1-r0".into());
+    // Deploying v3 restores v2 first (the stray v1 replica will not stop), then rolls.
+    w.roll("v3").await.unwrap();
+    let active = w.store.service(&w.spec.name).unwrap().active.unwrap();
+    assert_eq!(active.instances.len(), 3, "{:?}", active.instances);
+    assert_eq!(w.live_versions(), ["v3"; 3]);
+}
