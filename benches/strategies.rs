@@ -19,10 +19,20 @@
 //! reloads. A second table runs rolling deploys with more surge (fewer, larger batches) and
 //! with fewer replicas, to check that wall time grows with the number of batches.
 //!
+//! A third table, `in-place-1`, is the one case that cannot avoid a gap: in-place with one
+//! replica (`allow_downtime = true`, the same load). Its failed requests are the measurement,
+//! not a problem. It sets the engine's `gap_ms` (from stopping the old replica until the
+//! replacement's route is confirmed) beside the gap the clients saw ([`ClientGap`]): from the
+//! first failed request to the last one, and the longest stretch with no successful response.
+//! Once per bench, a 1-replica blue-green service is asked for an in-place deploy without
+//! `allow_downtime` ([`refusal`]): the engine must refuse it (exit code 2) and leave the
+//! service answering [`V1`] with no failed request.
+//!
 //! Runs go round-robin (run 1 of every row, then run 2, ...), so slow phases of the shared
 //! machine spread over all rows. Knobs: `SWITCHYARD_BENCH_RUNS` (default 5),
-//! `SWITCHYARD_BENCH_REPLICAS` (default 4), `SWITCHYARD_BENCH_ROWS` (comma-separated row
-//! names, `batches` for the second table; default all). Every run goes to
+//! `SWITCHYARD_BENCH_REPLICAS` (default 4; not `in-place-1`'s), `SWITCHYARD_BENCH_ROWS`
+//! (comma-separated row names, `batches` for the second table, `in-place-1` for the third;
+//! default all). Every run goes to
 //! `target/bench-strategies.json`. The demo-app binary must have been built with
 //! `scripts/build-demo-app`.
 
@@ -36,7 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use switchyard_app::live::AnyRuntime;
-use switchyard_app::load::{Load, LoadConfig, LoadReport};
+use switchyard_app::load::{Load, LoadConfig, LoadReport, MAX_FAILURES_KEPT};
 use switchyard_app::sandbox::{Sandbox, SandboxOptions};
 use switchyard_engine::config::{RuntimeChoice, StrategyKind};
 use switchyard_engine::deploy::rolling::RolloutReport;
@@ -58,6 +68,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 const TAIL: Duration = Duration::from_secs(2);
 /// How often the running containers are counted during a deploy.
 const SAMPLE: Duration = Duration::from_millis(25);
+/// How often `in-place-1` reads the load's failed count, to see when failures stop.
+const FAILURE_POLL: Duration = Duration::from_millis(5);
 /// Bounds on one run's load; a run that outlasts them is reported as an error.
 const MAX_REQUESTS: u64 = 1_000_000;
 const MAX_LOAD: Duration = Duration::from_secs(120);
@@ -71,14 +83,16 @@ min_requests = 10
 failure_limit = 1
 inconclusive_limit = 10"#;
 
-/// Rows of the main table, in print order; `batches` names the second table.
-const ROWS: [&str; 6] = [
+/// Rows of the main table, in print order; `batches` names the second table, `in-place-1`
+/// the third.
+const ROWS: [&str; 7] = [
     "blue-green",
     "canary",
     "rolling",
     "in-place",
     "naive",
     "batches",
+    "in-place-1",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -113,7 +127,15 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
     let versions = [V1.to_owned(), V2.to_owned()];
 
     let mut done: Vec<Run> = Vec::new();
+    let mut refused: Option<Refusal> = None;
     let result = async {
+        if rows.iter().any(|r| r == "in-place-1") {
+            let r = refusal(&binary)
+                .await
+                .context("in-place-1 refusal: the bench itself failed")?;
+            eprintln!("{:<32} once: {}", "in-place-1 refusal", r.summary());
+            refused = Some(r);
+        }
         for n in 1..=runs {
             for case in &cases {
                 let run = run_case(&binary, case).await.with_context(|| {
@@ -121,7 +143,7 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
                 })?;
                 eprintln!(
                     "{:<32} {n}/{runs}: {:>6.0} ms, {} failed, {} retried, running {}–{} \
-                     (at rest {}), {} reloads{}",
+                     (at rest {}), {} reloads{}{}",
                     case.label(),
                     run.wall_ms,
                     run.failed,
@@ -130,6 +152,10 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
                     run.peak_running,
                     run.resting_running,
                     run.reloads,
+                    run.rollout
+                        .as_ref()
+                        .and_then(|o| o.gap_ms)
+                        .map_or(String::new(), |g| format!(", engine gap {g} ms")),
                     run.error
                         .as_ref()
                         .map_or(String::new(), |e| format!(", DEPLOY FAILED: {e}")),
@@ -148,9 +174,20 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
     println!(
         "{runs} runs per row, each on a fresh service brought to {V1} and then deployed to \
          {V2} under {CONNECTIONS} keep-alive connections; backend latency {LATENCY_MS} ms, \
-         {replicas} replicas, Docker runtime\n"
+         {} replicas, Docker runtime\n",
+        match (
+            cases.iter().any(|c| !c.one_replica),
+            cases.iter().any(|c| c.one_replica)
+        ) {
+            (true, true) => format!("{replicas} (in-place-1: 1)"),
+            (false, true) => "1".to_owned(),
+            _ => replicas.to_string(),
+        }
     );
-    let main_rows: Vec<&Case> = cases.iter().filter(|c| !c.batches_only).collect();
+    let main_rows: Vec<&Case> = cases
+        .iter()
+        .filter(|c| !c.batches_only && !c.one_replica)
+        .collect();
     if !main_rows.is_empty() {
         print_strategies(&main_rows, &done);
         print_phases(&main_rows, &done);
@@ -158,6 +195,10 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
     let batch_rows: Vec<&Case> = cases.iter().filter(|c| c.in_batches).collect();
     if !batch_rows.is_empty() {
         print_batches(&batch_rows, &done, replicas);
+    }
+    let one_replica: Vec<&Case> = cases.iter().filter(|c| c.one_replica).collect();
+    if !one_replica.is_empty() {
+        print_one_replica(&one_replica, &done, refused.as_ref());
     }
     print_problems(&cases, &done);
 
@@ -170,6 +211,7 @@ async fn run(binary: PathBuf) -> anyhow::Result<()> {
         "replicas": replicas,
         "canary": CANARY,
         "runs": done,
+        "in_place_1_refusal": refused,
     });
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -199,6 +241,8 @@ struct Case {
     batches_only: bool,
     /// Shown in the batches table.
     in_batches: bool,
+    /// The `in-place-1` table: one replica, `allow_downtime = true`.
+    one_replica: bool,
 }
 
 impl Case {
@@ -211,6 +255,7 @@ impl Case {
             max_unavailable: 0,
             batches_only: false,
             in_batches: false,
+            one_replica: false,
         }
     }
 
@@ -237,6 +282,9 @@ impl Case {
         let base = SandboxOptions::new(RuntimeChoice::Docker, binary.to_owned())
             .replicas(self.replicas)
             .env("LATENCY_MS", &LATENCY_MS.to_string());
+        if self.one_replica {
+            return base.strategy("in-place", "allow_downtime = true");
+        }
         match self.flow {
             Flow::Naive => base,
             Flow::Engine(StrategyKind::Canary) => SandboxOptions {
@@ -301,6 +349,12 @@ fn cases(rows: &[String], replicas: u16) -> Vec<Case> {
             });
         }
     }
+    if wanted("in-place-1") {
+        cases.push(Case {
+            one_replica: true,
+            ..Case::rolling("in-place-1", StrategyKind::InPlace, 1, 0)
+        });
+    }
     cases
 }
 
@@ -336,7 +390,70 @@ struct Run {
     phases: PhaseTimes,
     /// The engine's own report of a rolling or in-place deploy.
     rollout: Option<RolloutReport>,
+    /// The outage as the clients saw it.
+    client_gap: ClientGap,
     failure_examples: Vec<String>,
+}
+
+/// An outage as the load's clients saw it, from requests sent between the deploy call and
+/// [`TAIL`] after it returned. Milliseconds.
+#[derive(Debug, Default, Serialize)]
+struct ClientGap {
+    /// From the deploy call to the first failed request's send time.
+    first_failed_ms: Option<f64>,
+    /// From the first failed request's send time to the last one's. Exact when
+    /// [`LoadReport::failures`] kept every failure of the window (it keeps the first
+    /// [`MAX_FAILURES_KEPT`]); otherwise the end is when a poll every [`FAILURE_POLL`] last
+    /// saw the failed count rise (`in-place-1` only; `None` for other rows).
+    failing_ms: Option<f64>,
+    /// Whether `failing_ms` came from the kept failures alone.
+    failing_exact: bool,
+    /// The longest stretch with no successful response: between two successful requests'
+    /// completions (send time plus latency) in the window. Send times would hide requests
+    /// that hang through the outage and then succeed.
+    no_success_ms: Option<f64>,
+}
+
+impl ClientGap {
+    fn measure(
+        traffic: &LoadReport,
+        (from, to): (Instant, Instant),
+        failed: u64,
+        last_failure_seen: Option<Instant>,
+    ) -> ClientGap {
+        let sent = |at: Duration| traffic.started + at;
+        let failures: Vec<Instant> = traffic
+            .failures
+            .iter()
+            .map(|f| sent(f.at))
+            .filter(|at| from <= *at && *at < to)
+            .collect();
+        let first = failures.iter().min().copied();
+        let exact = failed > 0 && failures.len() as u64 == failed;
+        let last = if exact {
+            failures.iter().max().copied()
+        } else {
+            last_failure_seen
+        };
+        let mut answered: Vec<Instant> = traffic
+            .samples
+            .iter()
+            .map(|s| traffic.sent_at(s) + Duration::from_micros(u64::from(s.latency_us)))
+            .filter(|at| from <= *at && *at < to)
+            .collect();
+        answered.sort_unstable();
+        ClientGap {
+            first_failed_ms: first.map(|f| ms(f.saturating_duration_since(from))),
+            failing_ms: first
+                .zip(last)
+                .map(|(f, l)| ms(l.saturating_duration_since(f))),
+            failing_exact: exact,
+            no_success_ms: answered
+                .windows(2)
+                .map(|w| ms(w[1] - w[0]))
+                .reduce(f64::max),
+        }
+    }
 }
 
 /// Runs one case in a fresh sandbox and shuts the sandbox down whatever happened.
@@ -373,6 +490,7 @@ async fn measure(sandbox: &Sandbox, case: &Case) -> anyhow::Result<Run> {
     let before = load.snapshot();
     let timeline = Timeline::default();
     let deploying = Cell::new(true);
+    let measuring = Cell::new(true);
     let called = Instant::now();
     let deploy = async {
         let result = match case.flow {
@@ -390,9 +508,20 @@ async fn measure(sandbox: &Sandbox, case: &Case) -> anyhow::Result<Run> {
         deploying.set(false);
         (result, returned)
     };
-    let ((result, returned), watch) =
-        tokio::join!(deploy, watch_running(runtime, service, &deploying));
-    tokio::time::sleep(TAIL).await;
+    let deploy_and_tail = async {
+        let done = tokio::join!(deploy, watch_running(runtime, service, &deploying));
+        tokio::time::sleep(TAIL).await;
+        measuring.set(false);
+        done
+    };
+    let failures = async {
+        if case.one_replica {
+            watch_failures(&load, &measuring).await
+        } else {
+            None
+        }
+    };
+    let (((result, returned), watch), last_failure_seen) = tokio::join!(deploy_and_tail, failures);
     let after = load.snapshot();
     if load.is_finished() {
         bail!("the load stopped before the run ended (MAX_REQUESTS or MAX_LOAD spent)");
@@ -415,6 +544,13 @@ async fn measure(sandbox: &Sandbox, case: &Case) -> anyhow::Result<Run> {
     let p99 = |from: Instant, to: Instant| traffic.percentile(99.0, Some((from, to))).map(ms);
     let window = (returned + TAIL) - called;
     let requests = after.total - before.total;
+    let failed = after.failed - before.failed;
+    let client_gap = ClientGap::measure(
+        &traffic,
+        (called, returned + TAIL),
+        failed,
+        last_failure_seen,
+    );
     Ok(Run {
         case: case.label(),
         strategy: match case.flow {
@@ -428,7 +564,7 @@ async fn measure(sandbox: &Sandbox, case: &Case) -> anyhow::Result<Run> {
         wall_ms: ms(returned - called),
         requests,
         requests_per_second: requests as f64 / window.as_secs_f64(),
-        failed: after.failed - before.failed,
+        failed,
         retried: after.retried - before.retried,
         resting_running,
         peak_running: watch.peak,
@@ -441,6 +577,186 @@ async fn measure(sandbox: &Sandbox, case: &Case) -> anyhow::Result<Run> {
         p99_during_ms: p99(called, returned),
         phases,
         rollout,
+        client_gap,
+        failure_examples: examples(&traffic),
+    })
+}
+
+/// When the load's failed count last rose, read every [`FAILURE_POLL`] while `measuring`
+/// holds; `None` when it never rose.
+async fn watch_failures(load: &Load, measuring: &Cell<bool>) -> Option<Instant> {
+    let mut failed = load.snapshot().failed;
+    let mut last = None;
+    while measuring.get() {
+        tokio::time::sleep(FAILURE_POLL).await;
+        let now = load.snapshot().failed;
+        if now > failed {
+            failed = now;
+            last = Some(Instant::now());
+        }
+    }
+    last
+}
+
+/// The in-place deploy of a 1-replica service without `allow_downtime`, under load.
+#[derive(Debug, Serialize)]
+struct Refusal {
+    /// The deploy's exit code and message; `None` when it was not refused.
+    code: Option<i32>,
+    error: Option<String>,
+    call_ms: f64,
+    /// Engine events the attempt emitted.
+    events: usize,
+    /// The service's containers and whether each runs, before the call and [`TAIL`] after.
+    containers_before: Vec<(String, bool)>,
+    containers_after: Vec<(String, bool)>,
+    /// Requests completed from the call to [`TAIL`] after it returned, and failed.
+    requests: u64,
+    failed: u64,
+    /// Successful responses per version over the whole load.
+    versions: Vec<(String, u64)>,
+    /// The last successful [`V1`] request's send time after the call returned.
+    v1_after_return_ms: Option<f64>,
+    failure_examples: Vec<String>,
+}
+
+impl Refusal {
+    fn unchanged(&self) -> bool {
+        self.containers_before == self.containers_after
+            && self.containers_after.iter().all(|(_, running)| *running)
+    }
+
+    fn summary(&self) -> String {
+        let outcome = match (&self.code, &self.error) {
+            (Some(code), Some(_)) => format!("refused with exit code {code}"),
+            _ => "NOT REFUSED: the deploy went ahead".to_owned(),
+        };
+        let names = |cs: &[(String, bool)]| {
+            cs.iter()
+                .map(|(n, running)| {
+                    if *running {
+                        n.clone()
+                    } else {
+                        format!("{n} (not running)")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let containers = if self.unchanged() {
+            format!("containers unchanged ({})", names(&self.containers_after))
+        } else {
+            format!(
+                "CONTAINERS CHANGED: {} before, {} after",
+                names(&self.containers_before),
+                names(&self.containers_after)
+            )
+        };
+        let versions = self
+            .versions
+            .iter()
+            .map(|(v, n)| format!("{n} from {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let still_v1 = self
+            .v1_after_return_ms
+            .map_or(format!("NO {V1} ANSWER after the call returned"), |t| {
+                format!("{V1} still answering {t:.0} ms after it returned")
+            });
+        format!(
+            "{outcome} in {:.0} ms, {} engine events; {containers}; {} requests from the call \
+             to {} s after it, {} failed; successes over the whole load: {versions}; {still_v1}",
+            self.call_ms,
+            self.events,
+            self.requests,
+            TAIL.as_secs(),
+            self.failed,
+        )
+    }
+}
+
+/// Starts a 1-replica blue-green service (the config loader rejects in-place with one
+/// replica and no `allow_downtime`), brings it to [`V1`], puts the load on it and asks for an
+/// in-place deploy of [`V2`], which the engine must refuse before touching anything.
+async fn refusal(binary: &Path) -> anyhow::Result<Refusal> {
+    let options = SandboxOptions::new(RuntimeChoice::Docker, binary.to_owned())
+        .replicas(1)
+        .env("LATENCY_MS", &LATENCY_MS.to_string())
+        .strategy("blue-green", "");
+    let sandbox = Sandbox::start(&options)
+        .await
+        .context("starting a sandbox")?;
+    let result = attempt_refused(&sandbox).await;
+    finish(sandbox, result).await
+}
+
+async fn attempt_refused(sandbox: &Sandbox) -> anyhow::Result<Refusal> {
+    for version in [V1, V2] {
+        sandbox.ensure_image(version).await?;
+    }
+    sandbox
+        .deploy(V1, &Quiet)
+        .await
+        .with_context(|| format!("bringing the service to {V1}"))?;
+    let runtime = &sandbox.live().runtime;
+    let service = &sandbox.spec().name;
+    let containers = || async {
+        let instances = runtime.list(service).await?;
+        let statuses = join_all(instances.iter().map(|i| runtime.status(i)).collect()).await;
+        let mut out = Vec::new();
+        for (instance, status) in instances.iter().zip(statuses) {
+            out.push((
+                instance.name.clone(),
+                matches!(status?, InstanceStatus::Running { .. }),
+            ));
+        }
+        anyhow::Ok(out)
+    };
+    let containers_before = containers().await?;
+    let load = Load::start(LoadConfig {
+        connections: CONNECTIONS,
+        max_requests: MAX_REQUESTS,
+        max_duration: MAX_LOAD,
+        ..LoadConfig::new(sandbox.url())
+    });
+    tokio::time::sleep(WARMUP + SETTLE).await;
+    let before = load.snapshot();
+    let timeline = Timeline::default();
+    let called = Instant::now();
+    let result = sandbox
+        .deploy_with(V2, StrategyKind::InPlace, &timeline)
+        .await;
+    let returned = Instant::now();
+    tokio::time::sleep(TAIL).await;
+    let after = load.snapshot();
+    if load.is_finished() {
+        bail!("the load stopped before the run ended (MAX_REQUESTS or MAX_LOAD spent)");
+    }
+    let traffic = load.stop().await;
+    let containers_after = containers().await?;
+    let (code, error) = match result {
+        Ok(_) => (None, None),
+        Err(e) => (Some(e.code), Some(e.message)),
+    };
+    Ok(Refusal {
+        code,
+        error,
+        call_ms: ms(returned - called),
+        events: timeline.count(|_| true),
+        containers_before,
+        containers_after,
+        requests: after.total - before.total,
+        failed: after.failed - before.failed,
+        versions: traffic
+            .by_version
+            .iter()
+            .map(|(v, seen)| (v.clone(), seen.count))
+            .collect(),
+        v1_after_return_ms: traffic
+            .by_version
+            .get(V1)
+            .filter(|seen| seen.last >= returned)
+            .map(|seen| ms(seen.last - returned)),
         failure_examples: examples(&traffic),
     })
 }
@@ -768,6 +1084,96 @@ fn fit(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
     Some((mean_y - b * mean_x, b, r2))
 }
 
+/// The `in-place-1` table: the allowed gap, as the engine measured it and as the clients
+/// saw it, then the refusal without `allow_downtime`.
+fn print_one_replica(cases: &[&Case], runs: &[Run], refused: Option<&Refusal>) {
+    println!(
+        "in-place with 1 replica and allow_downtime = true: the gap (failed requests are the \
+         measurement; ms, median and min–max per run)\n"
+    );
+    let mut table = Table::new(&[
+        "strategy",
+        "runs",
+        "failed",
+        "failed/run",
+        "engine gap_ms",
+        "engine gap min–max",
+        "clients: first→last failure",
+        "failure span min–max",
+        "clients: no success",
+        "no success min–max",
+        "first failure after call",
+        "p99 during ms",
+        "wall ms",
+        "wall min–max",
+    ]);
+    let mut notes = Vec::new();
+    for case in cases {
+        let rs = runs_of(case, runs);
+        let gap: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r.rollout.as_ref()?.gap_ms.map(|g| g as f64))
+            .collect();
+        let client = |value: &dyn Fn(&ClientGap) -> Option<f64>| {
+            rs.iter()
+                .filter_map(|r| value(&r.client_gap))
+                .collect::<Vec<_>>()
+        };
+        let wall: Vec<f64> = rs.iter().map(|r| r.wall_ms).collect();
+        table.row(vec![
+            case.label(),
+            ok_runs(&rs),
+            rs.iter().map(|r| r.failed).sum::<u64>().to_string(),
+            median(rs.iter().map(|r| r.failed as f64).collect()),
+            median(gap.clone()),
+            min_max(gap),
+            median(client(&|c| c.failing_ms)),
+            min_max(client(&|c| c.failing_ms)),
+            median(client(&|c| c.no_success_ms)),
+            min_max(client(&|c| c.no_success_ms)),
+            median(client(&|c| c.first_failed_ms)),
+            median(rs.iter().filter_map(|r| r.p99_during_ms).collect()),
+            median(wall.clone()),
+            min_max(wall),
+        ]);
+        let polled = rs
+            .iter()
+            .filter(|r| r.client_gap.failing_ms.is_some() && !r.client_gap.failing_exact)
+            .count();
+        if polled > 0 {
+            notes.push(format!(
+                "{}: first→last failure in {polled} of {} runs ends when a {} ms poll saw the \
+                 failed count last rise (the load keeps only the first {MAX_FAILURES_KEPT} \
+                 failures)",
+                case.label(),
+                rs.len(),
+                FAILURE_POLL.as_millis()
+            ));
+        }
+    }
+    table.print();
+    for note in notes {
+        println!("{note}");
+    }
+    match refused {
+        Some(r) => {
+            println!(
+                "without allow_downtime (1 replica, blue-green config, in-place deploy asked \
+                 for, once): {}",
+                r.summary()
+            );
+            if let Some(e) = &r.error {
+                println!("  error (code {}): {e}", r.code.unwrap_or(0));
+            }
+            for example in &r.failure_examples {
+                println!("  failed: {example}");
+            }
+            println!();
+        }
+        None => println!("without allow_downtime: not run\n"),
+    }
+}
+
 /// Failed deploys, failed requests and sampling errors, run by run.
 fn print_problems(cases: &[Case], runs: &[Run]) {
     let mut any = false;
@@ -779,8 +1185,13 @@ fn print_problems(cases: &[Case], runs: &[Run]) {
             }
             if run.failed > 0 {
                 lines.push(format!(
-                    "{} failed requests; first: {}",
+                    "{} failed requests{}; first: {}",
                     run.failed,
+                    if case.one_replica {
+                        " (expected: the allowed gap)"
+                    } else {
+                        ""
+                    },
                     run.failure_examples.join(" | ")
                 ));
             }
