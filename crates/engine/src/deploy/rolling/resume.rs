@@ -9,7 +9,8 @@
 
 use tokio::time::Instant;
 
-use super::{restore, rollout_report, Halt, Rollout};
+use super::run::{restore, rollout_report};
+use super::{Halt, Rollout};
 use crate::config::{ServiceSpec, StrategyKind};
 use crate::deploy::recover::all_healthy;
 use crate::deploy::recover::instance_healthy as healthy;
@@ -29,82 +30,7 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
     let started = Instant::now();
     let id = record.id;
     let old = d.store.service(&spec.name)?.active;
-    let mut known: Vec<Instance> = old.as_ref().map_or(Vec::new(), |s| s.instances.clone());
-    let mut confirmed: Vec<String> = known.iter().map(|i| i.id.clone()).collect();
-    let mut pending: Option<Vec<String>> = None;
-    // The last confirmed reload whose old workers may still be draining.
-    let mut undrained: Option<Reload> = None;
-    for entry in journal {
-        match &entry.step {
-            Step::Routed {
-                generation,
-                old_workers,
-            } if pending.is_some() => {
-                undrained = Some(Reload {
-                    generation: *generation,
-                    old_workers: old_workers.clone(),
-                    confirm_ms: 0,
-                });
-                confirmed = pending.take().expect("checked");
-            }
-            Step::Drained { .. } => undrained = None,
-            Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
-                known.retain(|k| k.id != instance.id);
-                known.push(instance.clone());
-            }
-            Step::Serve { instances, .. } => pending = Some(instances.clone()),
-            _ => {}
-        }
-    }
-    let find = |ids: &[String]| -> Vec<Instance> {
-        ids.iter()
-            .filter_map(|id| known.iter().find(|k| &k.id == id).cloned())
-            .collect()
-    };
-    // A reload killed before its confirmation left nginx on one of the two sets.
-    let (candidate, reapply) = match pending {
-        Some(p) if !p.is_empty() && all_healthy(d, spec, &find(&p)).await => (find(&p), true),
-        Some(_) => (find(&confirmed), true),
-        None => (find(&confirmed), false),
-    };
-    let mut serving = Vec::new();
-    for i in &candidate {
-        if healthy(d, spec, i).await {
-            serving.push(i.clone());
-        }
-    }
-    let reapply = reapply || serving.len() != candidate.len();
-
-    let mut rollout = Rollout::new(spec, id, kind, serving.clone());
-    rollout.remember_ports(&known);
-    if reapply && !serving.is_empty() {
-        match rollout.route(d, 0, &serving).await? {
-            Ok(Some(reload)) => {
-                rollout.drain(d, &reload).await?;
-            }
-            Ok(None) => {}
-            Err(m) => {
-                return Err(DeployError::Environment(format!(
-                    "{reason}; re-applying what nginx served failed: {m}"
-                )))
-            }
-        }
-    }
-    // Nothing that left the upstream stops before the workers that routed to it are gone.
-    if let (false, Some(reload)) = (reapply, &undrained) {
-        rollout.drain(d, reload).await?;
-    }
-    let mut strays = Vec::new();
-    for i in known
-        .iter()
-        .filter(|k| !serving.iter().any(|s| s.id == k.id))
-    {
-        if matches!(d.runtime.status(i).await?, InstanceStatus::Running { .. }) {
-            strays.push(i.clone());
-        }
-    }
-    rollout.retire(d, &strays).await?;
-    rollout.discard(d, &[]).await?;
+    let mut rollout = reconcile(d, spec, record, journal, kind, old.as_ref(), &reason).await?;
 
     let finish = match wanted {
         Wanted::Deploy(v) => record.kind == DeployKind::Deploy && v == &record.to_version,
@@ -190,4 +116,96 @@ pub(in crate::deploy) async fn resume<R: Runtime, P: Prober, N: Router, S: Store
         ))),
         _ => Ok(None),
     }
+}
+
+/// Makes the service consistent: nginx serves healthy replicas the journal says it served
+/// (or was about to), the workers that routed elsewhere are gone, and every other instance
+/// the deployment touched is stopped or removed. Returns the rollout from there.
+async fn reconcile<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &'r ServiceSpec,
+    record: &DeploymentRecord,
+    journal: &[JournalEntry],
+    kind: StrategyKind,
+    old: Option<&Slot>,
+    reason: &str,
+) -> Result<Rollout<'r>, DeployError> {
+    let id = record.id;
+    let mut known: Vec<Instance> = old.map_or(Vec::new(), |s| s.instances.clone());
+    let mut confirmed: Vec<String> = known.iter().map(|i| i.id.clone()).collect();
+    let mut pending: Option<Vec<String>> = None;
+    // The last confirmed reload whose old workers may still be draining.
+    let mut undrained: Option<Reload> = None;
+    for entry in journal {
+        match &entry.step {
+            Step::Routed {
+                generation,
+                old_workers,
+            } if pending.is_some() => {
+                undrained = Some(Reload {
+                    generation: *generation,
+                    old_workers: old_workers.clone(),
+                    confirm_ms: 0,
+                });
+                confirmed = pending.take().expect("checked");
+            }
+            Step::Drained { .. } => undrained = None,
+            Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
+                known.retain(|k| k.id != instance.id);
+                known.push(instance.clone());
+            }
+            Step::Serve { instances, .. } => pending = Some(instances.clone()),
+            _ => {}
+        }
+    }
+    let find = |ids: &[String]| -> Vec<Instance> {
+        ids.iter()
+            .filter_map(|id| known.iter().find(|k| &k.id == id).cloned())
+            .collect()
+    };
+    // A reload killed before its confirmation left nginx on one of the two sets.
+    let (candidate, reapply) = match pending {
+        Some(p) if !p.is_empty() && all_healthy(d, spec, &find(&p)).await => (find(&p), true),
+        Some(_) => (find(&confirmed), true),
+        None => (find(&confirmed), false),
+    };
+    let mut serving = Vec::new();
+    for i in &candidate {
+        if healthy(d, spec, i).await {
+            serving.push(i.clone());
+        }
+    }
+    let reapply = reapply || serving.len() != candidate.len();
+
+    let mut rollout = Rollout::new(spec, id, kind, serving.clone());
+    rollout.remember_ports(&known);
+    if reapply && !serving.is_empty() {
+        match rollout.route(d, 0, &serving).await? {
+            Ok(Some(reload)) => {
+                rollout.drain(d, &reload).await?;
+            }
+            Ok(None) => {}
+            Err(m) => {
+                return Err(DeployError::Environment(format!(
+                    "{reason}; re-applying what nginx served failed: {m}"
+                )))
+            }
+        }
+    }
+    // Nothing that left the upstream stops before the workers that routed to it are gone.
+    if let (false, Some(reload)) = (reapply, &undrained) {
+        rollout.drain(d, reload).await?;
+    }
+    let mut strays = Vec::new();
+    for i in known
+        .iter()
+        .filter(|k| !serving.iter().any(|s| s.id == k.id))
+    {
+        if matches!(d.runtime.status(i).await?, InstanceStatus::Running { .. }) {
+            strays.push(i.clone());
+        }
+    }
+    rollout.retire(d, &strays).await?;
+    rollout.discard(d, &[]).await?;
+    Ok(rollout)
 }
