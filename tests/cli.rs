@@ -445,3 +445,58 @@ async fn status_still_reports_the_store_when_the_runtime_is_unreachable() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_killed_between_batches_is_finished_by_the_next_deploy_under_load() {
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
+    // Slow starts keep batch 2 in its health wait long enough to kill it there.
+    let project = Project::new(&app, r#", START_DELAY_MS = "1500""#);
+    let rolling = ["--strategy", "rolling"];
+    let deploy = |v: &'static str| [&["deploy", "web", "--version", v][..], &rolling].concat();
+    assert_exit(&project.run(&deploy("v1")), 0);
+    let load = project.load();
+    let mut child = project.command(&deploy("v2")).spawn().unwrap();
+    let store = project.store();
+    let name = Name::parse("web").unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "batch 1 routed and batch 2 waiting for health",
+        || async {
+            store.unfinished(&name).unwrap().is_some_and(|(_, j)| {
+                let steps: Vec<&str> = j.iter().map(|e| e.step.name()).collect();
+                let routed = steps.iter().position(|s| *s == "routed");
+                routed.is_some_and(|r| steps[r..].contains(&"wait_healthy"))
+            })
+        },
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL: no cleanup runs.
+    child.wait().unwrap();
+
+    let status = text(&project.run(&["status"]).stdout);
+    assert!(
+        status.contains("(deploy to v2) was interrupted after step `wait_healthy`"),
+        "{status}"
+    );
+    let finish = project.run(&deploy("v2"));
+    assert_exit(&finish, 0);
+    let (out, err) = (text(&finish.stdout), text(&finish.stderr));
+    assert!(err.contains("resuming: deployment #2"), "{err}");
+    assert!(out.contains("web v2 is live (rolling, was v1)"), "{out}");
+    let report = load.stop().await;
+    assert_no_failures(&report);
+
+    let history = store.history(None, 10).unwrap();
+    let outcomes: Vec<&str> = history.iter().map(|d| d.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["succeeded", "succeeded"],
+        "the rollout itself finished"
+    );
+    let record = store.service(&name).unwrap();
+    let active = record.active.unwrap();
+    assert_eq!((active.version.as_str(), active.instances.len()), ("v2", 2));
+    assert_eq!(record.retained[0].version.as_str(), "v1");
+}
