@@ -28,6 +28,33 @@ struct World {
 }
 
 impl World {
+    /// The journal steps written so far (`journal <step>` calls), in order.
+    fn journal_steps(&self) -> Vec<String> {
+        let calls = self.shared.calls();
+        calls
+            .into_iter()
+            .filter(|c| c.starts_with("journal"))
+            .collect()
+    }
+
+    /// The 1-based number, counted from journal write `from`, of the first `step` written.
+    fn step_number(&self, from: usize, step: &str) -> usize {
+        let steps = self.journal_steps();
+        let at = steps[from..]
+            .iter()
+            .position(|c| c == &format!("journal {step}"));
+        at.unwrap_or_else(|| panic!("no {step} in {steps:#?}")) + 1
+    }
+
+    /// Runs `work` as a process killed right after journal write `n`, then starts a new one.
+    async fn killed_during<F: std::future::Future>(&self, n: usize, work: F) {
+        self.shared.kill_after_journal(n, true);
+        let _ = tokio::time::timeout(Duration::from_secs(3600), work).await;
+        assert!(self.shared.is_dead(), "the kill switch fired at step {n}");
+        self.shared.revive();
+        self.host.restart();
+    }
+
     fn new() -> World {
         let shared = Shared::new();
         let config = Config::parse(CONFIG, Path::new("t.toml")).unwrap();
@@ -366,19 +393,9 @@ async fn a_lock_left_by_a_dead_process_or_stale_heartbeat_is_taken_over() {
 async fn journal_writes_in_a_deploy() -> usize {
     let w = World::new();
     w.deploy("v1").await.unwrap();
-    let before = w
-        .shared
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("journal"))
-        .count();
+    let before = w.journal_steps().len();
     w.deploy("v2").await.unwrap();
-    w.shared
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("journal"))
-        .count()
-        - before
+    w.journal_steps().len() - before
 }
 
 /// Kills the v1 -> v2 deploy after journal write `n`, then runs `next` in a new process.

@@ -7,19 +7,9 @@ use super::*;
 /// Journal writes in a clean v1 -> v2 rollout of `kind`.
 async fn journal_writes(kind: StrategyKind, surge: u16, unavailable: u16) -> usize {
     let w = rolling_world(kind, 3, surge, unavailable).await;
-    let before = w
-        .shared
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("journal"))
-        .count();
+    let before = w.journal_steps().len();
     w.roll("v2").await.unwrap();
-    w.shared
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("journal"))
-        .count()
-        - before
+    w.journal_steps().len() - before
 }
 
 #[tokio::test(start_paused = true)]
@@ -31,20 +21,9 @@ async fn a_rollout_killed_after_any_step_is_finished_by_deploy_or_restored_by_ro
         for n in 1..=steps {
             for then_rollback in [false, true] {
                 let w = rolling_world(kind, 3, surge, unavailable).await;
-                w.shared.kill_after_journal(n, true);
-                let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v2")).await;
-                assert!(w.shared.is_dead(), "{kind:?} step {n}");
-                w.shared.revive();
-                w.host.restart();
+                w.killed_during(n, w.roll("v2")).await;
                 let ctx = format!("{kind:?} step {n} rollback {then_rollback}");
                 let reloads = w.reloads();
-                let finished = w
-                    .store
-                    .service(&w.spec.name)
-                    .unwrap()
-                    .active
-                    .unwrap()
-                    .version;
                 if then_rollback {
                     w.roll_back().await.unwrap_or_else(|e| panic!("{ctx}: {e}"));
                     // Killed after the flip: rollback goes back to v1 from a finished v2.
@@ -53,7 +32,6 @@ async fn a_rollout_killed_after_any_step_is_finished_by_deploy_or_restored_by_ro
                     w.roll("v2").await.unwrap_or_else(|e| panic!("{ctx}: {e}"));
                     w.assert_consistent("v2");
                 }
-                let _ = finished;
                 w.assert_floor(reloads, 2);
                 assert!(
                     w.runtime.peak_running() <= 3 + usize::from(surge),
@@ -86,24 +64,9 @@ async fn redeploying_the_live_version_rolls_fresh_replicas() {
 /// Journal write number (1-based) of the first `step` in a clean v1 -> v2 rollout.
 async fn nth_journal(step: &str) -> usize {
     let w = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
-    let before = w
-        .shared
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("journal"))
-        .count();
+    let before = w.journal_steps().len();
     w.roll("v2").await.unwrap();
-    let journal: Vec<String> = w
-        .shared
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("journal"))
-        .collect();
-    journal[before..]
-        .iter()
-        .position(|c| c == &format!("journal {step}"))
-        .unwrap()
-        + 1
+    w.step_number(before, step)
 }
 
 #[tokio::test(start_paused = true)]
@@ -144,11 +107,7 @@ async fn a_resumed_rollout_drains_before_it_stops_what_left_the_upstream() {
     // took out without waiting for the workers that still routed to it.
     let n = nth_journal("routed").await;
     let w = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
-    w.shared.kill_after_journal(n, true);
-    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v2")).await;
-    assert!(w.shared.is_dead());
-    w.shared.revive();
-    w.host.restart();
+    w.killed_during(n, w.roll("v2")).await;
     let from = w.shared.calls().len();
     w.roll("v2").await.unwrap();
     let calls = w.shared.calls()[from..].to_vec();
@@ -174,19 +133,9 @@ async fn a_first_rollout_killed_after_traffic_moved_is_finished_not_torn_down() 
         let mut p = World::new();
         p.spec.strategy = StrategyKind::Rolling;
         p.roll("v1").await.unwrap();
-        let journal: Vec<String> = p
-            .shared
-            .calls()
-            .into_iter()
-            .filter(|c| c.starts_with("journal"))
-            .collect();
-        journal.iter().position(|c| c == "journal routed").unwrap() + 1
+        p.step_number(0, "routed")
     };
-    w.shared.kill_after_journal(n, true);
-    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v1")).await;
-    assert!(w.shared.is_dead());
-    w.shared.revive();
-    w.host.restart();
+    w.killed_during(n, w.roll("v1")).await;
     let err = w.roll_back().await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "nothing to roll back to: {err}");
     w.assert_consistent("v1");
@@ -214,30 +163,16 @@ async fn rollback_after_in_place_swaps_the_shared_ports_whatever_the_strategy_no
 
 /// Kills a first rolling deploy of v1 (3 replicas) after its first `step` journal write.
 async fn first_deploy_killed_after(step: &str) -> World {
-    let journal = {
-        let mut p = World::new();
-        p.spec.replicas = 3;
-        p.spec.strategy = StrategyKind::Rolling;
-        p.roll("v1").await.unwrap();
-        let calls = p.shared.calls();
-        calls
-            .into_iter()
-            .filter(|c| c.starts_with("journal"))
-            .collect::<Vec<_>>()
+    let first_deploy = || {
+        let mut w = World::new();
+        w.spec.replicas = 3;
+        w.spec.strategy = StrategyKind::Rolling;
+        w
     };
-    let n = journal
-        .iter()
-        .position(|c| c == &format!("journal {step}"))
-        .unwrap()
-        + 1;
-    let mut w = World::new();
-    w.spec.replicas = 3;
-    w.spec.strategy = StrategyKind::Rolling;
-    w.shared.kill_after_journal(n, true);
-    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll("v1")).await;
-    assert!(w.shared.is_dead());
-    w.shared.revive();
-    w.host.restart();
+    let p = first_deploy();
+    p.roll("v1").await.unwrap();
+    let w = first_deploy();
+    w.killed_during(p.step_number(0, step), w.roll("v1")).await;
     w
 }
 
@@ -313,30 +248,11 @@ async fn a_stray_that_will_not_stop_goes_back_to_its_slot_not_into_the_new_one()
     let n = {
         let p = rolling_world(StrategyKind::Rolling, 3, 1, 0).await;
         p.roll("v2").await.unwrap();
-        let before = p
-            .shared
-            .calls()
-            .iter()
-            .filter(|c| c.starts_with("journal"))
-            .count();
+        let before = p.journal_steps().len();
         p.roll_back().await.unwrap();
-        let journal: Vec<String> = p
-            .shared
-            .calls()
-            .into_iter()
-            .filter(|c| c.starts_with("journal"))
-            .collect();
-        journal[before..]
-            .iter()
-            .position(|c| c == "journal instance_started")
-            .unwrap()
-            + 1
+        p.step_number(before, "instance_started")
     };
-    w.shared.kill_after_journal(n, true);
-    let _ = tokio::time::timeout(Duration::from_secs(3600), w.roll_back()).await;
-    assert!(w.shared.is_dead());
-    w.shared.revive();
-    w.host.restart();
+    w.killed_during(n, w.roll_back()).await;
     w.runtime
         .unstoppable
         .borrow_mut()
