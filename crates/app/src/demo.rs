@@ -155,6 +155,17 @@ async fn demo_flow(
     Ok(summary)
 }
 
+/// A scene's own load: `connections` keep-alive connections, warm for a second.
+async fn scene_load(sandbox: &Sandbox, connections: usize) -> Load {
+    let mut config = LoadConfig::new(sandbox.url());
+    config.connections = connections;
+    config.max_requests = 5_000_000;
+    config.max_duration = Duration::from_secs(120);
+    let load = Load::start(config);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load
+}
+
 fn summarize(
     t: &LoadReport,
     runtime: &'static str,

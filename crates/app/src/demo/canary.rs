@@ -9,7 +9,7 @@ use serde::Serialize;
 use switchyard_engine::judge::{Measurement, Verdict};
 use switchyard_engine::{Event, Observer};
 
-use crate::load::{FailureKind, Load, LoadConfig};
+use crate::load::FailureKind;
 use crate::progress::{percent, Progress};
 use crate::sandbox::Sandbox;
 use crate::AppError;
@@ -92,12 +92,7 @@ pub async fn scene(
     connections: usize,
 ) -> Result<CanaryScene, AppError> {
     sandbox.ensure_image(version).await?;
-    let mut config = LoadConfig::new(sandbox.url());
-    config.connections = connections;
-    config.max_requests = 5_000_000;
-    config.max_duration = Duration::from_secs(120);
-    let load = Load::start(config);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = super::scene_load(sandbox, connections).await;
     let recorder = Recorder {
         progress: Progress::new(true),
         analyses: Mutex::default(),

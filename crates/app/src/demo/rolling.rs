@@ -8,7 +8,6 @@ use serde::Serialize;
 use switchyard_engine::config::StrategyKind;
 use switchyard_engine::deploy::rolling::RolloutReport;
 
-use crate::load::{Load, LoadConfig};
 use crate::progress::Progress;
 use crate::sandbox::Sandbox;
 use crate::AppError;
@@ -30,12 +29,7 @@ pub async fn scene(
     connections: usize,
 ) -> Result<RollingScene, AppError> {
     sandbox.ensure_image(version).await?;
-    let mut config = LoadConfig::new(sandbox.url());
-    config.connections = connections;
-    config.max_requests = 5_000_000;
-    config.max_duration = Duration::from_secs(120);
-    let load = Load::start(config);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = super::scene_load(sandbox, connections).await;
     let started = Instant::now();
     let result = sandbox
         .deploy_with(version, kind, &Progress::new(true))
