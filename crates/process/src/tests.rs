@@ -123,6 +123,22 @@ fn spec(service: &str, replica: u16, argv: &[&str]) -> InstanceSpec {
     }
 }
 
+/// A listener on a port below the kernel's ephemeral range, so no other test's replica
+/// (whose ports come from that range) can be handed it while this one holds it, and no port
+/// a parallel test just freed is taken from under it.
+fn squat() -> std::net::TcpListener {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    (20000..low)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("a free port below the ephemeral range")
+}
+
 async fn port_open(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -151,7 +167,8 @@ async fn start_serves_on_its_port_until_stopped() {
 
     fx.runtime.stop(&web, Duration::from_secs(5)).await.unwrap();
     assert_eq!(fx.status(&web).await, EXITED);
-    assert!(
+    // The kernel may release the listening socket a moment after the process is reaped.
+    assert_eventually!(
         !port_open(web.host_port).await,
         "port still open after stop"
     );
@@ -417,7 +434,7 @@ async fn start_reuses_the_host_port_a_stopped_replica_freed() {
 async fn start_on_a_host_port_held_by_another_process_names_it_after_the_wait() {
     let mut fx = Fixture::new();
     fx.runtime.port_wait = Duration::from_millis(300);
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let squatter = squat();
     let port = squatter.local_addr().unwrap().port();
 
     let began = Instant::now();
@@ -447,7 +464,7 @@ async fn start_on_a_host_port_held_by_another_process_names_it_after_the_wait() 
 #[tokio::test]
 async fn start_waits_for_a_requested_host_port_to_free() {
     let fx = Fixture::new();
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let squatter = squat();
     let port = squatter.local_addr().unwrap().port();
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
