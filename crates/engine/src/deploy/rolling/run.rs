@@ -133,12 +133,20 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             };
         }
         match restore(self, spec, &mut rollout, old.as_ref(), &message).await {
-            Ok(stays_on) => DeployError::Failed {
-                deployment: id,
-                service: spec.name.clone(),
-                stays_on,
-                message: format!("{message}; the replaced replicas were restored"),
-            },
+            Ok(stays_on) => {
+                let warnings: String = rollout
+                    .warnings
+                    .borrow()
+                    .iter()
+                    .map(|w| format!("; warning: {w}"))
+                    .collect();
+                DeployError::Failed {
+                    deployment: id,
+                    service: spec.name.clone(),
+                    stays_on,
+                    message: format!("{message}; the replaced replicas were restored{warnings}"),
+                }
+            }
             Err(e) => e,
         }
     }

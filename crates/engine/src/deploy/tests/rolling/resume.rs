@@ -231,6 +231,11 @@ async fn a_replica_that_will_not_stop_is_a_warning_not_an_endless_deployment() {
         .insert("sy-web-green-d2-r1".into());
     let err = w.roll("v2").await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(
+        err.to_string()
+            .contains("warning: stopping sy-web-blue-d1-r3: sy-web-blue-d1-r3: did not stop"),
+        "{err}"
+    );
     assert!(w.store.unfinished(&w.spec.name).unwrap().is_none());
     w.runtime.unhealthy_names.borrow_mut().clear();
     w.roll("v3").await.unwrap();
