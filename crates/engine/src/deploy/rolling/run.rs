@@ -25,8 +25,9 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         .await
     }
 
-    /// `rollback` of a rolling or in-place service: the newest retained version comes back
-    /// in batches, its stopped instances restarted.
+    /// A rollout to `version` within `strategy`'s bounds: a deploy starts fresh replicas; a
+    /// rollback restarts the stopped instances of the retained `version`, in batches too.
+    /// A plan that would empty the upstream is refused unless `allow_downtime` is set.
     pub(in crate::deploy) async fn run_rollout(
         &self,
         spec: &ServiceSpec,
