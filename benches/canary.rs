@@ -818,52 +818,25 @@ fn print_stepped(rows: &[SteppedRow]) {
     ]);
 }
 
-/// What the numbers were measured on.
+/// What the numbers were measured on: the shared [`common::Machine`], the runtime, and the
+/// Prometheus that scraped.
 #[derive(Debug, Serialize)]
 struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    memory_gib: f64,
-    kernel: String,
+    #[serde(flatten)]
+    host: common::Machine,
     runtime: &'static str,
-    docker: String,
-    nginx: String,
     prometheus: String,
 }
 
 impl Machine {
     async fn read(runtime: RuntimeChoice) -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem_kib: f64 = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
-        let docker_format = "{{.Server.Version}} (API {{.Server.APIVersion}})";
         let prometheus = output(switchyard_prometheus::testing::PROMETHEUS, &["--version"]).await;
         Machine {
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model: cpuinfo
-                .lines()
-                .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-                .unwrap_or("unknown")
-                .trim()
-                .to_owned(),
-            memory_gib: mem_kib / 1024.0 / 1024.0,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
+            host: common::Machine::read().await,
             runtime: match runtime {
                 RuntimeChoice::Docker => "docker",
                 RuntimeChoice::Process => "process",
             },
-            docker: output("docker", &["version", "--format", docker_format]).await,
-            nginx: output("nginx", &["-v"])
-                .await
-                .trim_start_matches("nginx version: ")
-                .to_owned(),
             prometheus: prometheus.lines().next().unwrap_or_default().to_owned(),
         }
     }
@@ -871,13 +844,13 @@ impl Machine {
     fn line(&self) -> String {
         format!(
             "machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}, {} runtime, Docker {}, {}, {}",
-            self.cpus,
-            self.cpu_model,
-            self.memory_gib,
-            self.kernel,
+            self.host.cpus,
+            self.host.cpu_model,
+            self.host.memory_gib,
+            self.host.kernel,
             self.runtime,
-            self.docker,
-            self.nginx,
+            self.host.docker,
+            self.host.nginx,
             self.prometheus
         )
     }

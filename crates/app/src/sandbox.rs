@@ -191,13 +191,18 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Builds `version`'s image where needed and parses the version.
+    async fn image_for(&self, version: &str) -> Result<Version, AppError> {
+        self.ensure_image(version).await?;
+        Version::parse(version).map_err(AppError::input)
+    }
+
     pub async fn deploy(
         &self,
         version: &str,
         observer: &dyn Observer,
     ) -> Result<DeployReport, AppError> {
-        self.ensure_image(version).await?;
-        let version = Version::parse(version).map_err(AppError::input)?;
+        let version = self.image_for(version).await?;
         Ok(self
             .live()
             .deployer(observer)
@@ -211,8 +216,7 @@ impl Sandbox {
         version: &str,
         observer: &dyn Observer,
     ) -> Result<DeployReport, AppError> {
-        self.ensure_image(version).await?;
-        let version = Version::parse(version).map_err(AppError::input)?;
+        let version = self.image_for(version).await?;
         let metrics = self.live().metrics(SERVICE)?;
         Ok(self
             .live()
@@ -231,8 +235,7 @@ impl Sandbox {
         if kind == StrategyKind::Canary {
             return self.deploy_canary(version, observer).await;
         }
-        self.ensure_image(version).await?;
-        let version = Version::parse(version).map_err(AppError::input)?;
+        let version = self.image_for(version).await?;
         let deployer = self.live().deployer(observer);
         Ok(match kind {
             StrategyKind::Rolling | StrategyKind::InPlace => {

@@ -4,9 +4,8 @@ use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
 use switchyard_engine::config::StrategyKind;
 use switchyard_engine::deploy::DeployReport;
-use switchyard_engine::Version;
 
-use super::{json, open};
+use super::{json, open, target};
 use crate::{Cli, Output};
 
 pub async fn deploy(
@@ -15,11 +14,7 @@ pub async fn deploy(
     version: &str,
     strategy: Option<&str>,
 ) -> Result<(), AppError> {
-    let version =
-        Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
-    let strategy = strategy
-        .map(|s| StrategyKind::parse(s).map_err(|e| AppError::input(format!("--strategy: {e}"))))
-        .transpose()?;
+    let (version, strategy) = target(version, strategy)?;
     let live = open(cli).await?;
     let spec = live.spec(service)?;
     live.ensure_nginx().await?;

@@ -12,7 +12,8 @@ mod validate;
 use serde::Serialize;
 use switchyard_app::live::Live;
 use switchyard_app::{settings, AppError};
-use switchyard_engine::Control;
+use switchyard_engine::config::StrategyKind;
+use switchyard_engine::{Control, Version};
 
 use crate::{Cli, Command, Output};
 
@@ -37,6 +38,19 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
         Command::Validate => validate::run(cli),
         Command::Demo(args) => demo::run(args).await,
     }
+}
+
+/// `--version` and `--strategy` of `deploy` and `plan`, checked.
+fn target(
+    version: &str,
+    strategy: Option<&str>,
+) -> Result<(Version, Option<StrategyKind>), AppError> {
+    let version =
+        Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
+    let strategy = strategy
+        .map(|s| StrategyKind::parse(s).map_err(|e| AppError::input(format!("--strategy: {e}"))))
+        .transpose()?;
+    Ok((version, strategy))
 }
 
 async fn open(cli: &Cli) -> Result<Live, AppError> {

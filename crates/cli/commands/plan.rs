@@ -5,9 +5,9 @@ use similar::TextDiff;
 use switchyard_app::AppError;
 use switchyard_engine::config::StrategyKind;
 use switchyard_engine::plan::{self, Plan};
-use switchyard_engine::{ConfigDiff, Router, Store, Version};
+use switchyard_engine::{ConfigDiff, Router, Store};
 
-use super::{json, open};
+use super::{json, open, target};
 use crate::Cli;
 
 #[derive(Serialize)]
@@ -23,11 +23,7 @@ pub async fn run(
     version: &str,
     strategy: Option<&str>,
 ) -> Result<(), AppError> {
-    let version =
-        Version::parse(version).map_err(|e| AppError::input(format!("--version: {e}")))?;
-    let strategy = strategy
-        .map(|s| StrategyKind::parse(s).map_err(|e| AppError::input(format!("--strategy: {e}"))))
-        .transpose()?;
+    let (version, strategy) = target(version, strategy)?;
     let live = open(cli).await?;
     let spec = live.spec(service)?;
     let record = live

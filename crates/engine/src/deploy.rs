@@ -307,21 +307,10 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             return Err(self.abort(spec, id, &new, old.as_ref(), message).await);
         }
 
-        self.journal(id, &spec.name, Step::WaitHealthy)?;
-        let healthy_ms = match health::wait_healthy(self, spec, &new).await {
+        let healthy_ms = match health::journaled(self, spec, id, &new).await? {
             Ok(ms) => ms,
             Err(message) => return Err(self.abort(spec, id, &new, old.as_ref(), message).await),
         };
-        self.journal(
-            id,
-            &spec.name,
-            Step::Healthy {
-                waited_ms: healthy_ms,
-            },
-        )?;
-        self.observer.event(&Event::Healthy {
-            waited_ms: healthy_ms,
-        });
 
         let reload = match self.route(spec, id, &new).await? {
             Ok(reload) => reload,
@@ -554,11 +543,16 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 });
             }
         }
+        self.finish(id, Outcome::Succeeded, message)
+    }
+
+    /// Records how deployment `id` ended and says so.
+    fn finish(&self, id: DeploymentId, outcome: Outcome, message: &str) -> Result<(), DeployError> {
         self.store
-            .finish(id, self.host.now_ms(), Outcome::Succeeded, message)?;
+            .finish(id, self.host.now_ms(), outcome, message)?;
         self.observer.event(&Event::Done {
             deployment: id,
-            outcome: Outcome::Succeeded,
+            outcome,
             message: message.to_owned(),
         });
         Ok(())
@@ -580,17 +574,9 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 return DeployError::Environment(format!("{message}; cleaning up also failed: {e}"))
             }
         }
-        if let Err(e) = self
-            .store
-            .finish(id, self.host.now_ms(), Outcome::Failed, &message)
-        {
-            return e.into();
+        if let Err(e) = self.finish(id, Outcome::Failed, &message) {
+            return e;
         }
-        self.observer.event(&Event::Done {
-            deployment: id,
-            outcome: Outcome::Failed,
-            message: message.clone(),
-        });
         DeployError::Failed {
             deployment: id,
             service: spec.name.clone(),

@@ -78,21 +78,10 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         if let Err(message) = self.start_fresh(spec, id, version, color, &mut new).await {
             return Err(self.abort(spec, id, &new, Some(&old), message).await);
         }
-        self.journal(id, &spec.name, Step::WaitHealthy)?;
-        let healthy_ms = match health::wait_healthy(self, spec, &new).await {
+        let healthy_ms = match health::journaled(self, spec, id, &new).await? {
             Ok(ms) => ms,
             Err(message) => return Err(self.abort(spec, id, &new, Some(&old), message).await),
         };
-        self.journal(
-            id,
-            &spec.name,
-            Step::Healthy {
-                waited_ms: healthy_ms,
-            },
-        )?;
-        self.observer.event(&Event::Healthy {
-            waited_ms: healthy_ms,
-        });
 
         let c = &spec.canary;
         let mut live: Option<Reload> = None;

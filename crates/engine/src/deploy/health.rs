@@ -7,10 +7,28 @@
 
 use tokio::time::Instant;
 
-use super::Deployer;
+use super::{DeployError, Deployer};
 use crate::config::ServiceSpec;
-use crate::model::Instance;
+use crate::model::{DeploymentId, Instance, Step};
 use crate::seams::*;
+
+/// [`wait_healthy`] between its two journal steps (`wait_healthy`, then `healthy`), saying
+/// so when it passes. The inner error is why the instances are not healthy.
+pub(super) async fn journaled<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    id: DeploymentId,
+    instances: &[Instance],
+) -> Result<Result<u64, String>, DeployError> {
+    d.journal(id, &spec.name, Step::WaitHealthy)?;
+    let waited_ms = match wait_healthy(d, spec, instances).await {
+        Ok(ms) => ms,
+        Err(message) => return Ok(Err(message)),
+    };
+    d.journal(id, &spec.name, Step::Healthy { waited_ms })?;
+    d.observer.event(&Event::Healthy { waited_ms });
+    Ok(Ok(waited_ms))
+}
 
 /// Returns the milliseconds waited, or why the slot is not healthy.
 pub(super) async fn wait_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(

@@ -251,25 +251,13 @@ impl<'r> Rollout<'r> {
         if added.is_empty() {
             return Ok((added, 0));
         }
-        d.journal(self.id, &self.spec.name, Step::WaitHealthy)?;
-        let healthy_ms = match health::wait_healthy(d, self.spec, &added).await {
-            Ok(ms) => ms,
+        match health::journaled(d, self.spec, self.id, &added).await? {
+            Ok(healthy_ms) => Ok((added, healthy_ms)),
             Err(m) => {
                 self.discard(d, &added).await?;
-                return Err(Halt::Batch(m));
+                Err(Halt::Batch(m))
             }
-        };
-        d.journal(
-            self.id,
-            &self.spec.name,
-            Step::Healthy {
-                waited_ms: healthy_ms,
-            },
-        )?;
-        d.observer.event(&Event::Healthy {
-            waited_ms: healthy_ms,
-        });
-        Ok((added, healthy_ms))
+        }
     }
 
     async fn batch<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(

@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use super::run::{restore, rollout_report};
 use super::{Halt, Rollout};
 use crate::config::{ServiceSpec, StrategyKind};
-use crate::deploy::recover::all_healthy;
 use crate::deploy::recover::instance_healthy as healthy;
 use crate::deploy::{DeployError, DeployReport, Deployer, Wanted};
 use crate::model::*;
@@ -158,24 +157,31 @@ async fn reconcile<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
             _ => {}
         }
     }
+    let pending_seen = pending.is_some();
     let find = |ids: &[String]| -> Vec<Instance> {
         ids.iter()
             .filter_map(|id| known.iter().find(|k| &k.id == id).cloned())
             .collect()
     };
-    // A reload killed before its confirmation left nginx on one of the two sets.
-    let (candidate, reapply) = match pending {
-        Some(p) if !p.is_empty() && all_healthy(d, spec, &find(&p)).await => (find(&p), true),
-        Some(_) => (find(&confirmed), true),
-        None => (find(&confirmed), false),
-    };
-    let mut serving = Vec::new();
-    for i in &candidate {
-        if healthy(d, spec, i).await {
-            serving.push(i.clone());
+    let confirmed = find(&confirmed);
+    // A reload killed before its confirmation left nginx on one of the two sets: the
+    // intended one if all of it is healthy, else the confirmed one; either way re-applied.
+    let (candidate, serving) = match pending.map(|p| find(&p)) {
+        Some(intended) if !intended.is_empty() => {
+            let up = healthy_only(d, spec, &intended).await;
+            if up.len() == intended.len() {
+                (intended, up)
+            } else {
+                let up = healthy_only(d, spec, &confirmed).await;
+                (confirmed, up)
+            }
         }
-    }
-    let reapply = reapply || serving.len() != candidate.len();
+        _ => {
+            let up = healthy_only(d, spec, &confirmed).await;
+            (confirmed, up)
+        }
+    };
+    let reapply = pending_seen || serving.len() != candidate.len();
 
     let mut rollout = Rollout::new(spec, id, kind, serving.clone());
     rollout.remember_ports(&known);
@@ -208,4 +214,19 @@ async fn reconcile<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     rollout.retire(d, &strays).await?;
     rollout.discard(d, &[]).await?;
     Ok(rollout)
+}
+
+/// The instances of `list` that are healthy now, each probed once.
+async fn healthy_only<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    list: &[Instance],
+) -> Vec<Instance> {
+    let mut up = Vec::new();
+    for i in list {
+        if healthy(d, spec, i).await {
+            up.push(i.clone());
+        }
+    }
+    up
 }

@@ -228,13 +228,7 @@ pub(super) async fn restore<R: Runtime, P: Prober, N: Router, S: Store, H: Host>
         None => "no version (nothing was live)".to_owned(),
     };
     rollout.discard(d, &[]).await?;
-    d.store
-        .finish(id, d.host.now_ms(), Outcome::Failed, message)?;
-    d.observer.event(&Event::Done {
-        deployment: id,
-        outcome: Outcome::Failed,
-        message: message.to_owned(),
-    });
+    d.finish(id, Outcome::Failed, message)?;
     Ok(stays_on)
 }
 

@@ -34,6 +34,14 @@ impl World {
         self.deployer().rollback(&self.spec).await
     }
 
+    /// The instance named `name` never passes a health probe.
+    fn fail_health(&self, name: &str) {
+        self.runtime
+            .unhealthy_names
+            .borrow_mut()
+            .insert(name.into());
+    }
+
     fn applied_since(&self, from: usize) -> Vec<Vec<SocketAddr>> {
         self.router.history.borrow()[from..].to_vec()
     }
@@ -131,10 +139,7 @@ async fn a_bad_version_failing_in_batch_two_restores_the_old_one() {
     let v1_ids = w.runtime.running();
     let reloads = w.reloads();
     // The second batch's replica (r1 of deployment 2) never passes its health check.
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-green-d2-r1".into());
+    w.fail_health("sy-web-green-d2-r1");
     let err = w.roll("v2").await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     let text = err.to_string();
@@ -160,10 +165,7 @@ async fn a_bad_version_failing_in_batch_two_restores_the_old_one() {
 async fn in_place_failure_restores_on_the_same_ports() {
     let w = rolling_world(StrategyKind::InPlace, 3, 0, 1).await;
     let ports = w.live_ports();
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-green-d2-r1".into());
+    w.fail_health("sy-web-green-d2-r1");
     let err = w.roll("v2").await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     w.assert_consistent("v1");
@@ -175,10 +177,7 @@ async fn in_place_failure_restores_on_the_same_ports() {
 async fn on_failure_pause_leaves_the_mix_for_deploy_to_finish() {
     let mut w = rolling_world(StrategyKind::Rolling, 4, 1, 0).await;
     w.spec.rolling.on_failure = OnFailure::Pause;
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-green-d2-r1".into());
+    w.fail_health("sy-web-green-d2-r1");
     let err = w.roll("v2").await.unwrap_err();
     assert_eq!(err.exit_code(), 1);
     assert!(err.to_string().contains("paused"), "{err}");
@@ -207,10 +206,7 @@ async fn on_failure_pause_then_rollback_restores_and_goes_no_further() {
     let mut w = rolling_world(StrategyKind::Rolling, 4, 1, 0).await;
     w.roll("v2").await.unwrap();
     w.spec.rolling.on_failure = OnFailure::Pause;
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-blue-d3-r2".into());
+    w.fail_health("sy-web-blue-d3-r2");
     w.roll("v3").await.unwrap_err();
     let report = w.roll_back().await.unwrap();
     assert_eq!(report.to.as_str(), "v2");

@@ -75,10 +75,7 @@ async fn after_a_restore_the_store_is_what_nginx_serves() {
     // routing to them. Fewer replicas than the live slot, then a failed batch:
     let mut w = rolling_world(StrategyKind::Rolling, 4, 1, 0).await;
     w.spec.replicas = 3;
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-green-d2-r1".into());
+    w.fail_health("sy-web-green-d2-r1");
     w.roll("v2").await.unwrap_err();
     w.assert_consistent("v1");
     w.runtime.unhealthy_names.borrow_mut().clear();
@@ -88,10 +85,7 @@ async fn after_a_restore_the_store_is_what_nginx_serves() {
     w.assert_floor(reloads, 3);
 
     // A redeploy of the live version that fails: the stopped old replica comes back.
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-blue-d4-r1".into());
+    w.fail_health("sy-web-blue-d4-r1");
     w.roll("v3").await.unwrap_err();
     w.assert_consistent("v3");
     w.runtime.unhealthy_names.borrow_mut().clear();
@@ -194,10 +188,7 @@ async fn a_first_rollout_killed_before_traffic_moved_is_dropped_for_the_next_ver
 async fn a_live_first_rollout_whose_replica_fails_on_resume_keeps_what_serves() {
     // Second review: finishing it failed a batch and restore(None) removed the live replica.
     let w = first_deploy_killed_after("routed").await;
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-blue-d1-r1".into());
+    w.fail_health("sy-web-blue-d1-r1");
     let err = w.roll("v1").await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     let live = w.live_versions();
@@ -225,10 +216,7 @@ async fn a_replica_that_will_not_stop_is_a_warning_not_an_endless_deployment() {
         .unstoppable
         .borrow_mut()
         .insert("sy-web-blue-d1-r3".into());
-    w.runtime
-        .unhealthy_names
-        .borrow_mut()
-        .insert("sy-web-green-d2-r1".into());
+    w.fail_health("sy-web-green-d2-r1");
     let err = w.roll("v2").await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     assert!(
