@@ -3,7 +3,7 @@
 
 use tokio::time::Instant;
 
-use super::{Halt, Rollout};
+use super::{batches, Halt, Rollout};
 use crate::config::{OnFailure, ServiceSpec, StrategyKind};
 use crate::deploy::{created_by, DeployError, DeployReport, Deployer, Wanted};
 use crate::model::*;
@@ -62,15 +62,20 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 serving.push(i.clone());
             }
         }
-        let mut probe = Rollout::new(spec, 0, strategy, serving.clone());
-        probe.towards(version, color, reuse.clone(), true);
-        if probe.has_gap() && !spec.rolling.allow_downtime {
+        // Nothing live is on the new deployment yet: the plan starts from every serving replica.
+        let bounds = spec.rolling.for_kind(strategy);
+        let limits = batches::Limits {
+            replicas: spec.replicas,
+            max_surge: bounds.max_surge,
+            max_unavailable: bounds.max_unavailable,
+        };
+        if batches::has_gap(limits, serving.len() as u16) && !spec.rolling.allow_downtime {
             return Err(DeployError::Refused(format!(
                 "{} with {} replica(s), max_surge {} and max_unavailable {} would take every replica out of the upstream at once, so requests would fail for the gap; set allow_downtime = true in [service.rolling] to accept that, or use rolling with max_surge >= 1",
                 strategy.as_str(),
                 spec.replicas,
-                probe.limits.max_surge,
-                probe.limits.max_unavailable
+                bounds.max_surge,
+                bounds.max_unavailable
             )));
         }
         let id = self.begin(spec, kind, strategy, old.as_ref(), version, color)?;
