@@ -85,6 +85,19 @@ env = {{ LATENCY_MS = "5" {env} }}
         Load::start(config)
     }
 
+    /// Waits until the running deployment of `web` has journaled steps that satisfy `reached`.
+    async fn until_journal(&self, what: &str, within: Duration, reached: impl Fn(&[&str]) -> bool) {
+        let store = self.store();
+        let name = Name::parse("web").unwrap();
+        eventually(within, what, || async {
+            store.unfinished(&name).unwrap().is_some_and(|(_, j)| {
+                let steps: Vec<&str> = j.iter().map(|e| e.step.name()).collect();
+                reached(&steps)
+            })
+        })
+        .await;
+    }
+
     fn store(&self) -> SqliteStore {
         SqliteStore::open(&self.dir.path().join("state/switchyard.db")).unwrap()
     }
@@ -285,17 +298,14 @@ async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_nex
         .unwrap();
     let store = project.store();
     let name = Name::parse("web").unwrap();
-    eventually(
-        Duration::from_secs(15),
-        "the deploy to reach its health wait",
-        || async {
-            store
-                .unfinished(&name)
-                .unwrap()
-                .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "wait_healthy"))
-        },
-    )
-    .await;
+    let health_wait = |steps: &[&str]| steps.contains(&"wait_healthy");
+    project
+        .until_journal(
+            "the deploy to reach its health wait",
+            Duration::from_secs(15),
+            health_wait,
+        )
+        .await;
     child.kill().unwrap(); // SIGKILL: no cleanup runs.
     child.wait().unwrap();
 
@@ -370,19 +380,14 @@ async fn a_paused_canary_is_shown_by_status_and_promoted_by_the_cli() {
         .command(&["deploy", "web", "--version", "v2", "--strategy", "canary"])
         .spawn()
         .unwrap();
-    let store = project.store();
-    let name = Name::parse("web").unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the canary to pause at 20%",
-        || async {
-            store
-                .unfinished(&name)
-                .unwrap()
-                .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "paused"))
-        },
-    )
-    .await;
+    let paused = |steps: &[&str]| steps.contains(&"paused");
+    project
+        .until_journal(
+            "the canary to pause at 20%",
+            Duration::from_secs(30),
+            paused,
+        )
+        .await;
     let status = text(&project.run(&["status"]).stdout);
     assert!(
         status.contains("canary: deployment #2 v2 at 20% of traffic (paused"),
@@ -460,18 +465,17 @@ async fn a_rollout_killed_between_batches_is_finished_by_the_next_deploy_under_l
     let mut child = project.command(&deploy("v2")).spawn().unwrap();
     let store = project.store();
     let name = Name::parse("web").unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "batch 1 routed and batch 2 waiting for health",
-        || async {
-            store.unfinished(&name).unwrap().is_some_and(|(_, j)| {
-                let steps: Vec<&str> = j.iter().map(|e| e.step.name()).collect();
-                let routed = steps.iter().position(|s| *s == "routed");
-                routed.is_some_and(|r| steps[r..].contains(&"wait_healthy"))
-            })
-        },
-    )
-    .await;
+    let in_batch_two = |steps: &[&str]| {
+        let routed = steps.iter().position(|s| *s == "routed");
+        routed.is_some_and(|r| steps[r..].contains(&"wait_healthy"))
+    };
+    project
+        .until_journal(
+            "batch 1 routed and batch 2 waiting for health",
+            Duration::from_secs(30),
+            in_batch_two,
+        )
+        .await;
     child.kill().unwrap(); // SIGKILL: no cleanup runs.
     child.wait().unwrap();
 
