@@ -158,6 +158,21 @@ pub struct HealthSpec {
 }
 
 impl ServiceSpec {
+    /// The bounds a deploy of `kind` moves within. Blue-green and canary start every new
+    /// replica beside the old ones and never take one out before its replacement serves:
+    /// a surge of `replicas` and no unavailability, which makes them one-batch rollouts.
+    pub fn bounds(&self, kind: StrategyKind) -> RollingSpec {
+        match kind {
+            StrategyKind::Rolling | StrategyKind::InPlace => self.rolling.for_kind(kind),
+            StrategyKind::BlueGreen | StrategyKind::Canary => RollingSpec {
+                max_surge: self.replicas,
+                max_unavailable: 0,
+                on_failure: OnFailure::Rollback,
+                allow_downtime: false,
+            },
+        }
+    }
+
     /// The image (or argv) for one version, with `{version}` substituted.
     pub fn source_for(&self, version: &Version) -> Source {
         let sub = |s: &str| s.replace("{version}", version.as_str());

@@ -1,15 +1,23 @@
-//! The blue-green deploy state machine: [`Deployer::deploy`] and [`Deployer::rollback`].
+//! The deploy engine: [`Deployer::deploy`], [`Deployer::canary`], [`Deployer::roll`] and
+//! [`Deployer::rollback`], one loop for every strategy.
 //!
-//! The order is the cutover protocol of DESIGN.md: start the new slot beside the live one,
-//! wait until every replica is healthy, swap nginx to it in one validated and confirmed
-//! reload, wait for the old workers to exit, and only then stop the old slot, which is kept
-//! for rollback. Every step is journaled before it is acted on, so a process killed anywhere
-//! leaves a deployment that [`recover`] finishes or rolls back on the next run.
+//! Every strategy is a sequence of moves towards a target serve set (which instances nginx
+//! routes to, on which track). Blue-green is one move, rolling one move per batch
+//! ([`rolling::batches`]), a canary one move per weighted step with a gate after each. One
+//! [`rollout::Rollout`] runs them all with one set of operations ([`ops`]): start what the
+//! move needs → wait healthy → journal the intended serve set → route → drain → retire what
+//! left the set. Every step is journaled before it is acted on, so a process killed anywhere
+//! leaves a deployment that [`resume`] re-applies from the journal's [`fold`] and then takes
+//! forward or back.
 
 pub mod canary;
+pub mod fold;
 mod health;
-mod recover;
+mod ops;
+mod resume;
 pub mod rolling;
+mod rollout;
+mod run;
 
 use std::time::Duration;
 
@@ -81,6 +89,7 @@ pub enum DeployError {
         deployment: DeploymentId,
         service: Name,
         stays_on: String,
+        cause: Cause,
         message: String,
     },
     /// Docker, nginx or the store could not be reached or misbehaved.
@@ -118,25 +127,14 @@ pub(crate) enum Wanted<'v> {
     Rollback,
 }
 
-/// What the new slot is made of.
-enum Target<'s> {
-    Fresh(Version),
-    /// A retained slot, restarted for rollback.
-    Reuse(&'s Slot),
-}
-
 impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, S, H> {
-    /// Deploys `version` of `spec` blue-green.
+    /// Deploys `version` of `spec` blue-green: one move to all new replicas.
     pub async fn deploy(
         &self,
         spec: &ServiceSpec,
         version: &Version,
     ) -> Result<DeployReport, DeployError> {
-        self.locked(spec, "deploy", Wanted::Deploy(version), |d| async move {
-            d.run(spec, DeployKind::Deploy, Target::Fresh(version.clone()))
-                .await
-        })
-        .await
+        self.roll(spec, version, StrategyKind::BlueGreen).await
     }
 
     /// Brings the newest retained version back, restarting its stopped instances.
@@ -157,17 +155,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                     .and_then(|(r, _)| StrategyKind::parse(&r.strategy).ok()),
                 None => None,
             };
-            let kind = match live_strategy {
-                Some(StrategyKind::InPlace) => StrategyKind::InPlace,
-                _ => spec.strategy,
+            let kind = match (live_strategy, spec.strategy) {
+                (Some(StrategyKind::InPlace), _) => StrategyKind::InPlace,
+                (_, StrategyKind::Canary) => StrategyKind::BlueGreen,
+                (_, kind) => kind,
             };
-            if kind.is_rolling() {
-                let version = slot.version.clone();
-                return d
-                    .run_rollout(spec, DeployKind::Rollback, &version, kind)
-                    .await;
-            }
-            d.run(spec, DeployKind::Rollback, Target::Reuse(slot)).await
+            let version = slot.version.clone();
+            d.run_rollout(spec, DeployKind::Rollback, &version, kind)
+                .await
         })
         .await
     }
@@ -188,7 +183,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let result = match self.store.unfinished(&spec.name) {
             Err(e) => Err(e.into()),
             Ok(Some((record, journal))) => {
-                match recover::resume(self, spec, &record, &journal, wanted).await {
+                match resume::resume(self, spec, &record, &journal, wanted).await {
                     Ok(None) => body(self).await,
                     // Finishing the interrupted deployment was what the command asked for.
                     Ok(Some(report)) => Ok(report),
@@ -273,255 +268,6 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         Ok(())
     }
 
-    async fn run(
-        &self,
-        spec: &ServiceSpec,
-        kind: DeployKind,
-        target: Target<'_>,
-    ) -> Result<DeployReport, DeployError> {
-        let started = tokio::time::Instant::now();
-        let record = self.store.service(&spec.name)?;
-        let old = record.active.clone();
-        let (version, color) = match &target {
-            Target::Fresh(v) => (
-                v.clone(),
-                old.as_ref().map_or(Color::Blue, |s| s.color.other()),
-            ),
-            Target::Reuse(slot) => (slot.version.clone(), slot.color),
-        };
-        let id = self.begin(
-            spec,
-            kind,
-            StrategyKind::BlueGreen,
-            old.as_ref(),
-            &version,
-            color,
-        )?;
-
-        let mut new = Vec::new();
-        let started_new = match &target {
-            Target::Fresh(v) => self.start_fresh(spec, id, v, color, &mut new).await,
-            Target::Reuse(slot) => self.restart_retained(spec, id, slot, &mut new).await,
-        };
-        if let Err(message) = started_new {
-            return Err(self.abort(spec, id, &new, old.as_ref(), message).await);
-        }
-
-        let healthy_ms = match health::journaled(self, spec, id, &new).await? {
-            Ok(ms) => ms,
-            Err(message) => return Err(self.abort(spec, id, &new, old.as_ref(), message).await),
-        };
-
-        let reload = match self.route(spec, id, &new).await? {
-            Ok(reload) => reload,
-            Err(message) => return Err(self.abort(spec, id, &new, old.as_ref(), message).await),
-        };
-        let (drained, warnings) = self.retire(spec, id, &reload, old.as_ref()).await?;
-        self.complete(spec, id, "deployed").await?;
-        Ok(DeployReport {
-            deployment: id,
-            service: spec.name.clone(),
-            kind,
-            from: old.map(|s| s.version),
-            to: version,
-            color,
-            healthy_ms,
-            reload,
-            drained,
-            total_ms: started.elapsed().as_millis() as u64,
-            warnings,
-            rollout: None,
-        })
-    }
-
-    async fn start_fresh(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        version: &Version,
-        color: Color,
-        new: &mut Vec<Instance>,
-    ) -> Result<(), String> {
-        for replica in 0..spec.replicas {
-            let instance_spec = InstanceSpec {
-                service: spec.name.clone(),
-                version: version.clone(),
-                color,
-                deployment: id,
-                replica,
-                source: spec.source_for(version),
-                port: spec.port,
-                env: spec.env.clone(),
-                host_port: None,
-            };
-            let name = instance_spec.instance_name();
-            self.journal(
-                id,
-                &spec.name,
-                Step::StartInstance {
-                    replica,
-                    name: name.clone(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            let instance = self
-                .runtime
-                .start(&instance_spec)
-                .await
-                .map_err(|e| format!("starting replica {replica}: {e}"))?;
-            self.note_started(spec, id, &instance, false)
-                .map_err(|e| e.to_string())?;
-            new.push(instance);
-        }
-        Ok(())
-    }
-
-    async fn restart_retained(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        slot: &Slot,
-        new: &mut Vec<Instance>,
-    ) -> Result<(), String> {
-        for old in &slot.instances {
-            let instance = Instance {
-                deployment: id,
-                ..old.clone()
-            };
-            self.journal(
-                id,
-                &spec.name,
-                Step::RestartInstance {
-                    instance: instance.clone(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            let restarted = self
-                .runtime
-                .restart(&instance)
-                .await
-                .map_err(|e| format!("restarting {}: {e}", instance.name))?;
-            let restarted = Instance {
-                deployment: id,
-                ..restarted
-            };
-            self.note_started(spec, id, &restarted, true)
-                .map_err(|e| e.to_string())?;
-            new.push(restarted);
-        }
-        Ok(())
-    }
-
-    fn note_started(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        instance: &Instance,
-        reused: bool,
-    ) -> Result<(), DeployError> {
-        self.journal(
-            id,
-            &spec.name,
-            Step::InstanceStarted {
-                instance: instance.clone(),
-            },
-        )?;
-        self.store.put_instance(instance, InstanceState::Starting)?;
-        self.observer.event(&Event::Started {
-            instance: instance.name.clone(),
-            addr: instance.addr(),
-            reused,
-        });
-        Ok(())
-    }
-
-    /// Moves all traffic to `new`. The inner error means nginx refused or never confirmed
-    /// the change, and traffic is where it was.
-    async fn route(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        new: &[Instance],
-    ) -> Result<Result<Reload, String>, DeployError> {
-        let set = upstream_set(spec, new);
-        self.journal(
-            id,
-            &spec.name,
-            Step::Route {
-                backends: set.backends.clone(),
-            },
-        )?;
-        match self.router.apply(&set).await {
-            Ok(reload) => {
-                self.journal(
-                    id,
-                    &spec.name,
-                    Step::Routed {
-                        generation: reload.generation,
-                        old_workers: reload.old_workers.clone(),
-                    },
-                )?;
-                self.observer.event(&Event::Reloaded {
-                    generation: reload.generation,
-                    confirm_ms: reload.confirm_ms,
-                });
-                Ok(Ok(reload))
-            }
-            // Every router error leaves the previous config live: the new slot is removed.
-            Err(e) => Ok(Err(e.to_string())),
-        }
-    }
-
-    /// After the flip: wait for the old workers, then stop the old slot and keep it.
-    async fn retire(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        reload: &Reload,
-        old: Option<&Slot>,
-    ) -> Result<(Drained, Vec<String>), DeployError> {
-        self.journal(id, &spec.name, Step::Drain)?;
-        let drained = self
-            .router
-            .wait_drained(reload, spec.drain_timeout)
-            .await
-            .map_err(|e| DeployError::Environment(e.to_string()))?;
-        self.journal(
-            id,
-            &spec.name,
-            Step::Drained {
-                waited_ms: drained.waited_ms,
-                lingering: drained.lingering.clone(),
-            },
-        )?;
-        self.observer.event(&Event::Drained {
-            waited_ms: drained.waited_ms,
-            lingering: drained.lingering.len(),
-        });
-        let mut warnings = Vec::new();
-        if !drained.lingering.is_empty() {
-            warnings.push(format!(
-                "old nginx workers {:?} still running after the drain timeout ({:?})",
-                drained.lingering, spec.drain_timeout
-            ));
-        }
-        let Some(old) = old.filter(|o| o.deployment != id) else {
-            return Ok((drained, warnings));
-        };
-        let ids = old.instances.iter().map(|i| i.id.clone()).collect();
-        self.journal(id, &spec.name, Step::StopOld { instances: ids })?;
-        for instance in &old.instances {
-            match self.runtime.stop(instance, spec.stop_timeout).await {
-                Ok(()) => self.observer.event(&Event::Stopped {
-                    instance: instance.name.clone(),
-                }),
-                Err(e) => warnings.push(format!("stopping {}: {e}", instance.name)),
-            }
-        }
-        self.journal(id, &spec.name, Step::OldStopped)?;
-        Ok((drained, warnings))
-    }
-
     /// Records the new slot as active, prunes retained slots beyond `retain`, finishes.
     async fn complete(
         &self,
@@ -557,92 +303,6 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         });
         Ok(())
     }
-
-    /// Takes a failed deployment's instances away, before any traffic reached them: fresh
-    /// ones are removed, restarted retained ones stopped and kept. Finishes as failed.
-    async fn abort(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        new: &[Instance],
-        old: Option<&Slot>,
-        message: String,
-    ) -> DeployError {
-        match self.remove_new(spec, id, new, &message).await {
-            Ok(()) => {}
-            Err(e) => {
-                return DeployError::Environment(format!("{message}; cleaning up also failed: {e}"))
-            }
-        }
-        if let Err(e) = self.finish(id, Outcome::Failed, &message) {
-            return e;
-        }
-        DeployError::Failed {
-            deployment: id,
-            service: spec.name.clone(),
-            stays_on: old.map_or("no version (nothing was live)".to_owned(), |s| {
-                s.version.to_string()
-            }),
-            message,
-        }
-    }
-
-    async fn remove_new(
-        &self,
-        spec: &ServiceSpec,
-        id: DeploymentId,
-        new: &[Instance],
-        reason: &str,
-    ) -> Result<(), DeployError> {
-        self.journal(
-            id,
-            &spec.name,
-            Step::RemoveNew {
-                reason: reason.to_owned(),
-            },
-        )?;
-        // Instances created but killed before they were journaled carry the deployment label.
-        let mut all: Vec<Instance> = new.to_vec();
-        for orphan in self.runtime.list(&spec.name).await? {
-            if orphan.deployment == id && !all.iter().any(|i| i.id == orphan.id) {
-                all.push(orphan);
-            }
-        }
-        for instance in &all {
-            if created_by(instance, id) {
-                self.runtime.remove(instance).await?;
-                self.store.put_instance(instance, InstanceState::Removed)?;
-                self.observer.event(&Event::Removed {
-                    instance: instance.name.clone(),
-                });
-            } else {
-                self.runtime.stop(instance, spec.stop_timeout).await?;
-                // Back into the slot it came from, so a retried rollback finds it whole.
-                let origin = Instance {
-                    deployment: created_in(instance).unwrap_or(instance.deployment),
-                    ..instance.clone()
-                };
-                self.store.put_instance(&origin, InstanceState::Retained)?;
-                self.observer.event(&Event::Stopped {
-                    instance: instance.name.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether deployment `id` created `instance`, rather than restarting a retained one.
-fn created_by(instance: &Instance, id: DeploymentId) -> bool {
-    created_in(instance) == Some(id)
-}
-
-/// The deployment that created `instance`, from its name (`…-d<id>-r<replica>`).
-fn created_in(instance: &Instance) -> Option<DeploymentId> {
-    let rest = instance
-        .name
-        .strip_suffix(&format!("-r{}", instance.replica))?;
-    rest.rsplit_once("-d")?.1.parse().ok()
 }
 
 /// Retained slots to remove: beyond `retain` distinct versions, and any copy of the active

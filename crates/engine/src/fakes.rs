@@ -210,6 +210,7 @@ impl Runtime for FakeRuntime {
             version: spec.version.clone(),
             color: spec.color,
             deployment: spec.deployment,
+            origin: spec.deployment,
             replica: spec.replica,
             host_port,
         };

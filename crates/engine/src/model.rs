@@ -83,7 +83,11 @@ pub struct Instance {
     pub service: Name,
     pub version: Version,
     pub color: Color,
+    /// The deployment the instance serves in now: the one that created it, or one that
+    /// restarted it (a rollback).
     pub deployment: DeploymentId,
+    /// The deployment that created it, which alone may remove it.
+    pub origin: DeploymentId,
     pub replica: u16,
     /// Published on 127.0.0.1 only.
     pub host_port: u16,
@@ -325,11 +329,20 @@ pub enum Step {
     Paused {
         weight_bp: u32,
     },
-    /// Intent of a rolling batch: nginx is to send traffic to exactly these instances.
+    /// Intent of a move (a blue-green flip, a rolling batch, a canary step, a way back):
+    /// nginx is to send the stable track to exactly these instances, and the canary track,
+    /// if any, to `canary`'s.
     Serve {
         batch: u32,
         instances: Vec<String>,
         backends: Vec<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary: Option<ServedCanary>,
+    },
+    /// The deployment failed for `cause` and goes back (or stops, `on_failure = "pause"`).
+    Failing {
+        cause: Cause,
+        reason: String,
     },
     /// A rolling deploy is going back to `version`, the one live before it.
     Restore {
@@ -369,6 +382,84 @@ impl Step {
             Step::Serve { .. } => "serve",
             Step::Restore { .. } => "restore",
             Step::Halted { .. } => "halted",
+            Step::Failing { .. } => "failing",
+        }
+    }
+}
+
+/// The canary track of a [`Step::Serve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedCanary {
+    pub instances: Vec<String>,
+    pub backends: Vec<SocketAddr>,
+    pub weight_bp: u32,
+}
+
+/// Why a deployment failed, as a type: journaled with [`Step::Failing`], carried by the
+/// error, and the `reason` label of `switchyard_rollbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// A replica would not start (or restart).
+    Start,
+    /// A replica did not pass its health check in time, exited, or stopped being healthy.
+    Unhealthy,
+    /// nginx refused or never confirmed a route change.
+    Nginx,
+    /// The judge failed the canary `failure_limit` times.
+    Threshold,
+    /// The judge had no verdict `inconclusive_limit` times in a row.
+    NoData,
+    /// `switchyard abort`.
+    Aborted,
+    /// The process was killed; the next run went back.
+    Interrupted,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 7] = [
+        Cause::Start,
+        Cause::Unhealthy,
+        Cause::Nginx,
+        Cause::Threshold,
+        Cause::NoData,
+        Cause::Aborted,
+        Cause::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Start => "start",
+            Cause::Unhealthy => "unhealthy",
+            Cause::Nginx => "nginx",
+            Cause::Threshold => "threshold",
+            Cause::NoData => "no_data",
+            Cause::Aborted => "aborted",
+            Cause::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A failed move: why, typed, and what a person reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub cause: Cause,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(cause: Cause, message: impl Into<String>) -> Failure {
+        Failure {
+            cause,
+            message: message.into(),
+        }
+    }
+
+    /// The same failure, its message prefixed (`batch 2: …`).
+    pub fn context(self, prefix: &str) -> Failure {
+        Failure {
+            message: format!("{prefix}: {}", self.message),
+            ..self
         }
     }
 }

@@ -209,6 +209,7 @@ mod tests {
                 version: Version::parse("v1").unwrap(),
                 color: Color::Blue,
                 deployment: 1,
+                origin: 1,
                 replica: r,
                 host_port: 4000 + r,
             })

@@ -1,4 +1,5 @@
-//! Waiting until a new slot is healthy: [`wait_healthy`].
+//! Waiting until new replicas are healthy ([`wait_healthy`]), and whether replicas are
+//! healthy now ([`instance_healthy`], [`healthy_only`]).
 //!
 //! Each replica must pass the HTTP health path `healthy_after` times in a row, polled every
 //! `interval`, before `deadline`; where the image defines a Docker HEALTHCHECK it must also
@@ -9,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{DeployError, Deployer};
 use crate::config::ServiceSpec;
-use crate::model::{DeploymentId, Instance, Step};
+use crate::model::{Cause, DeploymentId, Failure, Instance, Step};
 use crate::seams::*;
 
 /// [`wait_healthy`] between its two journal steps (`wait_healthy`, then `healthy`), saying
@@ -19,23 +20,23 @@ pub(super) async fn journaled<R: Runtime, P: Prober, N: Router, S: Store, H: Hos
     spec: &ServiceSpec,
     id: DeploymentId,
     instances: &[Instance],
-) -> Result<Result<u64, String>, DeployError> {
+) -> Result<Result<u64, Failure>, DeployError> {
     d.journal(id, &spec.name, Step::WaitHealthy)?;
-    let waited_ms = match wait_healthy(d, spec, instances).await {
+    let waited_ms = match wait_healthy(d, spec, instances).await? {
         Ok(ms) => ms,
-        Err(message) => return Ok(Err(message)),
+        Err(message) => return Ok(Err(Failure::new(Cause::Unhealthy, message))),
     };
     d.journal(id, &spec.name, Step::Healthy { waited_ms })?;
     d.observer.event(&Event::Healthy { waited_ms });
     Ok(Ok(waited_ms))
 }
 
-/// Returns the milliseconds waited, or why the slot is not healthy.
+/// Returns the milliseconds waited, or why the replicas are not healthy.
 pub(super) async fn wait_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     d: &Deployer<'_, R, P, N, S, H>,
     spec: &ServiceSpec,
     instances: &[Instance],
-) -> Result<u64, String> {
+) -> Result<Result<u64, String>, DeployError> {
     let h = &spec.health;
     let start = Instant::now();
     let mut next_heartbeat = start + super::HEARTBEAT_EVERY;
@@ -46,42 +47,12 @@ pub(super) async fn wait_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: 
             if passes[i] >= h.healthy_after {
                 continue;
             }
-            let health = match d.runtime.status(instance).await {
-                Ok(InstanceStatus::Running { health }) => health,
-                Ok(InstanceStatus::Exited { code }) => {
-                    let logs = d.runtime.logs(instance, 20).await;
-                    let code = code.map_or("unknown".to_owned(), |c| c.to_string());
-                    return Err(format!(
-                        "{} exited (code {code}) before it was healthy; last health response: {}; last output:\n{logs}",
-                        instance.name, last[i]
-                    ));
-                }
-                Ok(InstanceStatus::Missing) => {
-                    return Err(format!(
-                        "{} disappeared before it was healthy",
-                        instance.name
-                    ))
-                }
-                Err(e) => return Err(format!("checking {}: {e}", instance.name)),
+            let (ok, summary) = match check(d, spec, instance, &last[i]).await {
+                Ok(checked) => checked,
+                Err(message) => return Ok(Err(message)),
             };
-            if health == RuntimeHealth::Unhealthy {
-                return Err(format!(
-                    "{} is unhealthy by its Docker HEALTHCHECK; last health response: {}",
-                    instance.name, last[i]
-                ));
-            }
-            let probe = d.prober.probe(instance.addr(), &h.path, h.timeout).await;
-            let runtime_ok = matches!(health, RuntimeHealth::None | RuntimeHealth::Healthy);
-            passes[i] = if probe.ok && runtime_ok {
-                passes[i] + 1
-            } else {
-                0
-            };
-            last[i] = if probe.ok && !runtime_ok {
-                format!("{} (Docker HEALTHCHECK still starting)", probe.summary)
-            } else {
-                probe.summary
-            };
+            passes[i] = if ok { passes[i] + 1 } else { 0 };
+            last[i] = summary;
             d.observer.event(&Event::Waiting {
                 instance: instance.name.clone(),
                 passes: passes[i],
@@ -89,26 +60,95 @@ pub(super) async fn wait_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: 
                 last: last[i].clone(),
             });
         }
-        if passes.iter().all(|&p| p >= h.healthy_after) {
-            return Ok(start.elapsed().as_millis() as u64);
-        }
+        let waiting = passes.iter().position(|&p| p < h.healthy_after);
+        let Some(i) = waiting else {
+            return Ok(Ok(start.elapsed().as_millis() as u64));
+        };
         if start.elapsed() >= h.deadline {
-            let (i, instance) = instances
-                .iter()
-                .enumerate()
-                .find(|(i, _)| passes[*i] < h.healthy_after)
-                .expect("some replica is not yet healthy");
-            return Err(format!(
+            return Ok(Err(format!(
                 "{} did not pass GET {} {} times in a row within {:?}; last health response: {}",
-                instance.name, h.path, h.healthy_after, h.deadline, last[i]
-            ));
+                instances[i].name, h.path, h.healthy_after, h.deadline, last[i]
+            )));
         }
         if Instant::now() >= next_heartbeat {
             next_heartbeat += super::HEARTBEAT_EVERY;
             d.store
-                .heartbeat(&spec.name, d.host.pid(), d.host.now_ms())
-                .map_err(|e| e.to_string())?;
+                .heartbeat(&spec.name, d.host.pid(), d.host.now_ms())?;
         }
         tokio::time::sleep(h.interval).await;
     }
+}
+
+/// One check of one replica: whether it passed, and what it answered. The error means it
+/// cannot become healthy (it exited, vanished, or Docker calls it unhealthy).
+async fn check<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    instance: &Instance,
+    last: &str,
+) -> Result<(bool, String), String> {
+    let health = match d.runtime.status(instance).await {
+        Ok(InstanceStatus::Running { health }) => health,
+        Ok(InstanceStatus::Exited { code }) => {
+            let logs = d.runtime.logs(instance, 20).await;
+            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+            return Err(format!(
+                "{} exited (code {code}) before it was healthy; last health response: {last}; last output:\n{logs}",
+                instance.name
+            ));
+        }
+        Ok(InstanceStatus::Missing) => {
+            return Err(format!("{} disappeared before it was healthy", instance.name))
+        }
+        Err(e) => return Err(format!("checking {}: {e}", instance.name)),
+    };
+    if health == RuntimeHealth::Unhealthy {
+        return Err(format!(
+            "{} is unhealthy by its Docker HEALTHCHECK; last health response: {last}",
+            instance.name
+        ));
+    }
+    let h = &spec.health;
+    let probe = d.prober.probe(instance.addr(), &h.path, h.timeout).await;
+    let runtime_ok = matches!(health, RuntimeHealth::None | RuntimeHealth::Healthy);
+    let summary = if probe.ok && !runtime_ok {
+        format!("{} (Docker HEALTHCHECK still starting)", probe.summary)
+    } else {
+        probe.summary
+    };
+    Ok((probe.ok && runtime_ok, summary))
+}
+
+/// Running (and Docker-healthy, where the image has a check) and passing the health path.
+pub(super) async fn instance_healthy<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    instance: &Instance,
+) -> bool {
+    let running = matches!(
+        d.runtime.status(instance).await,
+        Ok(InstanceStatus::Running {
+            health: RuntimeHealth::None | RuntimeHealth::Healthy
+        })
+    );
+    running
+        && d.prober
+            .probe(instance.addr(), &spec.health.path, spec.health.timeout)
+            .await
+            .ok
+}
+
+/// The instances of `list` that are healthy now, each probed once.
+pub(super) async fn healthy_only<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    list: &[Instance],
+) -> Vec<Instance> {
+    let mut up = Vec::new();
+    for i in list {
+        if instance_healthy(d, spec, i).await {
+            up.push(i.clone());
+        }
+    }
+    up
 }

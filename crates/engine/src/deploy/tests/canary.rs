@@ -71,7 +71,10 @@ async fn a_good_canary_steps_through_and_is_promoted() {
         .1
         .iter()
         .filter_map(|e| match e.step {
-            Step::Shifted { weight_bp, .. } => Some(weight_bp),
+            Step::Serve {
+                canary: Some(ref c),
+                ..
+            } => Some(c.weight_bp),
             _ => None,
         })
         .collect();
@@ -285,7 +288,10 @@ async fn a_canary_killed_after_any_step_is_settled_by_the_next_deploy() {
         let interrupted = w.store.unfinished(&w.spec.name).unwrap();
         let promoting = interrupted
             .as_ref()
-            .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "route"));
+            .is_some_and(|(_, j)| {
+                j.iter()
+                    .any(|e| matches!(e.step, Step::Serve { canary: None, .. }))
+            });
         w.deploy("v3")
             .await
             .unwrap_or_else(|e| panic!("step {n}: {e}"));
