@@ -35,7 +35,9 @@ pub fn instance_from(c: ContainerSummary) -> Option<Instance> {
         service: Name::parse(get(SERVICE)?).ok()?,
         version: Version::parse(get(VERSION)?).ok()?,
         color: Color::parse(get(COLOR)?)?,
+        // Labels are written once, at creation: the deployment that created the container.
         deployment: get(DEPLOYMENT)?.parse().ok()?,
+        origin: get(DEPLOYMENT)?.parse().ok()?,
         replica: get(REPLICA)?.parse().ok()?,
         host_port: get(HOST_PORT)?.parse().ok()?,
     })

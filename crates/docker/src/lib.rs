@@ -157,6 +157,7 @@ impl DockerRuntime {
             version: spec.version.clone(),
             color: spec.color,
             deployment: spec.deployment,
+            origin: spec.deployment,
             replica: spec.replica,
             host_port,
         })

@@ -86,7 +86,9 @@ pub struct Instance {
     /// The deployment the instance serves in now: the one that created it, or one that
     /// restarted it (a rollback).
     pub deployment: DeploymentId,
-    /// The deployment that created it, which alone may remove it.
+    /// The deployment that created it, which alone may remove it. (Records written before
+    /// it existed are given it when the store migrates, and by the process runtime's label.)
+    #[serde(default)]
     pub origin: DeploymentId,
     pub replica: u16,
     /// Published on 127.0.0.1 only.

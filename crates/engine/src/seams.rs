@@ -191,8 +191,6 @@ pub trait Store {
     /// Inserts or replaces an instance row.
     fn put_instance(&self, instance: &Instance, state: InstanceState) -> Result<(), StoreError>;
     fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<(), StoreError>;
-    /// Instances of `service` in state `Starting` that belong to deployment `id`.
-    fn starting(&self, id: DeploymentId) -> Result<Vec<Instance>, StoreError>;
     /// The active slot and the retained slots, newest first.
     fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError>;
     /// In one transaction: the deployment's instances become active, the previously active

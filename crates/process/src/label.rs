@@ -40,8 +40,15 @@ pub(crate) fn path(dir: &Path, name: &str, ext: &str) -> Result<PathBuf, Runtime
 pub(crate) async fn read(dir: &Path, name: &str) -> Result<Option<Label>, RuntimeError> {
     let file = path(dir, name, "json")?;
     match tokio::fs::read(&file).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Ok(bytes) => serde_json::from_slice::<Label>(&bytes)
+            .map(|mut label| {
+                // A label written before instances recorded their origin: the deployment in
+                // it is the one that created the process.
+                if label.instance.origin == 0 {
+                    label.instance.origin = label.instance.deployment;
+                }
+                Some(label)
+            })
             .map_err(|e| failed(name, format!("reading {}: {e}", file.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(failed(

@@ -175,6 +175,7 @@ impl Runtime for ProcessRuntime {
             version: spec.version.clone(),
             color: spec.color,
             deployment: spec.deployment,
+            origin: spec.deployment,
             replica: spec.replica,
             host_port: port,
         };

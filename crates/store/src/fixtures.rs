@@ -54,6 +54,7 @@ pub(crate) fn instance(
             Color::Blue
         },
         deployment,
+        origin: deployment,
         replica,
         host_port,
     }

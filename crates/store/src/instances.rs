@@ -10,7 +10,8 @@ use switchyard_engine::{
 
 use crate::{SqliteStore, NOW_MS};
 
-const COLUMNS: &str = "id, name, service, version, color, deployment, replica, host_port, state";
+const COLUMNS: &str =
+    "id, name, service, version, color, deployment, replica, host_port, state, origin";
 
 /// An `instances` row as SQLite returns it, before its columns are checked.
 struct Row {
@@ -23,6 +24,7 @@ struct Row {
     replica: i64,
     host_port: i64,
     state: String,
+    origin: i64,
 }
 
 pub(crate) fn put(
@@ -35,12 +37,13 @@ pub(crate) fn put(
         .execute(
             &format!(
                 "INSERT INTO instances ({COLUMNS}, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NOW_MS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {NOW_MS})
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name,
                      service = excluded.service, version = excluded.version,
                      color = excluded.color, deployment = excluded.deployment,
                      replica = excluded.replica, host_port = excluded.host_port,
-                     state = excluded.state, updated_ms = excluded.updated_ms"
+                     state = excluded.state, origin = excluded.origin,
+                     updated_ms = excluded.updated_ms"
             ),
             params![
                 instance.id,
@@ -52,6 +55,7 @@ pub(crate) fn put(
                 instance.replica,
                 instance.host_port,
                 state.as_str(),
+                instance.origin,
             ],
         )
         .map_err(|e| store.error(format_args!("recording instance {}", instance.name), e))?;
@@ -76,18 +80,6 @@ pub(crate) fn set_state(
         return Err(store.error(&doing, "no such instance"));
     }
     Ok(())
-}
-
-pub(crate) fn starting(store: &SqliteStore, id: DeploymentId) -> Result<Vec<Instance>, StoreError> {
-    let rows = select(
-        store,
-        &format!("reading the starting instances of deployment {id}"),
-        &format!(
-            "SELECT {COLUMNS} FROM instances WHERE deployment = ?1 AND state = ?2 ORDER BY replica"
-        ),
-        params![id, InstanceState::Starting.as_str()],
-    )?;
-    Ok(rows.into_iter().map(|(instance, _)| instance).collect())
 }
 
 pub(crate) fn service(store: &SqliteStore, service: &Name) -> Result<ServiceRecord, StoreError> {
@@ -197,6 +189,7 @@ fn select(
                 replica: row.get(6)?,
                 host_port: row.get(7)?,
                 state: row.get(8)?,
+                origin: row.get(9)?,
             })
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -213,6 +206,7 @@ fn decode(store: &SqliteStore, row: Row) -> Result<(Instance, InstanceState), St
         version: store.decode(table, "version", row.version, |s| Version::parse(s).ok())?,
         color: store.decode(table, "color", row.color, |s| Color::parse(s))?,
         deployment: row.deployment,
+        origin: row.origin,
         replica: store.decode(table, "replica", row.replica, |n| u16::try_from(*n).ok())?,
         host_port: store.decode(table, "host_port", row.host_port, |n| {
             u16::try_from(*n).ok()
@@ -224,10 +218,23 @@ fn decode(store: &SqliteStore, row: Row) -> Result<(Instance, InstanceState), St
 
 #[cfg(test)]
 mod tests {
-    use switchyard_engine::{Instance, InstanceState, ServiceRecord, Store};
+    use switchyard_engine::Store;
 
+    use super::*;
     use crate::fixtures::{deployment, instance, name};
-    use crate::SqliteStore;
+
+    /// The instances of deployment `id` in state `Starting`, by replica.
+    fn starting(store: &SqliteStore, id: DeploymentId) -> Result<Vec<Instance>, StoreError> {
+        let rows = select(
+            store,
+            &format!("reading the starting instances of deployment {id}"),
+            &format!(
+                "SELECT {COLUMNS} FROM instances WHERE deployment = ?1 AND state = ?2 ORDER BY replica"
+            ),
+            params![id, InstanceState::Starting.as_str()],
+        )?;
+        Ok(rows.into_iter().map(|(instance, _)| instance).collect())
+    }
 
     /// A store with deployment `d` of web at version `v`, its replicas put in `state`.
     fn deploy(store: &SqliteStore, v: &str, replicas: u16, state: InstanceState) -> Vec<Instance> {
@@ -247,12 +254,12 @@ mod tests {
     fn put_instance_upserts_by_id() {
         let store = SqliteStore::open_in_memory().unwrap();
         let mut i = deploy(&store, "v1", 1, InstanceState::Starting).remove(0);
-        assert_eq!(store.starting(i.deployment).unwrap(), [i.clone()]);
+        assert_eq!(starting(&store, i.deployment).unwrap(), [i.clone()]);
         i.host_port = 5555;
         store.put_instance(&i, InstanceState::Starting).unwrap();
-        assert_eq!(store.starting(i.deployment).unwrap(), [i.clone()]);
+        assert_eq!(starting(&store, i.deployment).unwrap(), [i.clone()]);
         store.put_instance(&i, InstanceState::Active).unwrap();
-        assert!(store.starting(i.deployment).unwrap().is_empty());
+        assert!(starting(&store, i.deployment).unwrap().is_empty());
     }
 
     #[test]
@@ -263,9 +270,9 @@ mod tests {
         store
             .set_instance_state(&v2[1].id, InstanceState::Removed)
             .unwrap();
-        assert_eq!(store.starting(v1[0].deployment).unwrap(), v1);
+        assert_eq!(starting(&store, v1[0].deployment).unwrap(), v1);
         assert_eq!(
-            store.starting(v2[0].deployment).unwrap(),
+            starting(&store, v2[0].deployment).unwrap(),
             [v2[0].clone(), v2[2].clone()]
         );
     }
@@ -301,7 +308,7 @@ mod tests {
         assert_eq!(active.color, v1[0].color);
         assert_eq!(active.instances, v1);
         assert!(record.retained.is_empty());
-        assert!(store.starting(v1[0].deployment).unwrap().is_empty());
+        assert!(starting(&store, v1[0].deployment).unwrap().is_empty());
 
         let v2 = deploy(&store, "v2", 2, InstanceState::Starting);
         store.activate(&name("web"), v2[0].deployment).unwrap();
@@ -388,7 +395,7 @@ mod tests {
             .conn
             .execute("UPDATE instances SET host_port = 70000", [])
             .unwrap();
-        let err = store.starting(v1[0].deployment).unwrap_err();
+        let err = starting(&store, v1[0].deployment).unwrap_err();
         assert!(err.0.contains("table instances, column host_port"), "{err}");
     }
 }

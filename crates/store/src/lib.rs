@@ -194,9 +194,6 @@ impl Store for SqliteStore {
         instances::set_state(self, id, state)
     }
 
-    fn starting(&self, id: DeploymentId) -> Result<Vec<Instance>, StoreError> {
-        instances::starting(self, id)
-    }
 
     fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError> {
         instances::service(self, service)

@@ -79,7 +79,15 @@ CREATE TABLE controls (
 );
 ";
 
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: every instance records the deployment that created it (`origin`), which alone
+/// may remove it. Rows and journal entries written before are backfilled by [`backfill_origin`]
+/// from the instance name, `sy-<service>-<colour>-d<deployment>-r<replica>`, the one place a
+/// name is ever parsed.
+const V3: &str = "
+ALTER TABLE instances ADD COLUMN origin INTEGER NOT NULL DEFAULT 0;
+";
+
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const CURRENT: u32 = MIGRATIONS.len() as u32;
@@ -102,10 +110,57 @@ pub fn migrate(conn: &Connection) -> Result<(), String> {
         let to = from + 1;
         tx.execute_batch(sql)
             .map_err(|e| format!("to version {to}: {e}"))?;
+        if to == 3 {
+            backfill_origin(&tx).map_err(|e| format!("to version {to}: {e}"))?;
+        }
         tx.pragma_update(None, "user_version", to)
             .map_err(|e| format!("to version {to}: {e}"))?;
     }
     tx.commit().map_err(|e| e.to_string())
+}
+
+/// The deployment that created an instance named `name`, from the name written before
+/// instances recorded it.
+fn origin_in(name: &str, replica: i64) -> Option<i64> {
+    let rest = name.strip_suffix(&format!("-r{replica}"))?;
+    rest.rsplit_once("-d")?.1.parse().ok()
+}
+
+/// Gives every `instances` row, and every instance in the journal, its `origin`.
+fn backfill_origin(tx: &Transaction) -> rusqlite::Result<()> {
+    let rows: Vec<(String, String, i64, i64)> = tx
+        .prepare("SELECT id, name, replica, deployment FROM instances WHERE origin = 0")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, name, replica, deployment) in rows {
+        let origin = origin_in(&name, replica).unwrap_or(deployment);
+        tx.execute("UPDATE instances SET origin = ?2 WHERE id = ?1", (id, origin))?;
+    }
+    let entries: Vec<(i64, i64, String)> = tx
+        .prepare("SELECT deployment, seq, step FROM journal WHERE step LIKE '%\"instance\":{%'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (deployment, seq, step) in entries {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&step) else {
+            continue;
+        };
+        let Some(instance) = value.get_mut("instance").and_then(|i| i.as_object_mut()) else {
+            continue;
+        };
+        if instance.contains_key("origin") {
+            continue;
+        }
+        let name = instance.get("name").and_then(|n| n.as_str()).unwrap_or("");
+        let replica = instance.get("replica").and_then(|r| r.as_i64()).unwrap_or(-1);
+        let own = instance.get("deployment").and_then(|d| d.as_i64()).unwrap_or(0);
+        let origin = origin_in(name, replica).unwrap_or(own);
+        instance.insert("origin".into(), origin.into());
+        tx.execute(
+            "UPDATE journal SET step = ?3 WHERE deployment = ?1 AND seq = ?2",
+            (deployment, seq, value.to_string()),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

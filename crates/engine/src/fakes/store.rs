@@ -230,14 +230,6 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn starting(&self, id: DeploymentId) -> Result<Vec<Instance>, StoreError> {
-        let st = self.state.borrow();
-        let starting = st
-            .instances
-            .values()
-            .filter(|(i, s)| i.deployment == id && *s == InstanceState::Starting);
-        Ok(starting.map(|(i, _)| i.clone()).collect())
-    }
 
     fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError> {
         Ok(ServiceRecord {
