@@ -190,12 +190,13 @@ async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<Servic
                 last_check: None,
                 thresholds: thresholds(spec),
             };
+            let folded = switchyard_engine::deploy::fold::fold(d.id, &journal, &[]);
+            if let Some((_, weight_bp)) = folded.confirmed.canary {
+                report.weight_percent = f64::from(weight_bp) / 100.0;
+            }
             for entry in &journal {
                 match &entry.step {
-                    Step::Shifted { weight_bp, .. } => {
-                        report.weight_percent = f64::from(*weight_bp) / 100.0;
-                        report.paused = false;
-                    }
+                    Step::Serve { .. } => report.paused = false,
                     Step::Paused { .. } => report.paused = true,
                     Step::Analysis {
                         verdict, detail, ..

@@ -190,6 +190,40 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_database_gets_each_instances_origin_from_its_name() {
+        // Rows and journal entries written before instances recorded their origin: a
+        // rollback (deployment 7) restarted an instance deployment 5 created.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(V2).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deployments VALUES (7, 'web', 'rollback', 'blue-green', 'v2', 'v1',
+                 'blue', 'me', 1, NULL, 'running', '');
+             INSERT INTO instances VALUES ('c1', 'sy-my-db-blue-d5-r1', 'my-db', 'v1', 'blue',
+                 7, 1, 4001, 'starting', 1);
+             INSERT INTO journal VALUES (7, 1, 1, 'restart_instance',
+                 '{\"step\":\"restart_instance\",\"instance\":{\"id\":\"c1\",\"name\":\"sy-my-db-blue-d5-r1\",\"service\":\"my-db\",\"version\":\"v1\",\"color\":\"blue\",\"deployment\":7,\"replica\":1,\"host_port\":4001}}');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let origin: i64 = conn
+            .query_row("SELECT origin FROM instances WHERE id = 'c1'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(origin, 5);
+        let step: String = conn
+            .query_row("SELECT step FROM journal WHERE seq = 1", [], |r| r.get(0))
+            .unwrap();
+        let step: switchyard_engine::Step = serde_json::from_str(&step).unwrap();
+        match step {
+            switchyard_engine::Step::RestartInstance { instance } => {
+                assert_eq!((instance.deployment, instance.origin), (7, 5))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_new_database_gets_every_table_and_the_current_version() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();

@@ -7,9 +7,10 @@
 //!   their durations, start to finish;
 //! - `switchyard_rollbacks_total{service,reason}`: deployments that took traffic back, by
 //!   [`rollback_reason`];
-//! - `switchyard_reload_duration_seconds{service,step}`: journal timestamps from `route` to
-//!   `routed` (`step="route"`) and from `shift` to `shifted` (`step="shift"`): render,
-//!   validate, reload and confirm, including a running deployment's reloads so far.
+//! - `switchyard_reload_duration_seconds{service,step}`: journal timestamps from each route
+//!   change (`serve`) to its confirmation (`routed`), `step="shift"` for canary steps and
+//!   `step="route"` for every other: render, validate, reload and confirm, including a
+//!   running deployment's reloads so far.
 //!
 //! A finished deployment never changes, so what it contributes ([`Facts`]) is computed once
 //! and cached; only new and running deployments are read with their journals. Every series
@@ -20,20 +21,22 @@ use std::collections::{BTreeMap, HashMap};
 
 use prometheus::proto::MetricFamily;
 use switchyard_engine::{
-    DeployKind, DeploymentId, DeploymentRecord, JournalEntry, Outcome, Step, Store, StoreError,
+    Cause, DeployKind, DeploymentId, DeploymentRecord, JournalEntry, Outcome, Step, Store,
+    StoreError,
 };
 use switchyard_store::SqliteStore;
 
 use super::exposition::{Family, Histogram};
 
-pub const STRATEGIES: [&str; 2] = ["blue-green", "canary"];
+pub const STRATEGIES: [&str; 4] = ["blue-green", "canary", "rolling", "in-place"];
 pub const OUTCOMES: [&str; 2] = ["succeeded", "failed"];
 /// See [`rollback_reason`].
-pub const ROLLBACK_REASONS: [&str; 8] = [
+pub const ROLLBACK_REASONS: [&str; 9] = [
     "threshold",
     "no_data",
     "aborted",
     "unhealthy",
+    "start",
     "manual",
     "interrupted",
     "nginx",
@@ -51,14 +54,13 @@ pub const RELOAD_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 /// Why a finished deployment took traffic back, or None if it did not:
 ///
 /// - `manual`: a `switchyard rollback` (kind `rollback`), whatever its outcome;
-/// - for a failed canary, or a failed deployment whose journal routed traffic back:
-///   `interrupted` (killed, and the next run rolled it back), `aborted`
-///   (`switchyard abort`), `threshold` (failed checks reached the failure limit),
-///   `no_data` (checks without a verdict reached the inconclusive limit), `unhealthy`
-///   (it failed in its health wait, before any traffic: the journal has `wait_healthy` and
-///   no `shift`), `nginx` (nginx refused a step), `other`.
+/// - for a failed canary, or a failed deployment that had moved traffic (a confirmed route
+///   change before it failed: a rolling batch, a resumed flip), the [`Cause`] its journal
+///   recorded in `failing`: `start`, `unhealthy`, `nginx`, `threshold`, `no_data`,
+///   `aborted`, `interrupted`; `other` for a journal written before causes were recorded.
 ///
-/// A failed blue-green deploy never moved traffic: it is not a rollback.
+/// A failed blue-green deploy that never moved traffic is not a rollback. Nothing here reads
+/// the wording of a message.
 pub fn rollback_reason(d: &DeploymentRecord, journal: &[JournalEntry]) -> Option<&'static str> {
     if d.outcome == Outcome::Running {
         return None;
@@ -66,51 +68,43 @@ pub fn rollback_reason(d: &DeploymentRecord, journal: &[JournalEntry]) -> Option
     if d.kind == DeployKind::Rollback {
         return Some("manual");
     }
-    let routed_back = journal
-        .iter()
-        .any(|e| matches!(e.step, Step::RoutedBack { .. }));
-    if d.outcome != Outcome::Failed || !(d.strategy == "canary" || routed_back) {
+    if d.outcome != Outcome::Failed {
         return None;
     }
-    let has = |step: &str| journal.iter().any(|e| e.step.name() == step);
-    let m = d.message.as_str();
-    Some(if m.contains("was interrupted after step") {
-        "interrupted"
-    } else if m.contains("aborted by `switchyard abort`") {
-        "aborted"
-    } else if m.contains("failed check(s)") {
-        "threshold"
-    } else if m.contains("without a verdict") {
-        "no_data"
-    } else if !has("shift") && has("wait_healthy") {
-        "unhealthy"
-    } else if m.contains("nginx") {
-        "nginx"
-    } else {
-        "other"
-    })
+    let mut moved = d.strategy == "canary";
+    let mut cause = None;
+    for entry in journal {
+        match &entry.step {
+            Step::Routed { .. } | Step::Shifted { .. } | Step::RoutedBack { .. } if cause.is_none() => {
+                moved = true
+            }
+            Step::Failing { cause: c, .. } => cause = cause.or(Some(*c)),
+            _ => {}
+        }
+    }
+    moved.then(|| cause.map_or("other", Cause::as_str))
 }
 
-/// Seconds from each `route` to its `routed`, and from each `shift` to its `shifted`.
+/// Seconds from each route change journaled to its confirmation: `step="shift"` for a
+/// canary step (a serve set with a canary track, or a `shift` of older journals),
+/// `step="route"` for every other (a blue-green flip, a rolling batch, a way back).
 pub fn reload_durations(journal: &[JournalEntry]) -> Vec<(&'static str, f64)> {
     let mut out = Vec::new();
     let mut pending: Option<(&'static str, i64)> = None;
     for entry in journal {
-        let done = match &entry.step {
-            Step::Route { .. } => {
-                pending = Some(("route", entry.at_ms));
-                continue;
-            }
-            Step::Shift { .. } => {
-                pending = Some(("shift", entry.at_ms));
-                continue;
-            }
-            Step::Routed { .. } => "route",
-            Step::Shifted { .. } => "shift",
-            _ => continue,
+        let intent = match &entry.step {
+            Step::Serve { canary: Some(_), .. } | Step::Shift { .. } => Some("shift"),
+            Step::Serve { .. } | Step::Route { .. } | Step::RouteBack { .. } => Some("route"),
+            _ => None,
         };
-        if let Some((step, at)) = pending.take().filter(|(step, _)| *step == done) {
-            out.push((step, (entry.at_ms - at).max(0) as f64 / 1000.0));
+        if let Some(step) = intent {
+            pending = Some((step, entry.at_ms));
+            continue;
+        }
+        if matches!(entry.step, Step::Routed { .. } | Step::Shifted { .. } | Step::RoutedBack { .. }) {
+            if let Some((step, at)) = pending.take() {
+                out.push((step, (entry.at_ms - at).max(0) as f64 / 1000.0));
+            }
         }
     }
     out

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use switchyard_engine::{
-    Color, DeployKind, DeploymentRecord, JournalEntry, Name, Outcome, Step, Version,
+    Cause, Color, DeployKind, DeploymentRecord, JournalEntry, Name, Outcome, ServedCanary, Step,
+    Version,
 };
 use switchyard_nginx::tailer::{parse_line, TrafficCounters};
 
@@ -57,6 +58,19 @@ fn shifted(weight_bp: u32) -> Step {
         weight_bp,
         generation: 2,
         old_workers: Vec::new(),
+    }
+}
+
+fn serve(canary: Option<u32>) -> Step {
+    Step::Serve {
+        batch: 1,
+        instances: vec!["c1".into()],
+        backends: vec![],
+        canary: canary.map(|weight_bp| ServedCanary {
+            instances: vec!["c2".into()],
+            backends: vec![],
+            weight_bp,
+        }),
     }
 }
 
@@ -131,58 +145,35 @@ fn nothing_deployed_is_version_none_with_no_weight() {
 }
 
 #[test]
-fn rollback_reasons_come_from_the_kind_the_message_and_the_journal() {
-    let failed = |strategy: &str, message: &str, steps: Vec<(i64, Step)>| {
-        let d = record(strategy, DeployKind::Deploy, Outcome::Failed, message);
+fn rollback_reasons_come_from_the_kind_and_the_journaled_cause() {
+    // Regression: the reason was once read from the wording of the message.
+    let failed = |strategy: &str, steps: Vec<(i64, Step)>| {
+        let d = record(strategy, DeployKind::Deploy, Outcome::Failed, "reworded at will");
         rollback_reason(&d, &journal(steps))
     };
-    let shifted = || vec![(1, shift(500)), (2, shifted(500))];
-    let cases = [
-        (
-            "at 5%: error rate 30.00% over 200 requests exceeds the maximum 1.00% (1 failed check(s), limit 1)",
-            Some("threshold"),
-        ),
-        (
-            "at 5%: 12 checks in a row without a verdict (limit 12), the last: no data",
-            Some("no_data"),
-        ),
-        ("aborted by `switchyard abort`", Some("aborted")),
-        (
-            "deployment #7 (deploy to v2) was interrupted after step `shifted`; an unfinished canary is not promoted unjudged",
-            Some("interrupted"),
-        ),
-        ("at 5%: nginx refused the step: emerg", Some("nginx")),
-    ];
-    for (message, reason) in cases {
-        assert_eq!(failed("canary", message, shifted()), reason, "{message}");
+    let failing = |cause| Step::Failing {
+        cause,
+        reason: "why".into(),
+    };
+    for cause in Cause::ALL {
+        let steps = vec![(1, shift(500)), (2, shifted(500)), (3, failing(cause))];
+        assert_eq!(failed("canary", steps), Some(cause.as_str()), "{cause:?}");
     }
-    assert_eq!(
-        failed(
-            "canary",
-            "sy-web-green-d7-r0 did not pass GET /health 2 times in a row within 20s",
-            vec![(1, Step::WaitHealthy)]
-        ),
-        Some("unhealthy")
-    );
+    // A canary counts even when it failed before its first step.
+    let unhealthy = vec![(1, Step::WaitHealthy), (2, failing(Cause::Unhealthy))];
+    assert_eq!(failed("canary", unhealthy), Some("unhealthy"));
+    // A rolling deploy whose second batch failed had moved traffic: restored, a rollback.
+    let batch_2 = vec![(1, routed()), (2, failing(Cause::Unhealthy)), (3, routed())];
+    assert_eq!(failed("rolling", batch_2), Some("unhealthy"));
     // A failed blue-green deploy never moved traffic.
-    assert_eq!(
-        failed("blue-green", "did not pass GET /health", vec![]),
-        None
-    );
-    let manual = record(
-        "blue-green",
-        DeployKind::Rollback,
-        Outcome::Succeeded,
-        "deployed",
-    );
+    let never = vec![(1, Step::WaitHealthy), (2, failing(Cause::Unhealthy))];
+    assert_eq!(failed("blue-green", never), None);
+    // A journal written before causes were recorded.
+    assert_eq!(failed("canary", vec![(1, shifted(500))]), Some("other"));
+    let manual = record("blue-green", DeployKind::Rollback, Outcome::Succeeded, "deployed");
     assert_eq!(rollback_reason(&manual, &[]), Some("manual"));
-    let good = record(
-        "canary",
-        DeployKind::Deploy,
-        Outcome::Succeeded,
-        "canary promoted",
-    );
-    assert_eq!(rollback_reason(&good, &journal(shifted())), None);
+    let good = record("canary", DeployKind::Deploy, Outcome::Succeeded, "canary promoted");
+    assert_eq!(rollback_reason(&good, &journal(vec![(1, shifted(500))])), None);
 }
 
 #[test]
@@ -194,8 +185,16 @@ fn reload_durations_pair_each_intent_with_its_confirmation() {
         // nginx refused this one: no `shifted`, no duration.
         (6_000, Step::Route { backends: vec![] }),
         (6_090, routed()),
+        // What every strategy journals now: a rolling batch, then a canary step.
+        (7_000, serve(None)),
+        (7_020, routed()),
+        (8_000, serve(Some(2500))),
+        (8_040, routed()),
     ]);
-    assert_eq!(reload_durations(&steps), [("shift", 0.15), ("route", 0.09)]);
+    assert_eq!(
+        reload_durations(&steps),
+        [("shift", 0.15), ("route", 0.09), ("route", 0.02), ("shift", 0.04)]
+    );
 }
 
 fn line(track: &str, status: u16, seconds: f64) -> String {

@@ -2,18 +2,21 @@
 //! traffic: [`TrackState`], read from the store by [`TrackState::read`] (the active slot,
 //! and the journal of the service's unfinished deployment).
 //!
-//! - stable: the active slot's version, or the unfinished deployment's `to_version` once it
-//!   journaled `routed` (a blue-green flip, a rollback, a canary's promotion) — the store
-//!   marks the new slot active only after the old workers drained, but traffic moved at
-//!   `routed`; back to the active slot at `routed_back`.
+//! Both come from the journal's fold ([`fold`]): the last confirmed route change.
+//! - stable: the active slot's version, or the unfinished deployment's `to_version` once a
+//!   confirmed route change put its instances on the stable track (a blue-green flip, a
+//!   rollback, a canary's promotion, a rolling batch) — the store marks the new slot active
+//!   only after the old workers drained, but traffic moved when the change was confirmed;
+//!   back to the active slot when a change routed back to it.
 //! - canary: the `to_version` of the unfinished canary deployment; with no canary running,
 //!   the canary track keeps the last canary version it had (so late log lines of a canary
 //!   that just ended still count under its version), or [`NONE`] if the service never had
 //!   one.
-//! - the canary's weight: the last journaled `shifted` step of the running canary, 0 before
-//!   its first step and after `routed` or `routed_back`.
+//! - the canary's weight: that of the canary track in the last confirmed change of the
+//!   running canary, 0 before its first step and after its promotion or rollback.
 
-use switchyard_engine::{DeploymentRecord, JournalEntry, Name, Step, Store, StoreError};
+use switchyard_engine::deploy::fold::fold;
+use switchyard_engine::{DeploymentRecord, JournalEntry, Name, Store, StoreError};
 use switchyard_store::SqliteStore;
 
 /// The `version` label of a track that serves no version (nothing deployed, no canary yet).
@@ -61,19 +64,18 @@ impl TrackState {
             if is_canary {
                 *last_canary = Some(d.to_version.to_string());
             }
-            for entry in journal {
-                match &entry.step {
-                    Step::Shifted { weight_bp, .. } if is_canary => canary_bp = *weight_bp,
-                    Step::Routed { .. } => {
-                        stable = Some(d.to_version.to_string());
-                        canary_bp = 0;
-                    }
-                    Step::RoutedBack { .. } => {
-                        stable = active.clone();
-                        canary_bp = 0;
-                    }
-                    _ => {}
-                }
+            // What nginx serves is what the last confirmed route change says.
+            let f = fold(d.id, journal, &[]);
+            if f.reloads > 0 {
+                let ours = |id: &String| f.known.iter().any(|k| &k.id == id && k.deployment == d.id);
+                stable = match f.confirmed.stable.iter().any(ours) {
+                    true => Some(d.to_version.to_string()),
+                    false => active.clone(),
+                };
+                canary_bp = match &f.confirmed.canary {
+                    Some((_, weight_bp)) if is_canary => *weight_bp,
+                    _ => 0,
+                };
             }
         }
         TrackState {

@@ -1,5 +1,6 @@
 //! The blue-green state machine against recording fakes, on paused tokio time.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -643,4 +644,5 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
 }
 
 mod canary;
+mod legacy;
 mod rolling;
