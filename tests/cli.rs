@@ -337,7 +337,11 @@ async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_nex
     // One resume for every strategy: the deploy of the same version finishes the killed
     // deployment (its replicas that never served were removed, fresh ones started).
     assert_eq!(outcomes, ["succeeded", "succeeded"]);
-    assert!(history[0].message.contains("completed on resume"), "{}", history[0].message);
+    assert!(
+        history[0].message.contains("completed on resume"),
+        "{}",
+        history[0].message
+    );
     // v1 is retained, v2 (deployment #2) active.
     let live = Live::open(settings::load(&project.config()).unwrap())
         .await

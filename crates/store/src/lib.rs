@@ -194,7 +194,6 @@ impl Store for SqliteStore {
         instances::set_state(self, id, state)
     }
 
-
     fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError> {
         instances::service(self, service)
     }

@@ -134,7 +134,10 @@ fn backfill_origin(tx: &Transaction) -> rusqlite::Result<()> {
         .collect::<Result<_, _>>()?;
     for (id, name, replica, deployment) in rows {
         let origin = origin_in(&name, replica).unwrap_or(deployment);
-        tx.execute("UPDATE instances SET origin = ?2 WHERE id = ?1", (id, origin))?;
+        tx.execute(
+            "UPDATE instances SET origin = ?2 WHERE id = ?1",
+            (id, origin),
+        )?;
     }
     let entries: Vec<(i64, i64, String)> = tx
         .prepare("SELECT deployment, seq, step FROM journal WHERE step LIKE '%\"instance\":{%'")?
@@ -151,8 +154,14 @@ fn backfill_origin(tx: &Transaction) -> rusqlite::Result<()> {
             continue;
         }
         let name = instance.get("name").and_then(|n| n.as_str()).unwrap_or("");
-        let replica = instance.get("replica").and_then(|r| r.as_i64()).unwrap_or(-1);
-        let own = instance.get("deployment").and_then(|d| d.as_i64()).unwrap_or(0);
+        let replica = instance
+            .get("replica")
+            .and_then(|r| r.as_i64())
+            .unwrap_or(-1);
+        let own = instance
+            .get("deployment")
+            .and_then(|d| d.as_i64())
+            .unwrap_or(0);
         let origin = origin_in(name, replica).unwrap_or(own);
         instance.insert("origin".into(), origin.into());
         tx.execute(
@@ -208,7 +217,9 @@ mod tests {
         .unwrap();
         migrate(&conn).unwrap();
         let origin: i64 = conn
-            .query_row("SELECT origin FROM instances WHERE id = 'c1'", [], |r| r.get(0))
+            .query_row("SELECT origin FROM instances WHERE id = 'c1'", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(origin, 5);
         let step: String = conn

@@ -75,7 +75,9 @@ pub fn rollback_reason(d: &DeploymentRecord, journal: &[JournalEntry]) -> Option
     let mut cause = None;
     for entry in journal {
         match &entry.step {
-            Step::Routed { .. } | Step::Shifted { .. } | Step::RoutedBack { .. } if cause.is_none() => {
+            Step::Routed { .. } | Step::Shifted { .. } | Step::RoutedBack { .. }
+                if cause.is_none() =>
+            {
                 moved = true
             }
             Step::Failing { cause: c, .. } => cause = cause.or(Some(*c)),
@@ -93,7 +95,10 @@ pub fn reload_durations(journal: &[JournalEntry]) -> Vec<(&'static str, f64)> {
     let mut pending: Option<(&'static str, i64)> = None;
     for entry in journal {
         let intent = match &entry.step {
-            Step::Serve { canary: Some(_), .. } | Step::Shift { .. } => Some("shift"),
+            Step::Serve {
+                canary: Some(_), ..
+            }
+            | Step::Shift { .. } => Some("shift"),
             Step::Serve { .. } | Step::Route { .. } | Step::RouteBack { .. } => Some("route"),
             _ => None,
         };
@@ -101,7 +106,10 @@ pub fn reload_durations(journal: &[JournalEntry]) -> Vec<(&'static str, f64)> {
             pending = Some((step, entry.at_ms));
             continue;
         }
-        if matches!(entry.step, Step::Routed { .. } | Step::Shifted { .. } | Step::RoutedBack { .. }) {
+        if matches!(
+            entry.step,
+            Step::Routed { .. } | Step::Shifted { .. } | Step::RoutedBack { .. }
+        ) {
             if let Some((step, at)) = pending.take() {
                 out.push((step, (entry.at_ms - at).max(0) as f64 / 1000.0));
             }

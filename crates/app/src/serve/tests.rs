@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use switchyard_engine::{
-    Cause, Color, DeployKind, DeploymentRecord, JournalEntry, Name, Outcome, ServedCanary, Step,
-    Version,
+    Cause, Color, DeployKind, DeploymentRecord, Instance, JournalEntry, Name, Outcome,
+    ServedCanary, Step, Version,
 };
 use switchyard_nginx::tailer::{parse_line, TrafficCounters};
 
@@ -113,24 +113,59 @@ fn a_running_canary_names_the_canary_track_and_its_last_shifted_weight() {
 
 #[test]
 fn traffic_moves_to_the_new_version_at_routed_not_when_the_slot_becomes_active() {
-    let flip = |steps| {
+    let flip = |steps: Vec<(i64, Step)>| {
+        let mut all = vec![(0, started_v2())];
+        all.extend(steps);
         let running = (
             record("blue-green", DeployKind::Deploy, Outcome::Running, ""),
-            journal(steps),
+            journal(all),
         );
         TrackState::resolve(Some("v1".into()), Some(running), &mut None)
     };
-    let route = Step::Route {
-        backends: Vec::new(),
-    };
-    assert_eq!(flip(vec![(1, route.clone())]).stable, "v1");
-    assert_eq!(flip(vec![(1, route.clone()), (2, routed())]).stable, "v2");
+    let to_v2 = serve_only("v2-r0");
+    assert_eq!(flip(vec![(1, to_v2.clone())]).stable, "v1");
+    assert_eq!(flip(vec![(1, to_v2.clone()), (2, routed())]).stable, "v2");
     let back = vec![
-        (1, route),
+        (1, to_v2),
         (2, routed()),
-        (3, Step::RoutedBack { generation: 4 }),
+        (3, serve_only("v1-r0")),
+        (4, routed()),
     ];
     assert_eq!(flip(back).stable, "v1");
+    // A journal written before every strategy journaled `serve`: by address.
+    let legacy = Step::Route {
+        backends: vec![v2_addr()],
+    };
+    assert_eq!(flip(vec![(1, legacy), (2, routed())]).stable, "v2");
+}
+
+fn v2_addr() -> SocketAddr {
+    "127.0.0.1:4100".parse().unwrap()
+}
+
+fn started_v2() -> Step {
+    Step::InstanceStarted {
+        instance: Instance {
+            id: "v2-r0".into(),
+            name: "sy-web-green-d7-r0".into(),
+            service: Name::parse("web").unwrap(),
+            version: Version::parse("v2").unwrap(),
+            color: Color::Green,
+            deployment: 7,
+            origin: 7,
+            replica: 0,
+            host_port: v2_addr().port(),
+        },
+    }
+}
+
+fn serve_only(id: &str) -> Step {
+    Step::Serve {
+        batch: 1,
+        instances: vec![id.into()],
+        backends: vec![],
+        canary: None,
+    }
 }
 
 #[test]
@@ -148,7 +183,12 @@ fn nothing_deployed_is_version_none_with_no_weight() {
 fn rollback_reasons_come_from_the_kind_and_the_journaled_cause() {
     // Regression: the reason was once read from the wording of the message.
     let failed = |strategy: &str, steps: Vec<(i64, Step)>| {
-        let d = record(strategy, DeployKind::Deploy, Outcome::Failed, "reworded at will");
+        let d = record(
+            strategy,
+            DeployKind::Deploy,
+            Outcome::Failed,
+            "reworded at will",
+        );
         rollback_reason(&d, &journal(steps))
     };
     let failing = |cause| Step::Failing {
@@ -170,10 +210,23 @@ fn rollback_reasons_come_from_the_kind_and_the_journaled_cause() {
     assert_eq!(failed("blue-green", never), None);
     // A journal written before causes were recorded.
     assert_eq!(failed("canary", vec![(1, shifted(500))]), Some("other"));
-    let manual = record("blue-green", DeployKind::Rollback, Outcome::Succeeded, "deployed");
+    let manual = record(
+        "blue-green",
+        DeployKind::Rollback,
+        Outcome::Succeeded,
+        "deployed",
+    );
     assert_eq!(rollback_reason(&manual, &[]), Some("manual"));
-    let good = record("canary", DeployKind::Deploy, Outcome::Succeeded, "canary promoted");
-    assert_eq!(rollback_reason(&good, &journal(vec![(1, shifted(500))])), None);
+    let good = record(
+        "canary",
+        DeployKind::Deploy,
+        Outcome::Succeeded,
+        "canary promoted",
+    );
+    assert_eq!(
+        rollback_reason(&good, &journal(vec![(1, shifted(500))])),
+        None
+    );
 }
 
 #[test]
@@ -193,7 +246,12 @@ fn reload_durations_pair_each_intent_with_its_confirmation() {
     ]);
     assert_eq!(
         reload_durations(&steps),
-        [("shift", 0.15), ("route", 0.09), ("route", 0.02), ("shift", 0.04)]
+        [
+            ("shift", 0.15),
+            ("route", 0.09),
+            ("route", 0.02),
+            ("shift", 0.04)
+        ]
     );
 }
 

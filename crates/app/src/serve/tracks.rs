@@ -67,7 +67,8 @@ impl TrackState {
             // What nginx serves is what the last confirmed route change says.
             let f = fold(d.id, journal, &[]);
             if f.reloads > 0 {
-                let ours = |id: &String| f.known.iter().any(|k| &k.id == id && k.deployment == d.id);
+                let ours =
+                    |id: &String| f.known.iter().any(|k| &k.id == id && k.deployment == d.id);
                 stable = match f.confirmed.stable.iter().any(ours) {
                     true => Some(d.to_version.to_string()),
                     false => active.clone(),

@@ -96,7 +96,9 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
     ) -> Result<(), Halt> {
         let spec = rollout.spec;
         let stable = rollout.serving.clone();
-        let (added, healthy_ms) = rollout.add_healthy(self, spec.replicas, &[], &stable).await?;
+        let (added, healthy_ms) = rollout
+            .add_healthy(self, spec.replicas, &[], &stable)
+            .await?;
         rollout.report.batches.push(BatchReport {
             added: added.iter().map(|i| i.name.clone()).collect(),
             healthy_ms,
@@ -163,7 +165,9 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                     rollout.discard(self, canary).await?;
                 }
                 let at = percent(weight_bp);
-                Err(Halt::Move(f.context(&format!("at {at}%: nginx refused the step"))))
+                Err(Halt::Move(
+                    f.context(&format!("at {at}%: nginx refused the step")),
+                ))
             }
         }
     }
@@ -207,12 +211,21 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 failure.message
             ));
         }
-        self.failed(&rollout, old.version.to_string(), failure.cause, failure.message)
+        self.failed(
+            &rollout,
+            old.version.to_string(),
+            failure.cause,
+            failure.message,
+        )
     }
 
     /// Takes the canary track out of traffic, if it had any, and waits for the workers that
     /// routed to it.
-    async fn route_stable(&self, rollout: &mut Rollout<'_>, reason: &str) -> Result<(), DeployError> {
+    async fn route_stable(
+        &self,
+        rollout: &mut Rollout<'_>,
+        reason: &str,
+    ) -> Result<(), DeployError> {
         if rollout.canary.is_none() {
             return Ok(());
         }

@@ -93,9 +93,7 @@ fn step(f: &mut Folded, id: DeploymentId, step: &Step) {
         } => {
             f.pending = Some(Served {
                 stable: instances.clone(),
-                canary: canary
-                    .as_ref()
-                    .map(|c| (c.instances.clone(), c.weight_bp)),
+                canary: canary.as_ref().map(|c| (c.instances.clone(), c.weight_bp)),
             })
         }
         Step::Route { backends } => {

@@ -98,7 +98,10 @@ async fn check<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
             ));
         }
         Ok(InstanceStatus::Missing) => {
-            return Err(format!("{} disappeared before it was healthy", instance.name))
+            return Err(format!(
+                "{} disappeared before it was healthy",
+                instance.name
+            ))
         }
         Err(e) => return Err(format!("checking {}: {e}", instance.name)),
     };

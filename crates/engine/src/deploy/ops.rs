@@ -42,9 +42,10 @@ impl Rollout<'_> {
             name: name.clone(),
         };
         d.journal(self.id, &self.spec.name, step)?;
-        let instance = d.runtime.start(&spec).await.map_err(|e| {
-            Halt::Move(Failure::new(Cause::Start, format!("starting {name}: {e}")))
-        })?;
+        let instance =
+            d.runtime.start(&spec).await.map_err(|e| {
+                Halt::Move(Failure::new(Cause::Start, format!("starting {name}: {e}")))
+            })?;
         self.note_started(d, &instance, false)?;
         Ok(instance)
     }
@@ -158,7 +159,11 @@ impl Rollout<'_> {
     }
 
     /// What the router is given for a serve set.
-    pub(super) fn upstream(&self, stable: &[Instance], canary: Option<&CanaryTrack>) -> UpstreamSet {
+    pub(super) fn upstream(
+        &self,
+        stable: &[Instance],
+        canary: Option<&CanaryTrack>,
+    ) -> UpstreamSet {
         let c = &self.spec.canary;
         UpstreamSet {
             service: self.spec.name.clone(),

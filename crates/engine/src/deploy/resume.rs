@@ -39,7 +39,13 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         record.to_version,
         folded.last_step
     );
-    d.journal(id, &spec.name, Step::Resume { reason: reason.clone() })?;
+    d.journal(
+        id,
+        &spec.name,
+        Step::Resume {
+            reason: reason.clone(),
+        },
+    )?;
     d.observer.event(&Event::Resume {
         deployment: id,
         reason: reason.clone(),
@@ -68,29 +74,49 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     let forced = !finish && old.is_none() && !rollout.serving.is_empty();
     if finish || forced {
         let report = go_forward(d, rollout, old, &reason, forced).await?;
-        return Ok(report.map(|r| rollout_report(r, record.kind, record.from_version.clone(), started)));
+        return Ok(
+            report.map(|r| rollout_report(r, record.kind, record.from_version.clone(), started))
+        );
     }
+    go_back(d, rollout, record, old, wanted, &reason, started).await
+}
+
+/// Restores the version live before the interrupted deployment and finishes that as failed
+/// (interrupted). For a `rollback`, undoing it was the rollback: its report is returned.
+async fn go_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    mut rollout: Rollout<'_>,
+    record: &DeploymentRecord,
+    old: Option<Slot>,
+    wanted: Wanted<'_>,
+    reason: &str,
+    started: Instant,
+) -> Result<Option<DeployReport>, DeployError> {
     let back_to = old
         .as_ref()
         .map_or("nothing".to_owned(), |s| s.version.to_string());
-    let why = match kind {
-        StrategyKind::Canary => "an unfinished canary is not promoted unjudged, so ",
-        _ => "",
+    let why = match record.strategy == StrategyKind::Canary.as_str() {
+        true => "an unfinished canary is not promoted unjudged, so ",
+        false => "",
     };
     let message = format!("{reason}; {why}{back_to} was restored");
     let step = Step::Failing {
         cause: Cause::Interrupted,
         reason: message.clone(),
     };
-    d.journal(id, &spec.name, step)?;
+    d.journal(record.id, &rollout.spec.name, step)?;
     restore(d, &mut rollout, old.as_ref(), &message).await?;
     match (wanted, old) {
-        // Undoing the interrupted rollout was the rollback.
         (Wanted::Rollback, Some(old)) => {
             rollout.target = old.version.clone();
             rollout.color = old.color;
             let from = Some(record.to_version.clone());
-            Ok(Some(rollout_report(rollout, DeployKind::Rollback, from, started)))
+            Ok(Some(rollout_report(
+                rollout,
+                DeployKind::Rollback,
+                from,
+                started,
+            )))
         }
         _ => Ok(None),
     }
@@ -163,30 +189,11 @@ async fn reconcile<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     kind: StrategyKind,
     reason: &str,
 ) -> Result<Rollout<'r>, DeployError> {
-    let confirmed = folded.instances(&folded.confirmed.stable);
-    // A change killed before its confirmation left nginx on one of the two sets: the
-    // intended one if all of it is healthy (and it puts no canary in traffic), else the
-    // confirmed one; either way re-applied.
-    let intended = folded
-        .pending
-        .as_ref()
-        .filter(|p| p.canary.is_none())
-        .map(|p| folded.instances(&p.stable))
-        .filter(|i| !i.is_empty());
-    let (candidate, serving) = match intended {
-        Some(intended) => {
-            let up = healthy_only(d, spec, &intended).await;
-            match up.len() == intended.len() {
-                true => (intended, up),
-                false => (confirmed.clone(), healthy_only(d, spec, &confirmed).await),
-            }
-        }
-        None => (confirmed.clone(), healthy_only(d, spec, &confirmed).await),
-    };
+    let (candidate, serving) = choose(d, spec, folded).await;
     let reapply = folded.pending.is_some()
         || folded.confirmed.canary.is_some()
         || serving.len() != candidate.len();
-    let mut rollout = Rollout::new(spec, id, kind, confirmed);
+    let mut rollout = Rollout::new(spec, id, kind, folded.instances(&folded.confirmed.stable));
     rollout.remember_ports(&folded.known);
     if reapply && !serving.is_empty() {
         match rollout.route(d, 0, serving.clone(), None).await? {
@@ -208,7 +215,11 @@ async fn reconcile<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         rollout.drain(d, reload).await?;
     }
     let mut strays = Vec::new();
-    for i in folded.known.iter().filter(|k| !serving.iter().any(|s| s.id == k.id)) {
+    for i in folded
+        .known
+        .iter()
+        .filter(|k| !serving.iter().any(|s| s.id == k.id))
+    {
         if matches!(d.runtime.status(i).await?, InstanceStatus::Running { .. }) {
             strays.push(i.clone());
         }
@@ -216,4 +227,30 @@ async fn reconcile<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     rollout.retire(d, &strays).await?;
     rollout.discard(d, &[]).await?;
     Ok(rollout)
+}
+
+/// What nginx is to serve on resume, and the set it came from. A change killed before its
+/// confirmation left nginx on one of the two sets: the intended one if all of it is healthy
+/// (and it puts no canary in traffic), else the confirmed one; of either, only the replicas
+/// healthy now.
+async fn choose<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+    d: &Deployer<'_, R, P, N, S, H>,
+    spec: &ServiceSpec,
+    folded: &Folded,
+) -> (Vec<Instance>, Vec<Instance>) {
+    let confirmed = folded.instances(&folded.confirmed.stable);
+    let intended = folded
+        .pending
+        .as_ref()
+        .filter(|p| p.canary.is_none())
+        .map(|p| folded.instances(&p.stable))
+        .filter(|i| !i.is_empty());
+    if let Some(intended) = intended {
+        let up = healthy_only(d, spec, &intended).await;
+        if up.len() == intended.len() {
+            return (intended, up);
+        }
+    }
+    let up = healthy_only(d, spec, &confirmed).await;
+    (confirmed, up)
 }

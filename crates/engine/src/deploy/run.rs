@@ -40,7 +40,10 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let record = self.store.service(&spec.name)?;
         let old = record.active.clone();
         let (color, reuse) = match kind {
-            DeployKind::Deploy => (old.as_ref().map_or(Color::Blue, |s| s.color.other()), vec![]),
+            DeployKind::Deploy => (
+                old.as_ref().map_or(Color::Blue, |s| s.color.other()),
+                vec![],
+            ),
             DeployKind::Rollback => {
                 let slot = record
                     .retained
@@ -75,7 +78,10 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
     pub(super) async fn running(&self, slot: Option<&Slot>) -> Result<Vec<Instance>, DeployError> {
         let mut serving = Vec::new();
         for i in slot.iter().flat_map(|s| &s.instances) {
-            if matches!(self.runtime.status(i).await?, InstanceStatus::Running { .. }) {
+            if matches!(
+                self.runtime.status(i).await?,
+                InstanceStatus::Running { .. }
+            ) {
                 serving.push(i.clone());
             }
         }
@@ -110,7 +116,13 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             return e;
         }
         if paused {
-            if let Err(e) = self.journal(id, &spec.name, Step::Halted { reason: reason.clone() }) {
+            if let Err(e) = self.journal(
+                id,
+                &spec.name,
+                Step::Halted {
+                    reason: reason.clone(),
+                },
+            ) {
                 return e;
             }
             return self.failed(&rollout, rollout.describe_serving(), failure.cause, reason);

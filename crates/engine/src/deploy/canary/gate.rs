@@ -91,9 +91,16 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
             version: version.clone(),
             window: c.window,
         };
-        let canary = self.metrics.measure(&query(Track::Canary, self.canary)).await;
+        let canary = self
+            .metrics
+            .measure(&query(Track::Canary, self.canary))
+            .await;
         let baseline = match c.policy.baseline_margin {
-            Some(_) => Some(self.metrics.measure(&query(Track::Stable, self.stable)).await),
+            Some(_) => Some(
+                self.metrics
+                    .measure(&query(Track::Stable, self.stable))
+                    .await,
+            ),
             None => None,
         };
         let (verdict, measurement) = match (canary, baseline) {

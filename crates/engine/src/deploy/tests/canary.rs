@@ -286,12 +286,10 @@ async fn a_canary_killed_after_any_step_is_settled_by_the_next_deploy() {
         w.shared.revive();
         w.host.restart();
         let interrupted = w.store.unfinished(&w.spec.name).unwrap();
-        let promoting = interrupted
-            .as_ref()
-            .is_some_and(|(_, j)| {
-                j.iter()
-                    .any(|e| matches!(e.step, Step::Serve { canary: None, .. }))
-            });
+        let promoting = interrupted.as_ref().is_some_and(|(_, j)| {
+            j.iter()
+                .any(|e| matches!(e.step, Step::Serve { canary: None, .. }))
+        });
         w.deploy("v3")
             .await
             .unwrap_or_else(|e| panic!("step {n}: {e}"));

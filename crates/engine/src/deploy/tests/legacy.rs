@@ -34,8 +34,18 @@ async fn legacy_v2(w: &World, strategy: &str, shift: Option<u32>) -> DeploymentI
             host_port: None,
         };
         let instance = w.runtime.start(&spec).await.unwrap();
-        w.store.journal(id, 0, &Step::InstanceStarted { instance: instance.clone() }).unwrap();
-        w.store.put_instance(&instance, InstanceState::Starting).unwrap();
+        w.store
+            .journal(
+                id,
+                0,
+                &Step::InstanceStarted {
+                    instance: instance.clone(),
+                },
+            )
+            .unwrap();
+        w.store
+            .put_instance(&instance, InstanceState::Starting)
+            .unwrap();
         new.push(instance);
     }
     let backends: Vec<SocketAddr> = new.iter().map(Instance::addr).collect();
@@ -52,7 +62,13 @@ async fn legacy_v2(w: &World, strategy: &str, shift: Option<u32>) -> DeploymentI
                     route: None,
                 }),
             };
-            (Step::Shift { weight_bp, backends }, set)
+            (
+                Step::Shift {
+                    weight_bp,
+                    backends,
+                },
+                set,
+            )
         }
         None => (Step::Route { backends }, upstream_set(&w.spec, &new)),
     };
@@ -95,9 +111,13 @@ async fn a_legacy_canary_journal_killed_after_shifted_is_routed_back_not_promote
     let (record, journal) = w.store.deployment(id).unwrap().unwrap();
     assert_eq!(record.outcome, Outcome::Failed);
     assert!(
-        journal
-            .iter()
-            .any(|e| matches!(e.step, Step::Failing { cause: Cause::Interrupted, .. })),
+        journal.iter().any(|e| matches!(
+            e.step,
+            Step::Failing {
+                cause: Cause::Interrupted,
+                ..
+            }
+        )),
         "{journal:#?}"
     );
 }
