@@ -43,6 +43,9 @@ pub struct ProcessRuntime {
     dir: PathBuf,
     /// [`PORT_WAIT`], shorter in tests.
     port_wait: Duration,
+    /// Ports handed out by this runtime. A port found free is not bound until the process
+    /// starts listening, so replicas started concurrently must not be handed the same one.
+    handed_out: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u16>>>,
 }
 
 impl ProcessRuntime {
@@ -59,6 +62,7 @@ impl ProcessRuntime {
         Ok(ProcessRuntime {
             dir,
             port_wait: PORT_WAIT,
+            handed_out: Default::default(),
         })
     }
 
@@ -71,7 +75,7 @@ impl ProcessRuntime {
     /// `port_wait`), else a free one.
     async fn host_port(&self, name: &str, spec: &InstanceSpec) -> Result<u16, RuntimeError> {
         let Some(port) = spec.host_port else {
-            return spawn::free_port().map_err(|e| {
+            return self.fresh_port().map_err(|e| {
                 failed(
                     name,
                     format!(
@@ -95,6 +99,17 @@ impl ProcessRuntime {
             tokio::time::sleep(PORT_POLL).await;
         }
         Ok(port)
+    }
+
+    /// A free port this runtime has not handed out before.
+    fn fresh_port(&self) -> std::io::Result<u16> {
+        let mut handed_out = self.handed_out.lock().expect("port set lock");
+        loop {
+            let port = spawn::free_port()?;
+            if handed_out.insert(port) {
+                return Ok(port);
+            }
+        }
     }
 
     /// Spawns `argv` and records it. If the record cannot be written the process is killed:
