@@ -47,18 +47,6 @@ impl From<DeployError> for Halt {
     }
 }
 
-impl From<StoreError> for Halt {
-    fn from(e: StoreError) -> Self {
-        Halt::Env(e.into())
-    }
-}
-
-impl From<RuntimeError> for Halt {
-    fn from(e: RuntimeError) -> Self {
-        Halt::Env(e.into())
-    }
-}
-
 /// The canary track beside the stable one.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct CanaryTrack {
