@@ -230,7 +230,6 @@ impl Store for MemStore {
         Ok(())
     }
 
-
     fn service(&self, service: &Name) -> Result<ServiceRecord, StoreError> {
         Ok(ServiceRecord {
             active: self
