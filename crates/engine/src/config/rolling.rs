@@ -8,7 +8,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Checker, RawService, StrategyKind};
+use super::presets::preset;
+use super::raw::RawService;
+use super::{Checker, StrategyKind};
 
 /// How a rolling deploy replaces replicas, like a Kubernetes Deployment's rolling update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +120,7 @@ impl Checker<'_> {
         } else {
             StrategyKind::Rolling
         };
-        let preset = super::preset(preset_kind).rolling;
+        let preset = preset(preset_kind).rolling;
         let merged = user.clone().over(preset.clone());
         // The rolling and in-place presets set every key (tested), so a merged value is always
         // there.
