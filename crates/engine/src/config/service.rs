@@ -3,6 +3,7 @@
 //! tables merged over their presets; and the checks across services (unique names and
 //! listen addresses).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -24,34 +25,13 @@ impl Checker<'_> {
         let s = raw.get_ref();
         let name = self.check(&s.name, "service.name", |n| Name::parse(n));
         let listen = self.check(&s.listen, "service.listen", |l| parse_addr(l));
-        let strategy = match &s.strategy {
-            None => Some(StrategyKind::BlueGreen),
-            Some(k) => self.check(k, "service.strategy", |k| StrategyKind::parse(k)),
-        };
+        let strategy = self.strategy(s);
         let preset = presets::preset(strategy.unwrap_or(StrategyKind::BlueGreen));
         let source = self.source(raw, runtime);
-        let replicas = match &s.replicas {
-            None => Some(1),
-            Some(r) => self.check(r, "service.replicas", |&r| {
-                if (1..=64).contains(&r) {
-                    Ok(r)
-                } else {
-                    Err(format!("{r} is out of range 1-64"))
-                }
-            }),
-        };
-        for key in s.env.keys() {
-            self.check(key, "service.env", |k| check_env_key(k));
-        }
+        let replicas = self.replicas(s);
+        let env = self.env(s);
         let health = self.health(&s.health, &preset);
-        let preset_drain =
-            parse_duration(&preset.drain_timeout).expect("preset durations are valid (tested)");
-        let drain_timeout = self.duration(&s.drain.timeout, "service.drain.timeout", preset_drain);
-        let stop_timeout = self.duration(
-            &s.stop_timeout,
-            "service.stop_timeout",
-            Duration::from_secs(10),
-        );
+        let (drain_timeout, stop_timeout) = self.timeouts(s, &preset);
         // Checked before the `?`s below so that their errors are reported with the others.
         // Any service can be deployed as a canary with --strategy canary.
         let canary = self.canary(
@@ -68,11 +48,7 @@ impl Checker<'_> {
             port: s.port.unwrap_or(8080),
             replicas: replicas?,
             strategy: strategy?,
-            env: s
-                .env
-                .iter()
-                .map(|(k, v)| (k.get_ref().clone(), v.clone()))
-                .collect(),
+            env,
             health,
             drain_timeout,
             stop_timeout,
@@ -80,6 +56,52 @@ impl Checker<'_> {
             canary,
             rolling,
         })
+    }
+
+    /// `strategy`, blue-green when unset.
+    fn strategy(&mut self, s: &RawService) -> Option<StrategyKind> {
+        match &s.strategy {
+            None => Some(StrategyKind::BlueGreen),
+            Some(k) => self.check(k, "service.strategy", |k| StrategyKind::parse(k)),
+        }
+    }
+
+    /// `replicas`, 1 when unset.
+    fn replicas(&mut self, s: &RawService) -> Option<u16> {
+        match &s.replicas {
+            None => Some(1),
+            Some(r) => self.check(r, "service.replicas", |&r| {
+                if (1..=64).contains(&r) {
+                    Ok(r)
+                } else {
+                    Err(format!("{r} is out of range 1-64"))
+                }
+            }),
+        }
+    }
+
+    /// `env`, every key checked.
+    fn env(&mut self, s: &RawService) -> BTreeMap<String, String> {
+        for key in s.env.keys() {
+            self.check(key, "service.env", |k| check_env_key(k));
+        }
+        s.env
+            .iter()
+            .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+            .collect()
+    }
+
+    /// `drain.timeout` (the preset's when unset) and `stop_timeout` (10s when unset).
+    fn timeouts(&mut self, s: &RawService, preset: &Preset) -> (Duration, Duration) {
+        let preset_drain =
+            parse_duration(&preset.drain_timeout).expect("preset durations are valid (tested)");
+        let drain_timeout = self.duration(&s.drain.timeout, "service.drain.timeout", preset_drain);
+        let stop_timeout = self.duration(
+            &s.stop_timeout,
+            "service.stop_timeout",
+            Duration::from_secs(10),
+        );
+        (drain_timeout, stop_timeout)
     }
 
     pub(super) fn source(
