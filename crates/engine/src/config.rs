@@ -5,9 +5,9 @@
 //! column and field. Strategy presets from `strategies/` are compiled in and supply defaults
 //! that a service may override. The second stage (building live clients) lives in `app`.
 //!
-//! The checking is split by what it reads: [`raw`] holds the TOML as written, [`presets`] the
-//! compiled-in presets, [`checker`] the error-collecting [`Checker`], [`sections`] the
-//! top-level tables, [`service`], [`canary`] and [`rolling`] each `[[service]]`.
+//! The checking is split by what it reads: `raw` holds the TOML as written, `presets` the
+//! compiled-in presets, `checker` the error-collecting `Checker`, `sections` the top-level
+//! tables, and `service`, `canary` and `rolling` each `[[service]]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
