@@ -83,6 +83,9 @@ impl RawCanary {
     }
 }
 
+const STEP_BELOW_100: &str =
+    "a canary needs a step below 100: it is judged there before it gets all traffic";
+
 fn key(header: &Option<String>, cookie: &Option<String>) -> Result<RequestKey, String> {
     match (header, cookie) {
         (Some(h), None) => RequestKey::header(h),
@@ -108,81 +111,20 @@ fn basis_points(percents: &[f64]) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+/// Where every `[service.canary]` error points.
+const F: &str = "service.canary";
+
 impl Checker<'_> {
     pub(super) fn canary(&mut self, raw: RawCanary) -> CanarySpec {
-        let f = "service.canary";
-        let steps = raw.steps.as_ref().and_then(|s| {
-            self.check(s, &format!("{f}.steps"), |p| {
-                let steps = basis_points(p)?;
-                if steps.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err("steps must increase".into());
-                }
-                                if steps.last() != Some(&10_000) {
-                    return Err("the last step must be 100".into());
-                }
-                if steps.len() < 2 {
-                    return Err("a canary needs a step below 100: it is judged there before it gets all traffic".into());
-                }
-                Ok(steps)
-            })
-        });
-        let pause_after = raw
-            .pause
-            .as_ref()
-            .and_then(|p| self.check(p, &format!("{f}.pause"), |p| basis_points(p)));
-        if let (Some(steps), Some(pause), Some(raw_pause)) = (&steps, &pause_after, &raw.pause) {
-            if let Some(bad) = pause.iter().find(|p| !steps.contains(p) || **p == 10_000) {
-                self.push(
-                    Some(raw_pause.span()),
-                    &format!("{f}.pause"),
-                    format!("{} is not one of the steps below 100", *bad as f64 / 100.0),
-                );
-            }
-        }
-        let duration = |c: &mut Self, v: &Option<Spanned<String>>, name: &str| {
-            c.duration(v, &format!("{f}.{name}"), Duration::from_secs(30))
-        };
-        let hold = duration(self, &raw.hold, "hold");
-        let interval = duration(self, &raw.interval, "interval");
-        if interval.is_zero() {
-            if let Some(i) = &raw.interval {
-                self.push(
-                    Some(i.span()),
-                    &format!("{f}.interval"),
-                    "must be more than 0".into(),
-                );
-            }
-        }
-        let window = duration(self, &raw.window, "window");
-        let max_error_rate = raw.max_error_rate.as_ref().and_then(|r| {
-            self.check(r, &format!("{f}.max_error_rate"), |&r| {
-                if (0.0..=1.0).contains(&r) {
-                    Ok(r)
-                } else {
-                    Err(format!("{r} is not a fraction in [0, 1]"))
-                }
-            })
-        });
-        let baseline_margin = raw.baseline_margin.as_ref().and_then(|m| {
-            self.check(m, &format!("{f}.baseline_margin"), |&m| {
-                if (0.0..=1.0).contains(&m) {
-                    Ok(m)
-                } else {
-                    Err(format!("{m} is not a fraction in [0, 1]"))
-                }
-            })
-        });
-        let max_p99_latency = raw.max_p99_latency.as_ref().and_then(|l| {
-            self.check(l, &format!("{f}.max_p99_latency"), |l| {
-                super::parse_duration(l)
-            })
-        });
+        let (steps, pause_after) = self.canary_steps(&raw);
+        let (hold, interval, window) = self.canary_timing(&raw);
+        let policy = self.canary_policy(&raw);
         let sticky = raw
             .sticky
             .as_ref()
-            .and_then(|k| self.check(k, &format!("{f}.sticky"), |k| key(&k.header, &k.cookie)));
+            .and_then(|k| self.check(k, &format!("{F}.sticky"), |k| key(&k.header, &k.cookie)));
         let route = raw.route.as_ref().and_then(|r| {
-            self.check(r, &format!("{f}.route"), |r| {
+            self.check(r, &format!("{F}.route"), |r| {
                 RouteMatch::new(key(&r.header, &r.cookie)?, &r.value)
             })
         });
@@ -191,17 +133,96 @@ impl Checker<'_> {
             hold,
             interval,
             window,
-            policy: Policy {
-                max_error_rate: max_error_rate.unwrap_or(0.01),
-                max_p99_latency,
-                min_requests: f64::from(raw.min_requests.map_or(100, |m| m.into_inner())),
-                baseline_margin,
-            },
+            policy,
             failure_limit: raw.failure_limit.map_or(1, |l| l.into_inner().max(1)),
             inconclusive_limit: raw.inconclusive_limit.map_or(12, |l| l.into_inner().max(1)),
             sticky,
             route,
             pause_after: pause_after.unwrap_or_default(),
         }
+    }
+
+    /// `steps` and `pause`, in basis points; every pause must be one of the steps below 100.
+    fn canary_steps(&mut self, raw: &RawCanary) -> (Option<Vec<u32>>, Option<Vec<u32>>) {
+        let steps = raw.steps.as_ref().and_then(|s| {
+            self.check(s, &format!("{F}.steps"), |p| {
+                let steps = basis_points(p)?;
+                if steps.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("steps must increase".into());
+                }
+                if steps.last() != Some(&10_000) {
+                    return Err("the last step must be 100".into());
+                }
+                if steps.len() < 2 {
+                    return Err(STEP_BELOW_100.into());
+                }
+                Ok(steps)
+            })
+        });
+        let pause_after = raw
+            .pause
+            .as_ref()
+            .and_then(|p| self.check(p, &format!("{F}.pause"), |p| basis_points(p)));
+        if let (Some(steps), Some(pause), Some(raw_pause)) = (&steps, &pause_after, &raw.pause) {
+            if let Some(bad) = pause.iter().find(|p| !steps.contains(p) || **p == 10_000) {
+                self.push(
+                    Some(raw_pause.span()),
+                    &format!("{F}.pause"),
+                    format!("{} is not one of the steps below 100", *bad as f64 / 100.0),
+                );
+            }
+        }
+        (steps, pause_after)
+    }
+
+    /// `hold`, `interval` (more than 0) and `window`, each 30s when unset.
+    fn canary_timing(&mut self, raw: &RawCanary) -> (Duration, Duration, Duration) {
+        let duration = |c: &mut Self, v: &Option<Spanned<String>>, name: &str| {
+            c.duration(v, &format!("{F}.{name}"), Duration::from_secs(30))
+        };
+        let hold = duration(self, &raw.hold, "hold");
+        let interval = duration(self, &raw.interval, "interval");
+        if interval.is_zero() {
+            if let Some(i) = &raw.interval {
+                self.push(
+                    Some(i.span()),
+                    &format!("{F}.interval"),
+                    "must be more than 0".into(),
+                );
+            }
+        }
+        let window = duration(self, &raw.window, "window");
+        (hold, interval, window)
+    }
+
+    /// The judge's thresholds: `max_error_rate`, `baseline_margin`, `max_p99_latency` and
+    /// `min_requests`.
+    fn canary_policy(&mut self, raw: &RawCanary) -> Policy {
+        let max_error_rate = self.fraction(&raw.max_error_rate, "max_error_rate");
+        let baseline_margin = self.fraction(&raw.baseline_margin, "baseline_margin");
+        let max_p99_latency = raw.max_p99_latency.as_ref().and_then(|l| {
+            self.check(l, &format!("{F}.max_p99_latency"), |l| {
+                super::parse_duration(l)
+            })
+        });
+        Policy {
+            max_error_rate: max_error_rate.unwrap_or(0.01),
+            max_p99_latency,
+            min_requests: f64::from(raw.min_requests.as_ref().map_or(100, |m| *m.get_ref())),
+            baseline_margin,
+        }
+    }
+
+    /// A fraction in [0, 1] at `service.canary.<name>`.
+    fn fraction(&mut self, v: &Option<Spanned<f64>>, name: &str) -> Option<f64> {
+        v.as_ref().and_then(|v| {
+            self.check(v, &format!("{F}.{name}"), |&v| {
+                if (0.0..=1.0).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(format!("{v} is not a fraction in [0, 1]"))
+                }
+            })
+        })
     }
 }

@@ -8,7 +8,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Checker, RawService, StrategyKind};
+use super::presets::preset;
+use super::raw::RawService;
+use super::{Checker, StrategyKind};
 
 /// How a rolling deploy replaces replicas, like a Kubernetes Deployment's rolling update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,65 @@ impl RawRolling {
     }
 }
 
+/// Where every `[service.rolling]` error points.
+const F: &str = "service.rolling";
+
+/// The rolling and in-place presets set every key (tested), so a merged value is always there.
+const FULL: &str = "strategies/rolling.toml and in-place.toml set every [rolling] key";
+
+/// One service's `[service.rolling]` merged over its preset, with where each value's errors
+/// point.
+struct Merged<'a> {
+    /// The table as the service wrote it.
+    user: &'a RawRolling,
+    in_place: bool,
+    max_surge: u16,
+    max_unavailable: u16,
+    allow_downtime: bool,
+    preset_on_failure: String,
+    /// Where to point when a value came from the preset: the service's replicas, then its
+    /// strategy, then the service table itself.
+    fallback: (Range<usize>, &'static str),
+}
+
+impl<'a> Merged<'a> {
+    fn new(service: &'a Spanned<RawService>, strategy: Option<StrategyKind>) -> Merged<'a> {
+        let s = service.get_ref();
+        let user = &s.rolling;
+        let in_place = strategy == Some(StrategyKind::InPlace);
+        let preset_kind = if in_place {
+            StrategyKind::InPlace
+        } else {
+            StrategyKind::Rolling
+        };
+        let preset = preset(preset_kind).rolling;
+        let merged = user.clone().over(preset.clone());
+        let value = |v: &Option<Spanned<u16>>| *v.as_ref().expect(FULL).get_ref();
+        let fallback = match (&s.replicas, &s.strategy) {
+            (Some(r), _) => (r.span(), "service.replicas"),
+            (None, Some(k)) => (k.span(), "service.strategy"),
+            (None, None) => (service.span(), "service"),
+        };
+        Merged {
+            user,
+            in_place,
+            max_surge: value(&merged.max_surge),
+            max_unavailable: value(&merged.max_unavailable),
+            allow_downtime: *merged.allow_downtime.as_ref().expect(FULL).get_ref(),
+            preset_on_failure: preset.on_failure.as_ref().expect(FULL).get_ref().clone(),
+            fallback,
+        }
+    }
+
+    /// The span and field of `name`: the service's own key if it set one, else the fallback.
+    fn at<T>(&self, v: &Option<Spanned<T>>, name: &str) -> (Range<usize>, String) {
+        match v {
+            Some(v) => (v.span(), format!("{F}.{name}")),
+            None => (self.fallback.0.clone(), self.fallback.1.to_owned()),
+        }
+    }
+}
+
 impl Checker<'_> {
     /// Resolves and validates `[service.rolling]` for a service whose `strategy` and `replicas`
     /// were already checked (`None` when they were invalid: the checks that need them are
@@ -110,49 +171,37 @@ impl Checker<'_> {
         strategy: Option<StrategyKind>,
         replicas: Option<u16>,
     ) -> RollingSpec {
-        let s = service.get_ref();
-        let user = &s.rolling;
-        let in_place = strategy == Some(StrategyKind::InPlace);
-        let preset_kind = if in_place {
-            StrategyKind::InPlace
-        } else {
-            StrategyKind::Rolling
-        };
-        let preset = super::preset(preset_kind).rolling;
-        let merged = user.clone().over(preset.clone());
-        // The rolling and in-place presets set every key (tested), so a merged value is always
-        // there.
-        const FULL: &str = "strategies/rolling.toml and in-place.toml set every [rolling] key";
-        let value = |v: &Option<Spanned<u16>>| *v.as_ref().expect(FULL).get_ref();
-        let max_surge = value(&merged.max_surge);
-        let max_unavailable = value(&merged.max_unavailable);
-        let allow_downtime = *merged.allow_downtime.as_ref().expect(FULL).get_ref();
-        let preset_on_failure = preset.on_failure.as_ref().expect(FULL).get_ref();
-        let f = "service.rolling";
-        // Where to point when a value came from the preset: the service's replicas, then its
-        // strategy, then the service table itself.
-        let replicas_or_strategy: (Range<usize>, &str) = match (&s.replicas, &s.strategy) {
-            (Some(r), _) => (r.span(), "service.replicas"),
-            (None, Some(k)) => (k.span(), "service.strategy"),
-            (None, None) => (service.span(), "service"),
-        };
-        let at = |v: &Option<Spanned<u16>>, name: &str| -> (Range<usize>, String) {
-            match v {
-                Some(v) => (v.span(), format!("{f}.{name}")),
-                None => (
-                    replicas_or_strategy.0.clone(),
-                    replicas_or_strategy.1.to_owned(),
-                ),
+        let m = Merged::new(service, strategy);
+        self.rolling_moves(&m);
+        if let Some(replicas) = replicas {
+            self.rolling_within_replicas(&m, replicas);
+        }
+        let on_failure = match &m.user.on_failure {
+            Some(o) => self
+                .check(o, &format!("{F}.on_failure"), |o| OnFailure::parse(o))
+                .unwrap_or(OnFailure::Rollback),
+            None => {
+                OnFailure::parse(&m.preset_on_failure).expect("preset values are valid (tested)")
             }
         };
+        RollingSpec {
+            max_surge: m.max_surge,
+            max_unavailable: m.max_unavailable,
+            on_failure,
+            allow_downtime: m.allow_downtime,
+        }
+    }
 
-        if max_surge == 0 && max_unavailable == 0 {
+    /// The rollout can replace a replica at all, and in-place does not surge.
+    fn rolling_moves(&mut self, m: &Merged) {
+        let user = m.user;
+        if m.max_surge == 0 && m.max_unavailable == 0 {
             // Point at the one the service set; in-place must keep max_surge at 0, so its
             // max_unavailable is the one to raise.
             let (span, field) = match (&user.max_surge, &user.max_unavailable) {
-                (Some(_), Some(_)) if in_place => at(&user.max_unavailable, "max_unavailable"),
-                (Some(_), _) => at(&user.max_surge, "max_surge"),
-                (None, _) => at(&user.max_unavailable, "max_unavailable"),
+                (Some(_), Some(_)) if m.in_place => m.at(&user.max_unavailable, "max_unavailable"),
+                (Some(_), _) => m.at(&user.max_surge, "max_surge"),
+                (None, _) => m.at(&user.max_unavailable, "max_unavailable"),
             };
             self.push(
                 Some(span),
@@ -161,8 +210,8 @@ impl Checker<'_> {
                     .into(),
             );
         }
-        if in_place && max_surge != 0 {
-            let (span, field) = at(&user.max_surge, "max_surge");
+        if m.in_place && m.max_surge != 0 {
+            let (span, field) = m.at(&user.max_surge, "max_surge");
             self.push(
                 Some(span),
                 &field,
@@ -170,48 +219,32 @@ impl Checker<'_> {
                     .into(),
             );
         }
-        if let Some(replicas) = replicas {
-            for (name, v, n) in [
-                ("max_surge", &user.max_surge, max_surge),
-                ("max_unavailable", &user.max_unavailable, max_unavailable),
-            ] {
-                if n > replicas {
-                    let (span, field) = at(v, name);
-                    self.push(
-                        Some(span),
-                        &field,
-                        format!("{name} {n} is more than replicas ({replicas})"),
-                    );
-                }
-            }
-            if in_place && replicas == 1 && !allow_downtime {
-                let (span, field) = match &user.allow_downtime {
-                    Some(a) => (a.span(), format!("{f}.allow_downtime")),
-                    None => (
-                        replicas_or_strategy.0.clone(),
-                        replicas_or_strategy.1.to_owned(),
-                    ),
-                };
+    }
+
+    /// Neither bound exceeds `replicas`, and in-place with one replica accepts the downtime.
+    fn rolling_within_replicas(&mut self, m: &Merged, replicas: u16) {
+        let user = m.user;
+        for (name, v, n) in [
+            ("max_surge", &user.max_surge, m.max_surge),
+            ("max_unavailable", &user.max_unavailable, m.max_unavailable),
+        ] {
+            if n > replicas {
+                let (span, field) = m.at(v, name);
                 self.push(
                     Some(span),
                     &field,
-                    "in-place with 1 replica stops it before its replacement is up, so requests fail for the gap: set allow_downtime = true in [service.rolling] to accept that, or use strategy = \"rolling\" or \"blue-green\""
-                        .into(),
+                    format!("{name} {n} is more than replicas ({replicas})"),
                 );
             }
         }
-        let on_failure = match &user.on_failure {
-            Some(o) => self
-                .check(o, &format!("{f}.on_failure"), |o| OnFailure::parse(o))
-                .unwrap_or(OnFailure::Rollback),
-            None => OnFailure::parse(preset_on_failure).expect("preset values are valid (tested)"),
-        };
-
-        RollingSpec {
-            max_surge,
-            max_unavailable,
-            on_failure,
-            allow_downtime,
+        if m.in_place && replicas == 1 && !m.allow_downtime {
+            let (span, field) = m.at(&user.allow_downtime, "allow_downtime");
+            self.push(
+                Some(span),
+                &field,
+                "in-place with 1 replica stops it before its replacement is up, so requests fail for the gap: set allow_downtime = true in [service.rolling] to accept that, or use strategy = \"rolling\" or \"blue-green\""
+                    .into(),
+            );
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Config parsing and validation: every error names the file, line, column and field.
 
+use super::presets::{
+    preset, Preset, BLUE_GREEN_PRESET, CANARY_PRESET, IN_PLACE_PRESET, ROLLING_PRESET,
+};
 use super::*;
 
 mod rolling;

@@ -1,0 +1,104 @@
+//! The config as written: [`RawConfig`] and its tables ([`RawProxy`], [`RawService`],
+//! [`RawHealth`], [`RawDrain`], ...), deserialized from TOML with spans kept for errors and
+//! unknown fields refused. The checking in the sibling modules turns them into the model.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::canary::RawCanary;
+use super::rolling::RawRolling;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) proxy: RawProxy,
+    #[serde(default)]
+    pub(super) state: RawState,
+    #[serde(default)]
+    pub(super) runtime: RawRuntime,
+    #[serde(default, rename = "service")]
+    pub(super) services: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+    #[serde(default)]
+    pub(super) serve: RawServe,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) prometheus: Option<Spanned<String>>,
+    pub(super) scrape_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServe {
+    pub(super) listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub(super) nginx: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) main_conf: Option<Spanned<String>>,
+    pub(super) conf_dir: Option<Spanned<String>>,
+    pub(super) pid_file: Option<String>,
+    pub(super) access_log: Option<String>,
+    pub(super) control: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRuntime {
+    pub(super) kind: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: Spanned<String>,
+    pub(super) listen: Spanned<String>,
+    pub(super) image: Option<Spanned<String>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) port: Option<u16>,
+    pub(super) replicas: Option<Spanned<u16>>,
+    pub(super) strategy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    pub(super) health: RawHealth,
+    #[serde(default)]
+    pub(super) drain: RawDrain,
+    pub(super) stop_timeout: Option<Spanned<String>>,
+    pub(super) retain: Option<usize>,
+    #[serde(default)]
+    pub(super) canary: RawCanary,
+    #[serde(default)]
+    pub(super) rolling: RawRolling,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) healthy_after: Option<Spanned<u32>>,
+    pub(super) deadline: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDrain {
+    pub(super) timeout: Option<Spanned<String>>,
+}

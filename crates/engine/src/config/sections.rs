@@ -1,0 +1,143 @@
+//! The top-level tables, `[proxy]`, `[state]`, `[runtime]`, `[metrics]` and `[serve]`, checked
+//! into [`ProxyConfig`], [`RuntimeChoice`] and [`MetricsConfig`]; [`Checker::config`] walks the
+//! whole file and hands each `[[service]]` to the per-service checks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::checker::{parse_addr, Checker};
+use super::raw::{RawConfig, RawMetrics, RawProxy};
+use super::{Config, MetricsConfig, ProxyConfig, ProxyMode, RuntimeChoice, ServiceSpec};
+
+impl Checker<'_> {
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        let proxy = self.proxy(raw.proxy);
+        let runtime = match &raw.runtime.kind {
+            None => RuntimeChoice::Docker,
+            Some(k) => self
+                .check(k, "runtime.kind", |k| match k.as_str() {
+                    "docker" => Ok(RuntimeChoice::Docker),
+                    "process" => Ok(RuntimeChoice::Process),
+                    other => Err(format!(
+                        "unknown runtime {other:?}: use \"docker\" or \"process\""
+                    )),
+                })
+                .unwrap_or(RuntimeChoice::Docker),
+        };
+        let services: Vec<ServiceSpec> = raw
+            .services
+            .iter()
+            .filter_map(|s| self.service(s, runtime))
+            .collect();
+        self.check_unique(&raw.services, &services, &proxy);
+        let state_path = PathBuf::from(raw.state.path.unwrap_or_else(|| "switchyard.db".into()));
+        let metrics = self.metrics(&raw.metrics, &services);
+        let default_serve: SocketAddr = "127.0.0.1:9100".parse().expect("literal address");
+        let serve_listen = match &raw.serve.listen {
+            None => default_serve,
+            Some(l) => self
+                .check(l, "serve.listen", |l| parse_addr(l))
+                .unwrap_or(default_serve),
+        };
+        Config {
+            proxy,
+            state_path,
+            runtime,
+            services,
+            metrics,
+            serve_listen,
+        }
+    }
+
+    pub(super) fn metrics(&mut self, raw: &RawMetrics, services: &[ServiceSpec]) -> MetricsConfig {
+        let prometheus = raw.prometheus.as_ref().and_then(|p| {
+            self.check(p, "metrics.prometheus", |url| {
+                let rest = url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+                if rest.is_empty() || rest.contains(char::is_whitespace) {
+                    return Err(format!("{url:?} is not an http:// URL"));
+                }
+                Ok(url.trim_end_matches('/').to_owned())
+            })
+        });
+        let scrape_interval = self.duration(
+            &raw.scrape_interval,
+            "metrics.scrape_interval",
+            Duration::from_secs(15),
+        );
+        // rate() and increase() need two samples in their window.
+        if let (Some(p), true) = (&raw.prometheus, prometheus.is_some()) {
+            for s in services
+                .iter()
+                .filter(|s| s.canary.window < scrape_interval * 4)
+            {
+                self.push(
+                    Some(p.span()),
+                    "metrics.prometheus",
+                    format!(
+                        "service {}: canary window {:?} is shorter than 4 scrape intervals ({:?})",
+                        s.name,
+                        s.canary.window,
+                        scrape_interval * 4
+                    ),
+                );
+            }
+        }
+        MetricsConfig {
+            prometheus,
+            scrape_interval,
+        }
+    }
+
+    pub(super) fn proxy(&mut self, raw: RawProxy) -> ProxyConfig {
+        let nginx = PathBuf::from(raw.nginx.unwrap_or_else(|| "nginx".into()));
+        let mode = match (raw.prefix, raw.main_conf, raw.conf_dir) {
+            (Some(prefix), None, None) => ProxyMode::Managed {
+                prefix: prefix.into(),
+            },
+            (None, Some(main), Some(dir)) => ProxyMode::System {
+                main_conf: PathBuf::from(main.into_inner()),
+                conf_dir: PathBuf::from(dir.into_inner()),
+                pid_file: PathBuf::from(raw.pid_file.unwrap_or_else(|| "/run/nginx.pid".into())),
+                access_log: PathBuf::from(
+                    raw.access_log
+                        .unwrap_or_else(|| "/var/log/nginx/switchyard.json.log".into()),
+                ),
+            },
+            (_, main, dir) => {
+                let span = main.or(dir).map(|s| s.span());
+                self.push(
+                    span,
+                    "proxy",
+                    "set either `prefix` (switchyard runs its own nginx) or both `main_conf` and `conf_dir` (system nginx)"
+                        .into(),
+                );
+                ProxyMode::Managed {
+                    prefix: PathBuf::from("nginx"),
+                }
+            }
+        };
+        let default_control: SocketAddr = "127.0.0.1:8099".parse().expect("literal address");
+        let control = match &raw.control {
+            None => default_control,
+            Some(c) => self
+                .check(c, "proxy.control", |c| {
+                    parse_addr(c).and_then(|a| {
+                        if a.ip().is_loopback() {
+                            Ok(a)
+                        } else {
+                            Err(format!("{a} is not a loopback address: the control endpoint must not be reachable from outside"))
+                        }
+                    })
+                })
+                .unwrap_or(default_control),
+        };
+        ProxyConfig {
+            nginx,
+            mode,
+            control,
+        }
+    }
+}
