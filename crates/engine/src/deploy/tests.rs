@@ -646,3 +646,4 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
 mod canary;
 mod legacy;
 mod rolling;
+mod simulation;
