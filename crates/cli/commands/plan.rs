@@ -3,7 +3,6 @@
 use serde::Serialize;
 use similar::TextDiff;
 use switchyard_app::AppError;
-use switchyard_engine::config::StrategyKind;
 use switchyard_engine::plan::{self, Plan};
 use switchyard_engine::{ConfigDiff, Router, Store};
 
@@ -30,12 +29,7 @@ pub async fn run(
         .store
         .service(&spec.name)
         .map_err(|e| AppError::environment(e.to_string()))?;
-    let plan = match strategy.unwrap_or(spec.strategy) {
-        kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
-            plan::rolling(spec, &record, &version, kind)
-        }
-        _ => plan::blue_green(spec, &record, &version),
-    };
+    let plan = plan::for_strategy(spec, &record, &version, strategy.unwrap_or(spec.strategy));
     let diff = live
         .router
         .preview(&plan.upstream)
