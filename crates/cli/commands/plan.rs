@@ -6,7 +6,7 @@ use switchyard_app::AppError;
 use switchyard_engine::plan::{self, Plan};
 use switchyard_engine::{ConfigDiff, Router, Store};
 
-use super::{json, open, target};
+use super::{json, open_lazy, target};
 use crate::Cli;
 
 #[derive(Serialize)]
@@ -23,7 +23,7 @@ pub async fn run(
     strategy: Option<&str>,
 ) -> Result<(), AppError> {
     let (version, strategy) = target(version, strategy)?;
-    let live = open(cli).await?;
+    let live = open_lazy(cli)?;
     let spec = live.spec(service)?;
     let record = live
         .store
