@@ -249,10 +249,13 @@ impl Live {
             RuntimeChoice::Docker => {
                 AnyRuntime::Docker(LazyDocker::new(&scope(&config.state_path)))
             }
-            RuntimeChoice::Process => AnyRuntime::Process(
-                ProcessRuntime::new(state_dir.join("processes"))
-                    .map_err(|e| AppError::environment(e.to_string()))?,
-            ),
+            RuntimeChoice::Process => {
+                move_nested_process_dir(&state_dir)?;
+                AnyRuntime::Process(
+                    ProcessRuntime::new(state_dir.clone())
+                        .map_err(|e| AppError::environment(e.to_string()))?,
+                )
+            }
         };
         let layout = match &config.proxy.mode {
             ProxyMode::Managed { prefix } => Layout::managed(&config.proxy.nginx, prefix),
@@ -386,3 +389,30 @@ pub fn scope(state_path: &Path) -> String {
         });
     format!("sy{hash:08x}")
 }
+
+/// Moves the files an older switchyard wrote to `<state>/processes/processes/` (the folder
+/// was joined twice) up into `<state>/processes/`, so the instances they record stay known.
+fn move_nested_process_dir(state_dir: &Path) -> Result<(), AppError> {
+    let nested = state_dir.join("processes/processes");
+    let Ok(entries) = std::fs::read_dir(&nested) else {
+        return Ok(());
+    };
+    let io = |what: &Path, e: std::io::Error| {
+        AppError::environment(format!("moving {} up a folder: {e}", what.display()))
+    };
+    for entry in entries {
+        let from = entry.map_err(|e| io(&nested, e))?.path();
+        let to = state_dir
+            .join("processes")
+            .join(from.file_name().unwrap_or_default());
+        if !to.exists() {
+            std::fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+        }
+    }
+    // Left in place if a file could not move (its name was taken).
+    let _ = std::fs::remove_dir(&nested);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
