@@ -12,6 +12,11 @@
 //!   one.
 //! - the canary's weight: the last journaled `shifted` step of the running canary, 0 before
 //!   its first step and after `routed` or `routed_back`.
+//! - the stable track's versions: one, except mid-rollout (rolling, in-place), when nginx
+//!   serves replicas of both: each version's share of the instances the last confirmed
+//!   `serve` step lists ([`TrackState::stable_weights`]).
+
+use std::collections::{BTreeMap, HashMap};
 
 use switchyard_engine::{DeploymentRecord, JournalEntry, Name, Step, Store, StoreError};
 use switchyard_store::SqliteStore;
@@ -26,6 +31,9 @@ pub struct TrackState {
     pub canary: String,
     /// The canary's share in hundredths of a percent.
     pub canary_bp: u32,
+    /// The stable track's versions and each one's share of its replicas, by version; one
+    /// version at 1 but mid-rollout.
+    pub stable_shares: Vec<(String, f64)>,
     /// Whether any version serves the stable track.
     pub deployed: bool,
     /// The unfinished deployment and its journal, if any.
@@ -56,29 +64,37 @@ impl TrackState {
     ) -> TrackState {
         let mut stable = active.clone();
         let mut canary_bp = 0;
+        let mut shares = None;
         if let Some((d, journal)) = &running {
             let is_canary = d.strategy == "canary";
             if is_canary {
                 *last_canary = Some(d.to_version.to_string());
             }
+            let mut rollout = RolloutShares::default();
             for entry in journal {
+                rollout.note(&entry.step);
                 match &entry.step {
                     Step::Shifted { weight_bp, .. } if is_canary => canary_bp = *weight_bp,
                     Step::Routed { .. } => {
                         stable = Some(d.to_version.to_string());
                         canary_bp = 0;
+                        shares = rollout.confirmed(active.as_deref().unwrap_or(NONE));
                     }
                     Step::RoutedBack { .. } => {
                         stable = active.clone();
                         canary_bp = 0;
+                        shares = None;
                     }
                     _ => {}
                 }
             }
         }
+        let deployed = stable.is_some();
+        let stable = stable.unwrap_or_else(|| NONE.to_owned());
         TrackState {
-            deployed: stable.is_some(),
-            stable: stable.unwrap_or_else(|| NONE.to_owned()),
+            deployed,
+            stable_shares: shares.unwrap_or_else(|| vec![(stable.clone(), 1.0)]),
+            stable,
             canary: last_canary.clone().unwrap_or_else(|| NONE.to_owned()),
             canary_bp,
             running,
@@ -105,6 +121,57 @@ impl TrackState {
             "canary" => canary,
             _ => 1.0 - canary,
         }
+    }
+
+    /// The stable track's share of the service's traffic per version, 0 to 1: nginx
+    /// balances evenly over the replicas it serves, so mid-rollout each version has its
+    /// share of them.
+    pub fn stable_weights(&self) -> Vec<(&str, f64)> {
+        let total = self.weight("stable");
+        self.stable_shares
+            .iter()
+            .map(|(version, share)| (version.as_str(), share * total))
+            .collect()
+    }
+}
+
+/// The versions of the instances a rolling deploy's `serve` steps list, folded from the
+/// journal: the instances it started or restarted carry their version, the others are the
+/// active slot's.
+#[derive(Default)]
+struct RolloutShares {
+    versions: HashMap<String, String>,
+    pending: Option<Vec<String>>,
+}
+
+impl RolloutShares {
+    fn note(&mut self, step: &Step) {
+        match step {
+            Step::InstanceStarted { instance } | Step::RestartInstance { instance } => {
+                self.versions
+                    .insert(instance.id.clone(), instance.version.to_string());
+            }
+            Step::Serve { instances, .. } => self.pending = Some(instances.clone()),
+            _ => {}
+        }
+    }
+
+    /// At a `routed` step: each version's share of the instances the `serve` step before it
+    /// listed; None when no `serve` step led to it (a blue-green flip).
+    fn confirmed(&mut self, active: &str) -> Option<Vec<(String, f64)>> {
+        let served = self.pending.take().filter(|s| !s.is_empty())?;
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in &served {
+            let version = self.versions.get(id).map_or(active, String::as_str);
+            *counts.entry(version).or_default() += 1;
+        }
+        let total = served.len() as f64;
+        Some(
+            counts
+                .into_iter()
+                .map(|(version, n)| (version.to_owned(), n as f64 / total))
+                .collect(),
+        )
     }
 }
 
