@@ -6,6 +6,7 @@ mod support;
 
 mod canary;
 mod cli;
+mod docker_down;
 mod e2e;
 mod nginx;
 mod rolling;

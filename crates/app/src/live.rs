@@ -1,5 +1,6 @@
 //! The real seams, built from a validated config: [`Live`], [`AnyRuntime`] (Docker or
-//! processes, chosen by config), [`SystemHost`] and [`HttpProber`].
+//! processes, chosen by config; Docker through [`LazyDocker`]), [`SystemHost`] and
+//! [`HttpProber`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,14 +21,57 @@ use switchyard_prometheus::{PromClient, PromSource, QueryTemplates};
 
 /// The runtime the config chose.
 pub enum AnyRuntime {
-    Docker(DockerRuntime),
+    Docker(LazyDocker),
     Process(ProcessRuntime),
+}
+
+/// A Docker client that connects on first use, so the commands that never touch a
+/// container (`plan`, `history`, `serve`) work while Docker is down. The outcome of the
+/// first attempt is kept: an unreachable daemon costs one attempt, not one per call.
+pub struct LazyDocker {
+    scope: String,
+    client: tokio::sync::OnceCell<Result<DockerRuntime, RuntimeError>>,
+}
+
+impl LazyDocker {
+    pub fn new(scope: &str) -> LazyDocker {
+        LazyDocker {
+            scope: scope.to_owned(),
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connected client, connecting now if this is the first use.
+    pub async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
+        self.client
+            .get_or_init(|| DockerRuntime::connect(&self.scope))
+            .await
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+}
+
+impl AnyRuntime {
+    /// Whether the runtime answers: connects to Docker if nothing has yet.
+    pub async fn reachable(&self) -> Result<(), RuntimeError> {
+        match self {
+            AnyRuntime::Docker(d) => d.get().await.map(|_| ()),
+            AnyRuntime::Process(_) => Ok(()),
+        }
+    }
 }
 
 macro_rules! delegate {
     ($self:ident, $r:ident => $call:expr) => {
         match $self {
-            AnyRuntime::Docker($r) => $call,
+            AnyRuntime::Docker(d) => {
+                let $r = d.get().await?;
+                $call
+            }
             AnyRuntime::Process($r) => $call,
         }
     };
@@ -35,7 +79,10 @@ macro_rules! delegate {
 
 impl Runtime for AnyRuntime {
     fn kind(&self) -> &'static str {
-        delegate!(self, r => r.kind())
+        match self {
+            AnyRuntime::Docker(_) => "docker",
+            AnyRuntime::Process(r) => r.kind(),
+        }
     }
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         delegate!(self, r => r.start(spec).await)
@@ -53,7 +100,13 @@ impl Runtime for AnyRuntime {
         delegate!(self, r => r.remove(instance).await)
     }
     async fn logs(&self, instance: &Instance, lines: usize) -> String {
-        delegate!(self, r => r.logs(instance, lines).await)
+        match self {
+            AnyRuntime::Docker(d) => match d.get().await {
+                Ok(r) => r.logs(instance, lines).await,
+                Err(e) => format!("no logs: {e}"),
+            },
+            AnyRuntime::Process(r) => r.logs(instance, lines).await,
+        }
     }
     async fn list(&self, service: &Name) -> Result<Vec<Instance>, RuntimeError> {
         delegate!(self, r => r.list(service).await)
@@ -168,7 +221,21 @@ pub struct Live {
 }
 
 impl Live {
+    /// Live clients for a command that runs the service (`deploy`, `rollback`): fails with
+    /// exit 3 now, before anything is journaled, when the runtime does not answer.
     pub async fn open(config: Config) -> Result<Live, AppError> {
+        let live = Live::open_lazy(config)?;
+        live.runtime.reachable().await.map_err(|e| {
+            AppError::environment(format!(
+                "{e}\nhint: on a host without Docker, set [runtime] kind = \"process\""
+            ))
+        })?;
+        Ok(live)
+    }
+
+    /// Live clients without asking the runtime: Docker is connected on first use, so `plan`,
+    /// `history`, `serve` and `status` work while it is down.
+    pub fn open_lazy(config: Config) -> Result<Live, AppError> {
         let state_dir = config
             .state_path
             .parent()
@@ -180,19 +247,15 @@ impl Live {
             .map_err(|e| AppError::environment(e.to_string()))?;
         let runtime = match config.runtime {
             RuntimeChoice::Docker => {
-                let docker = DockerRuntime::connect(&scope(&config.state_path))
-                    .await
-                    .map_err(|e| {
-                        AppError::environment(format!(
-                            "{e}\nhint: on a host without Docker, set [runtime] kind = \"process\""
-                        ))
-                    })?;
-                AnyRuntime::Docker(docker)
+                AnyRuntime::Docker(LazyDocker::new(&scope(&config.state_path)))
             }
-            RuntimeChoice::Process => AnyRuntime::Process(
-                ProcessRuntime::new(state_dir.join("processes"))
-                    .map_err(|e| AppError::environment(e.to_string()))?,
-            ),
+            RuntimeChoice::Process => {
+                move_nested_process_dir(&state_dir)?;
+                AnyRuntime::Process(
+                    ProcessRuntime::new(state_dir.clone())
+                        .map_err(|e| AppError::environment(e.to_string()))?,
+                )
+            }
         };
         let layout = match &config.proxy.mode {
             ProxyMode::Managed { prefix } => Layout::managed(&config.proxy.nginx, prefix),
@@ -326,3 +389,30 @@ pub fn scope(state_path: &Path) -> String {
         });
     format!("sy{hash:08x}")
 }
+
+/// Moves the files an older switchyard wrote to `<state>/processes/processes/` (the folder
+/// was joined twice) up into `<state>/processes/`, so the instances they record stay known.
+fn move_nested_process_dir(state_dir: &Path) -> Result<(), AppError> {
+    let nested = state_dir.join("processes/processes");
+    let Ok(entries) = std::fs::read_dir(&nested) else {
+        return Ok(());
+    };
+    let io = |what: &Path, e: std::io::Error| {
+        AppError::environment(format!("moving {} up a folder: {e}", what.display()))
+    };
+    for entry in entries {
+        let from = entry.map_err(|e| io(&nested, e))?.path();
+        let to = state_dir
+            .join("processes")
+            .join(from.file_name().unwrap_or_default());
+        if !to.exists() {
+            std::fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+        }
+    }
+    // Left in place if a file could not move (its name was taken).
+    let _ = std::fs::remove_dir(&nested);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -165,6 +165,10 @@ impl Sandbox {
         let AnyRuntime::Docker(docker) = &self.live().runtime else {
             return Ok(());
         };
+        let docker = docker
+            .get()
+            .await
+            .map_err(|e| AppError::environment(e.to_string()))?;
         let tag = format!("{}:{version}", image_name(self.docker_healthcheck));
         if BUILT
             .lock()

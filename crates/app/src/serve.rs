@@ -13,7 +13,8 @@
 //!     the last canary's once it ended, `none` before any.
 //!   - From the store, at scrape time (`serve/history.rs`): `switchyard_deployments_total`,
 //!     `switchyard_deployment_duration_seconds`, `switchyard_rollbacks_total{reason}`,
-//!     `switchyard_reload_duration_seconds`, and `switchyard_traffic_weight` per track.
+//!     `switchyard_reload_duration_seconds`, and `switchyard_traffic_weight` per track (per
+//!     version on the stable track mid-rollout, `serve/tracks.rs`).
 //!   - From serve's own probes of the active instances (`serve/health.rs`):
 //!     `switchyard_health_check_duration_seconds` and `switchyard_instance_healthy`.
 //! - `GET /api/status`: JSON, see `serve/status.rs`.
@@ -298,7 +299,8 @@ impl Daemon {
     }
 }
 
-/// `switchyard_traffic_weight{service,track,version}`: each track's share, 0 to 1.
+/// `switchyard_traffic_weight{service,track,version}`: each track's share, 0 to 1; mid-rollout
+/// the stable track has one series per version it serves.
 fn weights(tracks: &BTreeMap<String, TrackState>) -> MetricFamily {
     let mut family = exposition::Family::gauge(
         "switchyard_traffic_weight",
@@ -306,13 +308,21 @@ fn weights(tracks: &BTreeMap<String, TrackState>) -> MetricFamily {
     );
     for (service, state) in tracks {
         for track in proxy::TRACKS {
-            let version = state.version(track).expect("a known track");
-            let labels = [
-                ("service", service.as_str()),
-                ("track", track),
-                ("version", version),
-            ];
-            family.value(&labels, state.weight(track));
+            let by_version = match track {
+                "stable" => state.stable_weights(),
+                _ => {
+                    let version = state.version(track).expect("a known track");
+                    vec![(version, state.weight(track))]
+                }
+            };
+            for (version, weight) in by_version {
+                let labels = [
+                    ("service", service.as_str()),
+                    ("track", track),
+                    ("version", version),
+                ];
+                family.value(&labels, weight);
+            }
         }
     }
     family.into_inner()

@@ -3,11 +3,11 @@
 use switchyard_app::AppError;
 use switchyard_engine::{Name, Store};
 
-use super::{json, open, timestamp};
+use super::{json, open_lazy, timestamp};
 use crate::Cli;
 
 pub async fn run(cli: &Cli, service: Option<&str>, limit: usize) -> Result<(), AppError> {
-    let live = open(cli).await?;
+    let live = open_lazy(cli)?;
     let name = service
         .map(|s| live.spec(s).map(|spec| spec.name.clone()))
         .transpose()?;

@@ -53,8 +53,15 @@ fn target(
     Ok((version, strategy))
 }
 
+/// Live clients for a command that runs the service: the runtime must answer.
 async fn open(cli: &Cli) -> Result<Live, AppError> {
     Live::open(settings::load(&cli.config)?).await
+}
+
+/// Live clients for a command that reads (or may do without the runtime): Docker is
+/// connected on first use.
+fn open_lazy(cli: &Cli) -> Result<Live, AppError> {
+    Live::open_lazy(settings::load(&cli.config)?)
 }
 
 /// Prints `value` as JSON on stdout when `--output json`; returns whether it did.

@@ -3,11 +3,10 @@
 use serde::Serialize;
 use similar::TextDiff;
 use switchyard_app::AppError;
-use switchyard_engine::config::StrategyKind;
 use switchyard_engine::plan::{self, Plan};
 use switchyard_engine::{ConfigDiff, Router, Store};
 
-use super::{json, open, target};
+use super::{json, open_lazy, target};
 use crate::Cli;
 
 #[derive(Serialize)]
@@ -24,18 +23,13 @@ pub async fn run(
     strategy: Option<&str>,
 ) -> Result<(), AppError> {
     let (version, strategy) = target(version, strategy)?;
-    let live = open(cli).await?;
+    let live = open_lazy(cli)?;
     let spec = live.spec(service)?;
     let record = live
         .store
         .service(&spec.name)
         .map_err(|e| AppError::environment(e.to_string()))?;
-    let plan = match strategy.unwrap_or(spec.strategy) {
-        kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
-            plan::rolling(spec, &record, &version, kind)
-        }
-        _ => plan::blue_green(spec, &record, &version),
-    };
+    let plan = plan::for_strategy(spec, &record, &version, strategy.unwrap_or(spec.strategy));
     let diff = live
         .router
         .preview(&plan.upstream)

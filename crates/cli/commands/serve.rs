@@ -5,7 +5,7 @@ use switchyard_app::serve::{self, ServeOptions};
 use switchyard_app::AppError;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::open;
+use super::open_lazy;
 use crate::Cli;
 
 #[derive(clap::Args)]
@@ -23,7 +23,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), AppError> {
     if let Some(listen) = args.listen {
         serve::check_listen(listen, args.allow_remote)?;
     }
-    let live = open(cli).await?;
+    let live = open_lazy(cli)?;
     let options = ServeOptions {
         allow_remote: args.allow_remote,
         ..ServeOptions::new(args.listen.unwrap_or(live.config.serve_listen))

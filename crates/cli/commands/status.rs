@@ -4,13 +4,12 @@
 
 use serde::Serialize;
 use switchyard_app::live::{AnyRuntime, HttpProber, SystemHost};
-use switchyard_app::settings;
 use switchyard_app::AppError;
 use switchyard_engine::deploy::lock_is_stale;
 use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Step, Store};
 use switchyard_store::SqliteStore;
 
-use super::{json, open};
+use super::{json, open_lazy};
 use crate::Cli;
 
 #[derive(Serialize)]
@@ -55,7 +54,7 @@ struct LockReport {
 }
 
 /// What status reads from. Without a runtime (Docker unreachable) it still reports what the
-/// store knows and what the health probes answer, and exits 3.
+/// store knows and what the health probes answer, and says that the runtime is down.
 struct Sources<'a> {
     store: &'a SqliteStore,
     runtime: Option<&'a AnyRuntime>,
@@ -63,36 +62,14 @@ struct Sources<'a> {
 }
 
 pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
-    let prober = HttpProber::default();
-    let (live, fallback, unavailable) = match open(cli).await {
-        Ok(live) => (Some(live), None, None),
-        Err(e) if e.code == 3 => {
-            let config = settings::load(&cli.config)?;
-            let store = SqliteStore::open(&config.state_path)
-                .map_err(|s| AppError::environment(format!("{}; and {s}", e.message)))?;
-            (None, Some((config, store)), Some(e))
-        }
-        Err(e) => return Err(e),
+    let live = open_lazy(cli)?;
+    let unreachable = live.runtime.reachable().await.err();
+    let sources = Sources {
+        store: &live.store,
+        runtime: unreachable.is_none().then_some(&live.runtime),
+        prober: &live.prober,
     };
-    let (config, sources) = match (&live, &fallback) {
-        (Some(live), _) => (
-            &live.config,
-            Sources {
-                store: &live.store,
-                runtime: Some(&live.runtime),
-                prober: &live.prober,
-            },
-        ),
-        (None, Some((config, store))) => (
-            config,
-            Sources {
-                store,
-                runtime: None,
-                prober: &prober,
-            },
-        ),
-        (None, None) => unreachable!("either live clients or the store fallback"),
-    };
+    let config = &live.config;
     let specs: Vec<&ServiceSpec> = match service {
         Some(name) => vec![config
             .service(name)
@@ -103,18 +80,21 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
     for spec in specs {
         all.push(service_status(&sources, spec).await?);
     }
-    if !json(cli, &all) {
-        for s in &all {
-            print_human(s);
+    let down = unreachable.map(|e| format!("runtime: {e}; instance states are unknown"));
+    if json(cli, &all) {
+        // stdout stays one JSON document.
+        if let Some(down) = &down {
+            eprintln!("{down}");
         }
+        return Ok(());
     }
-    match unavailable {
-        None => Ok(()),
-        Some(e) => Err(AppError::environment(format!(
-            "instance states are unknown: {}",
-            e.message
-        ))),
+    if let Some(down) = &down {
+        println!("{down}");
     }
+    for s in &all {
+        print_human(s);
+    }
+    Ok(())
 }
 
 async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<ServiceStatus, AppError> {

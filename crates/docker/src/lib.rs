@@ -22,8 +22,8 @@ use bollard::models::{
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -279,20 +279,37 @@ impl Runtime for DockerRuntime {
         Ok(InstanceStatus::Running { health })
     }
 
+    /// Docker's stop API counts whole seconds, so it is asked for the timeout rounded up
+    /// (it keeps its own semantics: the image's stop signal, and a restart policy that does
+    /// not bring the container back) and a SIGKILL from here ends it at the exact timeout.
     async fn stop(&self, instance: &Instance, timeout: Duration) -> Result<(), RuntimeError> {
-        let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        let what = format!("stopping container {}", instance.name);
+        let seconds = i32::try_from(timeout.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::new().t(seconds).build();
-        match self
-            .docker
-            .stop_container(&instance.id, Some(options))
-            .await
-        {
+        let stop = self.docker.stop_container(&instance.id, Some(options));
+        tokio::pin!(stop);
+        let stopped = tokio::select! {
+            stopped = &mut stop => stopped,
+            () = tokio::time::sleep(timeout) => {
+                let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+                match self.docker.kill_container(&instance.id, Some(kill)).await {
+                    // 409: it exited meanwhile.
+                    Ok(()) | Err(BollardError::DockerResponseServerError {
+                        status_code: 404 | 409,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(failed(&what, e)),
+                }
+                stop.await
+            }
+        };
+        match stopped {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
                 status_code: 304 | 404,
                 ..
             }) => Ok(()),
-            Err(e) => Err(failed(&format!("stopping container {}", instance.name), e)),
+            Err(e) => Err(failed(&what, e)),
         }
     }
 

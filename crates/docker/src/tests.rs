@@ -268,3 +268,45 @@ async fn start_on_a_host_port_still_taken_names_it_after_the_wait() {
         "the failed attempts were removed"
     );
 }
+
+// Regression (issue 8): Docker's stop API takes whole seconds, and a stop_timeout of
+// 1500 ms was sent as 1 s (300 ms as 0, an immediate SIGKILL). The app here drains a
+// request that takes 30 s, so only the SIGKILL at the timeout ends it.
+#[tokio::test]
+async fn stop_honours_a_timeout_in_milliseconds() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let mut slow = spec("v1", 1, None);
+    slow.env = BTreeMap::from([
+        ("LATENCY_MS".to_owned(), "30000".to_owned()),
+        ("SHUTDOWN_GRACE_MS".to_owned(), "30000".to_owned()),
+    ]);
+    let web = fx.runtime.start(&slow).await.unwrap();
+    answers(&web, "v1").await;
+    let mut in_flight = tokio::net::TcpStream::connect(("127.0.0.1", web.host_port))
+        .await
+        .unwrap();
+    in_flight
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // A round trip after it: the slow request has been read by then.
+    answers(&web, "v1").await;
+
+    let began = Instant::now();
+    fx.runtime
+        .stop(&web, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(1500), "killed after {took:?}");
+    assert!(took < Duration::from_secs(10), "not killed: took {took:?}");
+    assert!(
+        matches!(
+            fx.runtime.status(&web).await.unwrap(),
+            switchyard_engine::InstanceStatus::Exited { .. }
+        ),
+        "still running after the stop"
+    );
+}

@@ -1,7 +1,15 @@
-//! What a deploy would do, without doing it: [`blue_green`] returns a [`Plan`] of steps.
+//! What a deploy would do, without doing it: [`for_strategy`] returns a [`Plan`] of steps,
+//! from [`blue_green`], [`canary`] or [`rolling`] (which also plans in-place).
 //!
 //! `switchyard plan` prints these with the nginx diff from [`crate::Router::preview`].
 //! Host ports are allocated when replicas start, so the previewed upstream shows port 0.
+//! The golden tests in `plan/tests.rs` pin each preset's plan (`plan/golden/`).
+
+mod canary;
+#[cfg(test)]
+mod tests;
+
+pub use canary::canary;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -26,25 +34,80 @@ pub struct Plan {
     pub upstream: UpstreamSet,
 }
 
+/// The plan of a deploy of `version` by `kind`, the way `switchyard deploy` would run it.
+pub fn for_strategy(
+    spec: &ServiceSpec,
+    record: &ServiceRecord,
+    version: &Version,
+    kind: StrategyKind,
+) -> Plan {
+    match kind {
+        StrategyKind::BlueGreen => blue_green(spec, record, version),
+        StrategyKind::Canary => canary(spec, record, version),
+        StrategyKind::Rolling | StrategyKind::InPlace => rolling(spec, record, version, kind),
+    }
+}
+
 pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version) -> Plan {
     let old = record.active.as_ref();
     let color = old.map_or(Color::Blue, |s| s.color.other());
-    let n = spec.replicas;
+    let mut steps = start_and_wait(spec, version, color, "");
+    steps.extend([
+        format!("render upstream {} to the new replicas, validate a staged copy of the whole nginx tree with `nginx -t`, rename it into place", spec.name),
+        "reload nginx and poll the control endpoint on fresh connections until the new generation answers".to_owned(),
+    ]);
+    steps.extend(retire(spec, record));
+    Plan {
+        service: spec.name.to_string(),
+        strategy: StrategyKind::BlueGreen.as_str().into(),
+        from: old.map(|s| s.version.to_string()),
+        to: version.to_string(),
+        color,
+        steps,
+        upstream: UpstreamSet {
+            service: spec.name.clone(),
+            listen: spec.listen,
+            backends: placeholders(spec.replicas),
+            canary: None,
+        },
+    }
+}
+
+/// Steps 1–2 of the cutover: the new replicas in `color`'s slot (`beside` says next to
+/// what), then the health wait.
+fn start_and_wait(
+    spec: &ServiceSpec,
+    version: &Version,
+    color: Color,
+    beside: &str,
+) -> Vec<String> {
     let what = match spec.source_for(version) {
         Source::Image(image) => format!("image {image}"),
         Source::Command(argv) => format!("command {argv:?}"),
     };
     let h = &spec.health;
-    let mut steps = vec![
-        format!("start {n} replica(s) of {} {version} ({what}) in the {} slot, each on a new 127.0.0.1 port; no traffic yet", spec.name, color.as_str()),
+    vec![
+        format!(
+            "start {} replica(s) of {} {version} ({what}) in the {} slot{beside}, each on a new 127.0.0.1 port; no traffic yet",
+            spec.replicas,
+            spec.name,
+            color.as_str()
+        ),
         format!(
             "wait until every replica passes GET {} {} times in a row (every {:?}, each within {:?}, deadline {:?}); otherwise remove them and stop",
             h.path, h.healthy_after, h.interval, h.timeout, h.deadline
         ),
-        format!("render upstream {} to the new replicas, validate a staged copy of the whole nginx tree with `nginx -t`, rename it into place", spec.name),
-        "reload nginx and poll the control endpoint on fresh connections until the new generation answers".to_owned(),
-        format!("wait for the nginx workers that served the old config to exit (at most {:?})", spec.drain_timeout),
-    ];
+    ]
+}
+
+/// Steps 5–6 of the cutover: the drain after the flip, the old slot stopped and kept, and
+/// the retained versions beyond `retain` removed.
+fn retire(spec: &ServiceSpec, record: &ServiceRecord) -> Vec<String> {
+    let old = record.active.as_ref();
+    let mut steps = vec![format!(
+        "wait for the nginx workers that served the old config to exit (at most {:?})",
+        spec.drain_timeout
+    )];
     match old {
         Some(slot) => steps.push(format!(
             "stop {} {} ({} slot, {} instance(s)): SIGTERM, SIGKILL after {:?}; keep it stopped for rollback",
@@ -70,21 +133,12 @@ pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version)
             prune.join(", ")
         ));
     }
-    let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    Plan {
-        service: spec.name.to_string(),
-        strategy: StrategyKind::BlueGreen.as_str().into(),
-        from: old.map(|s| s.version.to_string()),
-        to: version.to_string(),
-        color,
-        steps,
-        upstream: UpstreamSet {
-            service: spec.name.clone(),
-            listen: spec.listen,
-            backends: vec![placeholder; usize::from(n)],
-            canary: None,
-        },
-    }
+    steps
+}
+
+/// `n` upstream addresses with port 0: allocated when the replicas start.
+fn placeholders(n: u16) -> Vec<SocketAddr> {
+    vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0)); usize::from(n)]
 }
 
 /// A rolling or in-place deploy of `version`: one step per batch, within the service's
@@ -164,10 +218,9 @@ pub fn rolling(
                 "remove its replicas and stop there (exit 1); `switchyard rollback` or `switchyard deploy` finishes",
         }
     ));
-    let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let backends = match (kind, old) {
         (StrategyKind::InPlace, Some(slot)) => slot.instances.iter().map(|i| i.addr()).collect(),
-        _ => vec![placeholder; usize::from(spec.replicas)],
+        _ => placeholders(spec.replicas),
     };
     Plan {
         service: spec.name.to_string(),
@@ -182,86 +235,5 @@ pub fn rolling(
             backends,
             canary: None,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::config::Config;
-    use crate::model::{Instance, Slot};
-
-    fn spec(strategy: &str, replicas: u16) -> ServiceSpec {
-        let text = format!(
-            "[proxy]\nprefix = \"nginx\"\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:8000\"\nimage = \"demo:{{version}}\"\nreplicas = {replicas}\nstrategy = \"{strategy}\"\n[service.rolling]\nallow_downtime = true\n"
-        );
-        Config::parse(&text, Path::new("t.toml")).unwrap().services[0].clone()
-    }
-
-    fn live(replicas: u16) -> ServiceRecord {
-        let instances = (0..replicas)
-            .map(|r| Instance {
-                id: format!("c{r}"),
-                name: format!("sy-web-blue-d1-r{r}"),
-                service: crate::names::Name::parse("web").unwrap(),
-                version: Version::parse("v1").unwrap(),
-                color: Color::Blue,
-                deployment: 1,
-                origin: 1,
-                replica: r,
-                host_port: 4000 + r,
-            })
-            .collect();
-        ServiceRecord {
-            active: Some(Slot {
-                version: Version::parse("v1").unwrap(),
-                color: Color::Blue,
-                deployment: 1,
-                instances,
-            }),
-            retained: vec![],
-        }
-    }
-
-    #[test]
-    fn a_rolling_plan_has_one_step_per_batch() {
-        let v2 = Version::parse("v2").unwrap();
-        let plan = rolling(&spec("rolling", 4), &live(4), &v2, StrategyKind::Rolling);
-        let batches: Vec<&String> = plan
-            .steps
-            .iter()
-            .filter(|s| s.starts_with("batch"))
-            .collect();
-        assert_eq!(batches.len(), 4, "{:#?}", plan.steps);
-        assert!(
-            batches[0].contains("1 new in, 1 old out (4 in the upstream)"),
-            "{}",
-            batches[0]
-        );
-        assert_eq!(plan.strategy, "rolling");
-    }
-
-    #[test]
-    fn an_in_place_plan_keeps_the_ports_and_shows_its_gap() {
-        let v2 = Version::parse("v2").unwrap();
-        let plan = rolling(&spec("in-place", 3), &live(3), &v2, StrategyKind::InPlace);
-        let ports: Vec<u16> = plan.upstream.backends.iter().map(|a| a.port()).collect();
-        assert_eq!(ports, [4000, 4001, 4002]);
-        assert!(
-            plan.steps[0].contains("at most 3 replica(s) running"),
-            "{}",
-            plan.steps[0]
-        );
-
-        let one = rolling(&spec("in-place", 1), &live(1), &v2, StrategyKind::InPlace);
-        assert!(
-            one.steps
-                .iter()
-                .any(|s| s.contains("requests fail until the replacement answers")),
-            "{:#?}",
-            one.steps
-        );
     }
 }

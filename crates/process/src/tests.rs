@@ -197,8 +197,9 @@ async fn stop_sigkills_a_process_that_ignores_sigterm() {
         .await
         .unwrap();
     let took = began.elapsed();
+    // Milliseconds are kept (issue 8): not rounded down to 0 s, nor up to 1 s.
     assert!(took >= Duration::from_millis(300), "gave up after {took:?}");
-    assert!(took < Duration::from_secs(5), "SIGKILL took {took:?}");
+    assert!(took < Duration::from_secs(1), "SIGKILL took {took:?}");
     assert_eq!(fx.status(&web).await, EXITED);
 }
 

@@ -168,6 +168,111 @@ fn serve_only(id: &str) -> Step {
     }
 }
 
+fn instance(id: &str, version: &str) -> switchyard_engine::Instance {
+    switchyard_engine::Instance {
+        id: id.to_owned(),
+        name: format!("sy-web-{id}"),
+        service: Name::parse("web").unwrap(),
+        version: Version::parse(version).unwrap(),
+        color: Color::Green,
+        deployment: 7,
+        origin: 7,
+        replica: 0,
+        host_port: 4000,
+    }
+}
+
+fn serve_batch(batch: u32, ids: &[&str]) -> Step {
+    Step::Serve {
+        batch,
+        instances: ids.iter().map(|&i| i.to_owned()).collect(),
+        backends: Vec::new(),
+        canary: None,
+    }
+}
+
+// Regression (issue 8): the traffic-weight gauge gave v2 all of the stable track's traffic
+// after the first batch of a rolling deploy: `routed` moved the stable track whole.
+#[test]
+fn mid_rollout_the_stable_track_is_split_by_replicas_on_each_version() {
+    let started = |id| Step::InstanceStarted {
+        instance: instance(id, "v2"),
+    };
+    let rolling = |steps| {
+        let running = (
+            record("rolling", DeployKind::Deploy, Outcome::Running, ""),
+            journal(steps),
+        );
+        TrackState::resolve(Some("v1".into()), Some(running), &mut None)
+    };
+    // Three v1 replicas (o1..o3), max_surge 1: one v2 replica in per batch.
+    let mut steps = vec![(1, started("n1")), (2, serve_batch(1, &["o2", "o3", "n1"]))];
+    let intended = rolling(steps.clone());
+    assert_eq!(
+        intended.stable_weights(),
+        [("v1", 1.0)],
+        "not confirmed yet"
+    );
+
+    steps.push((3, routed()));
+    let one_batch = rolling(steps.clone());
+    assert_eq!(
+        one_batch.stable_weights(),
+        [("v1", 2.0 / 3.0), ("v2", 1.0 / 3.0)]
+    );
+    assert_eq!(one_batch.weight("canary"), 0.0);
+    let scraped = encode(vec![super::weights(&BTreeMap::from([(
+        "web".to_owned(),
+        one_batch,
+    )]))]);
+    for series in [
+        "switchyard_traffic_weight{service=\"web\",track=\"stable\",version=\"v1\"} 0.666",
+        "switchyard_traffic_weight{service=\"web\",track=\"stable\",version=\"v2\"} 0.333",
+    ] {
+        assert!(scraped.contains(series), "no {series} in\n{scraped}");
+    }
+
+    steps.extend([
+        (4, started("n2")),
+        (5, serve_batch(2, &["o3", "n1", "n2"])),
+        (6, routed()),
+        (7, started("n3")),
+        (8, serve_batch(3, &["n1", "n2", "n3"])),
+        (9, routed()),
+    ]);
+    assert_eq!(rolling(steps).stable_weights(), [("v2", 1.0)]);
+
+    // A restore restarts the replaced v1 replicas: they count as v1 again.
+    let restored = rolling(vec![
+        (1, started("n1")),
+        (2, serve_batch(1, &["o2", "o3", "n1"])),
+        (3, routed()),
+        (
+            4,
+            Step::RestartInstance {
+                instance: instance("o1", "v1"),
+            },
+        ),
+        (5, serve_batch(2, &["o1", "o2", "o3"])),
+        (6, routed()),
+    ]);
+    assert_eq!(restored.stable_weights(), [("v1", 1.0)]);
+}
+
+#[test]
+fn a_blue_green_flip_moves_the_stable_track_whole() {
+    let running = (
+        record("blue-green", DeployKind::Deploy, Outcome::Running, ""),
+        journal(vec![
+            (0, started_v2()),
+            (1, serve_only("v2-r0")),
+            (2, routed()),
+        ]),
+    );
+    let state = TrackState::resolve(Some("v1".into()), Some(running), &mut None);
+    assert_eq!(state.stable_weights(), [("v2", 1.0)]);
+}
+
 #[test]
 fn nothing_deployed_is_version_none_with_no_weight() {
     let state = TrackState::resolve(None, None, &mut None);

@@ -14,6 +14,9 @@
 //!   one.
 //! - the canary's weight: that of the canary track in the last confirmed change of the
 //!   running canary, 0 before its first step and after its promotion or rollback.
+//! - the stable track's versions: one, except mid-rollout (rolling, in-place), when nginx
+//!   serves replicas of both: each version's share of the instances the last confirmed
+//!   change lists ([`TrackState::stable_weights`]).
 
 use switchyard_engine::deploy::fold::fold;
 use switchyard_engine::{DeploymentRecord, JournalEntry, Name, Store, StoreError};
@@ -29,6 +32,9 @@ pub struct TrackState {
     pub canary: String,
     /// The canary's share in hundredths of a percent.
     pub canary_bp: u32,
+    /// The stable track's versions and each one's share of its replicas, by version; one
+    /// version at 1 but mid-rollout.
+    pub stable_shares: Vec<(String, f64)>,
     /// Whether any version serves the stable track.
     pub deployed: bool,
     /// The unfinished deployment and its journal, if any.
@@ -59,6 +65,7 @@ impl TrackState {
     ) -> TrackState {
         let mut stable = active.clone();
         let mut canary_bp = 0;
+        let mut shares = None;
         if let Some((d, journal)) = &running {
             let is_canary = d.strategy == "canary";
             if is_canary {
@@ -67,21 +74,34 @@ impl TrackState {
             // What nginx serves is what the last confirmed route change says.
             let f = fold(d.id, journal, &[]);
             if f.reloads > 0 {
-                let ours =
-                    |id: &String| f.known.iter().any(|k| &k.id == id && k.deployment == d.id);
-                stable = match f.confirmed.stable.iter().any(ours) {
-                    true => Some(d.to_version.to_string()),
+                let old = active.as_deref().unwrap_or(NONE);
+                let versions: Vec<String> = f
+                    .confirmed
+                    .stable
+                    .iter()
+                    .map(|id| match f.known.iter().find(|k| &k.id == id) {
+                        Some(k) => k.version.to_string(),
+                        None => old.to_owned(),
+                    })
+                    .collect();
+                let to = d.to_version.to_string();
+                stable = match versions.contains(&to) {
+                    true => Some(to.clone()),
                     false => active.clone(),
                 };
                 canary_bp = match &f.confirmed.canary {
                     Some((_, weight_bp)) if is_canary => *weight_bp,
                     _ => 0,
                 };
+                shares = split(&versions);
             }
         }
+        let deployed = stable.is_some();
+        let stable = stable.unwrap_or_else(|| NONE.to_owned());
         TrackState {
-            deployed: stable.is_some(),
-            stable: stable.unwrap_or_else(|| NONE.to_owned()),
+            deployed,
+            stable_shares: shares.unwrap_or_else(|| vec![(stable.clone(), 1.0)]),
+            stable,
             canary: last_canary.clone().unwrap_or_else(|| NONE.to_owned()),
             canary_bp,
             running,
@@ -109,6 +129,39 @@ impl TrackState {
             _ => 1.0 - canary,
         }
     }
+
+    /// The stable track's share of the service's traffic per version, 0 to 1: nginx
+    /// balances evenly over the replicas it serves, so mid-rollout each version has its
+    /// share of them.
+    pub fn stable_weights(&self) -> Vec<(&str, f64)> {
+        let total = self.weight("stable");
+        self.stable_shares
+            .iter()
+            .map(|(version, share)| (version.as_str(), share * total))
+            .collect()
+    }
+}
+
+/// Each version's share of `versions` (one entry per instance), oldest first; None when
+/// one version has them all.
+fn split(versions: &[String]) -> Option<Vec<(String, f64)>> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for v in versions {
+        match counts.iter_mut().find(|(name, _)| name == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v.clone(), 1)),
+        }
+    }
+    if counts.len() < 2 {
+        return None;
+    }
+    let total = versions.len() as f64;
+    Some(
+        counts
+            .into_iter()
+            .map(|(v, n)| (v, n as f64 / total))
+            .collect(),
+    )
 }
 
 /// The newest canary deployment's version per service, newest first in `history`.
