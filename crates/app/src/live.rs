@@ -26,11 +26,12 @@ pub enum AnyRuntime {
 }
 
 /// A Docker client that connects on first use, so the commands that never touch a
-/// container (`plan`, `history`, `serve`) work while Docker is down. The outcome of the
-/// first attempt is kept: an unreachable daemon costs one attempt, not one per call.
+/// container (`plan`, `history`, `serve`) work while Docker is down. Only a connection is
+/// kept: while the daemon is down every use tries again, so a long-running `serve` sees it
+/// come back.
 pub struct LazyDocker {
     scope: String,
-    client: tokio::sync::OnceCell<Result<DockerRuntime, RuntimeError>>,
+    client: tokio::sync::OnceCell<DockerRuntime>,
 }
 
 impl LazyDocker {
@@ -44,10 +45,8 @@ impl LazyDocker {
     /// The connected client, connecting now if this is the first use.
     pub async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
         self.client
-            .get_or_init(|| DockerRuntime::connect(&self.scope))
+            .get_or_try_init(|| DockerRuntime::connect(&self.scope))
             .await
-            .as_ref()
-            .map_err(Clone::clone)
     }
 
     pub fn scope(&self) -> &str {
@@ -78,12 +77,6 @@ macro_rules! delegate {
 }
 
 impl Runtime for AnyRuntime {
-    fn kind(&self) -> &'static str {
-        match self {
-            AnyRuntime::Docker(_) => "docker",
-            AnyRuntime::Process(r) => r.kind(),
-        }
-    }
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         delegate!(self, r => r.start(spec).await)
     }

@@ -150,17 +150,7 @@ impl DockerRuntime {
                 e,
             ));
         }
-        Ok(Instance {
-            id: created.id,
-            name: name.to_owned(),
-            service: spec.service.clone(),
-            version: spec.version.clone(),
-            color: spec.color,
-            deployment: spec.deployment,
-            origin: spec.deployment,
-            replica: spec.replica,
-            host_port,
-        })
+        Ok(spec.instance(created.id, name.to_owned(), host_port))
     }
 
     /// Starts on a port allocated here, on another one if it was taken meanwhile.
@@ -217,10 +207,6 @@ impl DockerRuntime {
 }
 
 impl Runtime for DockerRuntime {
-    fn kind(&self) -> &'static str {
-        "docker"
-    }
-
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let Source::Image(image) = &spec.source else {
             return Err(RuntimeError::Failed {

@@ -62,6 +62,22 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// The instance a runtime started from this spec, as `id`, named `name`, published on
+    /// 127.0.0.1:`host_port`; created by, and serving in, the spec's deployment.
+    pub fn instance(&self, id: String, name: String, host_port: u16) -> Instance {
+        Instance {
+            id,
+            name,
+            service: self.service.clone(),
+            version: self.version.clone(),
+            color: self.color,
+            deployment: self.deployment,
+            origin: self.deployment,
+            replica: self.replica,
+            host_port,
+        }
+    }
+
     /// The runtime-visible name, unique per deployment and replica.
     pub fn instance_name(&self) -> String {
         format!(

@@ -34,6 +34,40 @@ pub struct Plan {
     pub upstream: UpstreamSet,
 }
 
+impl Plan {
+    /// A plan of `steps` deploying `version` of `spec` by `kind` from what `record` says is
+    /// live, previewing the upstream with `upstream` for the new replicas.
+    fn new(
+        spec: &ServiceSpec,
+        record: &ServiceRecord,
+        version: &Version,
+        kind: StrategyKind,
+        steps: Vec<String>,
+        upstream: UpstreamSet,
+    ) -> Plan {
+        let old = record.active.as_ref();
+        Plan {
+            service: spec.name.to_string(),
+            strategy: kind.as_str().into(),
+            from: old.map(|s| s.version.to_string()),
+            to: version.to_string(),
+            color: old.map_or(Color::Blue, |s| s.color.other()),
+            steps,
+            upstream,
+        }
+    }
+}
+
+/// The stable track alone, on `backends`.
+fn stable_only(spec: &ServiceSpec, backends: Vec<SocketAddr>) -> UpstreamSet {
+    UpstreamSet {
+        service: spec.name.clone(),
+        listen: spec.listen,
+        backends,
+        canary: None,
+    }
+}
+
 /// The plan of a deploy of `version` by `kind`, the way `switchyard deploy` would run it.
 pub fn for_strategy(
     spec: &ServiceSpec,
@@ -57,20 +91,15 @@ pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version)
         "reload nginx and poll the control endpoint on fresh connections until the new generation answers".to_owned(),
     ]);
     steps.extend(retire(spec, record));
-    Plan {
-        service: spec.name.to_string(),
-        strategy: StrategyKind::BlueGreen.as_str().into(),
-        from: old.map(|s| s.version.to_string()),
-        to: version.to_string(),
-        color,
+    let upstream = stable_only(spec, placeholders(spec.replicas));
+    Plan::new(
+        spec,
+        record,
+        version,
+        StrategyKind::BlueGreen,
         steps,
-        upstream: UpstreamSet {
-            service: spec.name.clone(),
-            listen: spec.listen,
-            backends: placeholders(spec.replicas),
-            canary: None,
-        },
-    }
+        upstream,
+    )
 }
 
 /// Steps 1–2 of the cutover: the new replicas in `color`'s slot (`beside` says next to
@@ -150,7 +179,6 @@ pub fn rolling(
     kind: StrategyKind,
 ) -> Plan {
     let old = record.active.as_ref();
-    let color = old.map_or(Color::Blue, |s| s.color.other());
     let r = spec.rolling.for_kind(kind);
     let limits = Limits {
         replicas: spec.replicas,
@@ -222,18 +250,12 @@ pub fn rolling(
         (StrategyKind::InPlace, Some(slot)) => slot.instances.iter().map(|i| i.addr()).collect(),
         _ => placeholders(spec.replicas),
     };
-    Plan {
-        service: spec.name.to_string(),
-        strategy: kind.as_str().into(),
-        from: old.map(|s| s.version.to_string()),
-        to: version.to_string(),
-        color,
+    Plan::new(
+        spec,
+        record,
+        version,
+        kind,
         steps,
-        upstream: UpstreamSet {
-            service: spec.name.clone(),
-            listen: spec.listen,
-            backends,
-            canary: None,
-        },
-    }
+        stable_only(spec, backends),
+    )
 }

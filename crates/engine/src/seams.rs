@@ -47,8 +47,6 @@ pub enum RuntimeHealth {
 }
 
 pub trait Runtime {
-    /// "docker" or "process", for labels and messages.
-    fn kind(&self) -> &'static str;
     /// Creates and starts one replica, published on 127.0.0.1: on `spec.host_port` when given
     /// (the port the replica it replaces just freed; the runtime waits up to 5 s for it to be
     /// released, then fails naming it), else on a port the runtime allocates.

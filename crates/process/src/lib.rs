@@ -149,10 +149,6 @@ impl ProcessRuntime {
 }
 
 impl Runtime for ProcessRuntime {
-    fn kind(&self) -> &'static str {
-        "process"
-    }
-
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let name = spec.instance_name();
         let Source::Command(argv) = &spec.source else {
@@ -183,17 +179,7 @@ impl Runtime for ProcessRuntime {
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         );
-        let instance = Instance {
-            id: name.clone(),
-            name,
-            service: spec.service.clone(),
-            version: spec.version.clone(),
-            color: spec.color,
-            deployment: spec.deployment,
-            origin: spec.deployment,
-            replica: spec.replica,
-            host_port: port,
-        };
+        let instance = spec.instance(name.clone(), name, port);
         self.launch(instance, argv, env).await
     }
 

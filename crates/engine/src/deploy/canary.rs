@@ -137,7 +137,13 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             Ok(reload) => reload.expect("the canary has replicas"),
             Err(f) => return Err(Halt::Move(f.context("promoting: nginx refused the flip"))),
         };
-        rollout.drain(self, &reload).await?;
+        let drained = rollout.drain(self, &reload).await?;
+        // The report's one batch is the flip: what it waited for the old workers.
+        if let Some(flip) = rollout.report.batches.last_mut() {
+            flip.removed = stable.iter().map(|i| i.name.clone()).collect();
+            flip.confirm_ms = Some(reload.confirm_ms);
+            flip.drained_ms = drained.waited_ms;
+        }
         rollout.retire(self, &stable).await?;
         Ok(())
     }

@@ -107,10 +107,6 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    fn kind(&self) -> &'static str {
-        "fake"
-    }
-
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         self.shared.alive().await;
         let name = spec.instance_name();
@@ -127,17 +123,7 @@ impl Runtime for FakeRuntime {
         if self.port_taken(host_port, None) {
             return Err(port_allocated(&name, host_port));
         }
-        let instance = Instance {
-            id: format!("c{n}"),
-            name,
-            service: spec.service.clone(),
-            version: spec.version.clone(),
-            color: spec.color,
-            deployment: spec.deployment,
-            origin: spec.deployment,
-            replica: spec.replica,
-            host_port,
-        };
+        let instance = spec.instance(format!("c{n}"), name, host_port);
         let running = !self.crashing.borrow().contains(spec.version.as_str());
         self.instances.borrow_mut().insert(
             instance.id.clone(),

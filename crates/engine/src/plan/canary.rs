@@ -62,15 +62,8 @@ pub fn canary(spec: &ServiceSpec, record: &ServiceRecord, version: &Version) -> 
     ));
     steps.extend(retire(spec, record));
     steps.push(on_failure(spec, old));
-    Plan {
-        service: spec.name.to_string(),
-        strategy: StrategyKind::Canary.as_str().into(),
-        from: Some(old.version.to_string()),
-        to: version.to_string(),
-        color,
-        steps,
-        upstream: first_step(spec, old, weighted.first().copied().unwrap_or(10_000)),
-    }
+    let upstream = first_step(spec, old, weighted.first().copied().unwrap_or(10_000));
+    Plan::new(spec, record, version, StrategyKind::Canary, steps, upstream)
 }
 
 /// Who gets the canary at `weight_bp`: the split, and the testers routed to it.

@@ -48,6 +48,11 @@ async fn a_good_canary_steps_through_and_is_promoted() {
     let started = tokio::time::Instant::now();
     let report = w.canary("v2", &metrics).await.unwrap();
     assert_eq!(report.to.as_str(), "v2");
+    // Regression: the report once said the flip drained in 0 ms.
+    assert_eq!(
+        report.drained.waited_ms, 7,
+        "the flip's drain, as the router answered"
+    );
     w.assert_consistent("v2");
     assert_eq!(w.retained_versions(), ["v1"]);
     // Three steps held 30 s each, then the flip.

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use super::*;
 use crate::config::{OnFailure, RollingSpec};
 
-/// v1 live on `replicas` replicas of a `kind` service.
-async fn rolling_world(kind: StrategyKind, replicas: u16, surge: u16, unavailable: u16) -> World {
+/// A `kind` service of `replicas` replicas within these bounds, nothing deployed.
+pub(super) fn bounded(kind: StrategyKind, replicas: u16, surge: u16, unavailable: u16) -> World {
     let mut w = World::new();
     w.spec.replicas = replicas;
     w.spec.strategy = kind;
@@ -19,6 +19,12 @@ async fn rolling_world(kind: StrategyKind, replicas: u16, surge: u16, unavailabl
         on_failure: OnFailure::Rollback,
         allow_downtime: false,
     };
+    w
+}
+
+/// v1 live on `replicas` replicas of a `kind` service.
+async fn rolling_world(kind: StrategyKind, replicas: u16, surge: u16, unavailable: u16) -> World {
+    let w = bounded(kind, replicas, surge, unavailable);
     w.roll("v1").await.unwrap();
     w
 }

@@ -13,7 +13,7 @@
 use super::*;
 use std::collections::BTreeSet;
 
-use crate::config::{OnFailure, RollingSpec};
+use super::rolling::bounded;
 use crate::deploy::rolling::batches::{self, Limits};
 
 /// xorshift64*: small, seeded, reproducible.
@@ -34,7 +34,6 @@ impl Rng {
 
 /// A random service of `kind`: 1 to 4 replicas, valid bounds without a gap.
 fn world(rng: &mut Rng, kind: StrategyKind) -> World {
-    let mut w = World::new();
     loop {
         let replicas = 1 + rng.below(4) as u16;
         let surge = match kind {
@@ -47,18 +46,9 @@ fn world(rng: &mut Rng, kind: StrategyKind) -> World {
             max_surge: surge,
             max_unavailable: unavailable,
         };
-        if surge + unavailable == 0 || batches::has_gap(limits, replicas) {
-            continue;
+        if surge + unavailable > 0 && !batches::has_gap(limits, replicas) {
+            return bounded(kind, replicas, surge, unavailable);
         }
-        w.spec.replicas = replicas;
-        w.spec.strategy = kind;
-        w.spec.rolling = RollingSpec {
-            max_surge: surge,
-            max_unavailable: unavailable,
-            on_failure: OnFailure::Rollback,
-            allow_downtime: false,
-        };
-        return w;
     }
 }
 
