@@ -109,8 +109,8 @@ impl Observer for Progress {
             } => {
                 mark(&self.drained_at);
                 match lingering {
-                    0 => self.line(format!("old nginx workers exited after {waited_ms} ms")),
-                    n => self.line(format!("{n} old nginx worker(s) still running after {waited_ms} ms (drain timeout)")),
+                    None => self.line(format!("old traffic drained after {waited_ms} ms")),
+                    Some(left) => self.line(format!("{left} after {waited_ms} ms (drain timeout)")),
                 }
             }
                         Event::Shifted { weight_bp, generation, confirm_ms } => {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Source;
 use crate::names::{Name, Version};
+use crate::seams::DrainHandle;
 
 pub type DeploymentId = i64;
 
@@ -299,12 +300,16 @@ pub enum Step {
     },
     Routed {
         generation: u64,
-        old_workers: Vec<u32>,
+        #[serde(rename = "old_workers")]
+        drain: DrainHandle,
     },
     Drain,
     Drained {
         waited_ms: u64,
-        lingering: Vec<u32>,
+        /// What still drained when the wait timed out, in the router's words. (Journals
+        /// written before the drain handle have the PIDs under `lingering`, ignored.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left: Option<String>,
     },
     StopOld {
         instances: Vec<String>,
@@ -335,7 +340,8 @@ pub enum Step {
     Shifted {
         weight_bp: u32,
         generation: u64,
-        old_workers: Vec<u32>,
+        #[serde(rename = "old_workers")]
+        drain: DrainHandle,
     },
     /// One judgement during a canary step.
     Analysis {

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::*;
 use crate::names::{Name, RequestKey, RouteMatch};
@@ -101,20 +101,41 @@ pub struct CanaryRoute {
     pub route: Option<RouteMatch>,
 }
 
-/// A confirmed reload: the generation now live and the workers that were serving before it.
+/// What a router needs to wait out the traffic a route change took from the old serve set:
+/// for the reload router, the worker processes of the previous config. The engine journals
+/// it and hands it back as it came, and never looks inside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DrainHandle(serde_json::Value);
+
+impl DrainHandle {
+    /// A handle carrying `token`, for the router that made it.
+    pub fn new(token: impl Serialize) -> DrainHandle {
+        DrainHandle(serde_json::to_value(token).unwrap_or_default())
+    }
+
+    /// The token back, as the router that made it reads it; None if it is not one.
+    pub fn token<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.0.clone()).ok()
+    }
+}
+
+/// A confirmed route change: the generation now live and what to drain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reload {
     pub generation: u64,
-    pub old_workers: Vec<u32>,
-    /// From sending the reload signal to seeing the new generation answer.
+    pub drain: DrainHandle,
+    /// From starting the change to seeing the new generation answer.
     pub confirm_ms: u64,
 }
 
-/// The result of waiting for old workers; `lingering` is non-empty if the wait timed out.
+/// The result of waiting out the old serve set's traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Drained {
     pub waited_ms: u64,
-    pub lingering: Vec<u32>,
+    /// What was still draining when the wait timed out, in the router's words
+    /// (`old nginx workers [812, 813] still running`); None when everything drained.
+    pub lingering: Option<String>,
 }
 
 /// A rendered change, for `plan`.
@@ -141,7 +162,8 @@ pub trait Router {
     /// Renders `set`, validates a staged copy of the whole tree, swaps it in atomically,
     /// reloads and waits until the new generation answers. On error, traffic is unchanged.
     async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError>;
-    /// Waits until every worker in `reload.old_workers` has exited, at most `timeout`.
+    /// Waits until what `reload.drain` names has drained (for nginx: the old workers have
+    /// exited), at most `timeout`.
     async fn wait_drained(
         &self,
         reload: &Reload,
@@ -258,7 +280,8 @@ pub enum Event {
     },
     Drained {
         waited_ms: u64,
-        lingering: usize,
+        /// What still drained when the wait timed out; None when everything did.
+        lingering: Option<String>,
     },
     Stopped {
         instance: String,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use switchyard_engine::{ConfigDiff, Drained, Reload, Router, RouterError, UpstreamSet};
+use switchyard_engine::{
+    ConfigDiff, DrainHandle, Drained, Reload, Router, RouterError, UpstreamSet,
+};
 
 use crate::stage::{self, Layout};
 use crate::templates::Templates;
@@ -87,7 +89,7 @@ impl NginxRouter {
         self.confirm(generation, master, &before, since).await?;
         let reload = Reload {
             generation,
-            old_workers: before,
+            drain: DrainHandle::new(&before),
             confirm_ms: 0,
         };
         self.wait_drained(&reload, self.confirm_timeout)
@@ -199,6 +201,11 @@ impl NginxRouter {
     }
 }
 
+/// The nginx worker PIDs a reload's drain handle names: the workers of the config before it.
+pub fn old_workers(reload: &Reload) -> Vec<u32> {
+    reload.drain.token().unwrap_or_default()
+}
+
 impl Router for NginxRouter {
     async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
         let _lock = self.lock().await?;
@@ -231,7 +238,7 @@ impl Router for NginxRouter {
         match outcome {
             Ok(confirm_ms) => Ok(Reload {
                 generation,
-                old_workers,
+                drain: DrainHandle::new(&old_workers),
                 confirm_ms,
             }),
             Err(why) => {
@@ -251,9 +258,9 @@ impl Router for NginxRouter {
     ) -> Result<Drained, RouterError> {
         let master = self.master()?;
         let since = Instant::now();
+        let old_workers = old_workers(reload);
         loop {
-            let lingering: Vec<u32> = reload
-                .old_workers
+            let lingering: Vec<u32> = old_workers
                 .iter()
                 .copied()
                 .filter(|&p| procs::is_worker(master, p))
@@ -261,7 +268,8 @@ impl Router for NginxRouter {
             if lingering.is_empty() || since.elapsed() >= timeout {
                 return Ok(Drained {
                     waited_ms: since.elapsed().as_millis() as u64,
-                    lingering,
+                    lingering: (!lingering.is_empty())
+                        .then(|| format!("old nginx workers {lingering:?} still running")),
                 });
             }
             tokio::time::sleep(POLL).await;

@@ -1,7 +1,9 @@
 //! Test fixtures: a [`Lock`], a [`NewDeployment`], an [`Instance`] and a journal of
 //! [`Step`]s covering every kind of payload (none, numbers, strings, instances, addresses).
 
-use switchyard_engine::{Color, DeployKind, Instance, Lock, Name, NewDeployment, Step, Version};
+use switchyard_engine::{
+    Color, DeployKind, DrainHandle, Instance, Lock, Name, NewDeployment, Step, Version,
+};
 
 pub(crate) fn name(s: &str) -> Name {
     Name::parse(s).unwrap()
@@ -76,11 +78,11 @@ pub(crate) fn steps(started: &Instance) -> Vec<Step> {
         },
         Step::Routed {
             generation: 7,
-            old_workers: vec![41, 42],
+            drain: DrainHandle::new([41, 42]),
         },
         Step::Drained {
             waited_ms: 30,
-            lingering: vec![],
+            left: Some("old nginx workers [42] still running".to_owned()),
         },
         Step::StopOld {
             instances: vec!["sy-web-d1-r0".to_owned()],

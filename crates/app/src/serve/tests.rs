@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use switchyard_engine::{
-    Cause, Color, DeployKind, DeploymentRecord, Instance, JournalEntry, Name, Outcome,
+    Cause, Color, DeployKind, DeploymentRecord, DrainHandle, Instance, JournalEntry, Name, Outcome,
     ServedCanary, Step, Version,
 };
 use switchyard_nginx::tailer::{parse_line, TrafficCounters};
@@ -57,7 +57,7 @@ fn shifted(weight_bp: u32) -> Step {
     Step::Shifted {
         weight_bp,
         generation: 2,
-        old_workers: Vec::new(),
+        drain: DrainHandle::default(),
     }
 }
 
@@ -77,7 +77,7 @@ fn serve(canary: Option<u32>) -> Step {
 fn routed() -> Step {
     Step::Routed {
         generation: 3,
-        old_workers: Vec::new(),
+        drain: DrainHandle::default(),
     }
 }
 

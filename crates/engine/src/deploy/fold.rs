@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::model::*;
-use crate::seams::Reload;
+use crate::seams::{DrainHandle, Reload};
 
 /// A serve set by instance id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -117,16 +117,11 @@ fn step(f: &mut Folded, id: DeploymentId, step: &Step) {
                 canary: Some((f.at(backends, true, id), *weight_bp)),
             })
         }
-        Step::Routed {
-            generation,
-            old_workers,
-        }
+        Step::Routed { generation, drain }
         | Step::Shifted {
-            generation,
-            old_workers,
-            ..
-        } => confirm(f, *generation, old_workers),
-        Step::RoutedBack { generation } => confirm(f, *generation, &[]),
+            generation, drain, ..
+        } => confirm(f, *generation, drain),
+        Step::RoutedBack { generation } => confirm(f, *generation, &DrainHandle::default()),
         Step::Drained { .. } => f.undrained = None,
         Step::Failing { cause, reason } => f.failing = Some((*cause, reason.clone())),
         Step::Halted { .. } => f.halted = true,
@@ -134,13 +129,13 @@ fn step(f: &mut Folded, id: DeploymentId, step: &Step) {
     }
 }
 
-fn confirm(f: &mut Folded, generation: u64, old_workers: &[u32]) {
+fn confirm(f: &mut Folded, generation: u64, drain: &DrainHandle) {
     if let Some(pending) = f.pending.take() {
         f.confirmed = pending;
         f.reloads += 1;
         f.undrained = Some(Reload {
             generation,
-            old_workers: old_workers.to_vec(),
+            drain: drain.clone(),
             confirm_ms: 0,
         });
     }

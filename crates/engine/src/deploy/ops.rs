@@ -137,7 +137,7 @@ impl Rollout<'_> {
         };
         let step = Step::Routed {
             generation: reload.generation,
-            old_workers: reload.old_workers.clone(),
+            drain: reload.drain.clone(),
         };
         d.journal(self.id, &self.spec.name, step)?;
         d.observer.event(&match &canary {
@@ -201,18 +201,17 @@ impl Rollout<'_> {
             .map_err(|e| DeployError::Environment(e.to_string()))?;
         let step = Step::Drained {
             waited_ms: drained.waited_ms,
-            lingering: drained.lingering.clone(),
+            left: drained.lingering.clone(),
         };
         d.journal(self.id, &self.spec.name, step)?;
         d.observer.event(&Event::Drained {
             waited_ms: drained.waited_ms,
-            lingering: drained.lingering.len(),
+            lingering: drained.lingering.clone(),
         });
-        if !drained.lingering.is_empty() {
-            self.warnings.borrow_mut().push(format!(
-                "old nginx workers {:?} still running after the drain timeout ({timeout:?})",
-                drained.lingering
-            ));
+        if let Some(left) = &drained.lingering {
+            self.warnings
+                .borrow_mut()
+                .push(format!("{left} after the drain timeout ({timeout:?})"));
         }
         Ok(drained)
     }

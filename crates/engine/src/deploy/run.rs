@@ -291,12 +291,12 @@ pub(super) fn rollout_report(
         healthy_ms: r.batches.iter().map(|b| b.healthy_ms).sum(),
         reload: rollout.last_reload.unwrap_or(Reload {
             generation: 0,
-            old_workers: vec![],
+            drain: DrainHandle::default(),
             confirm_ms: 0,
         }),
         drained: Drained {
             waited_ms: r.batches.iter().map(|b| b.drained_ms).sum(),
-            lingering: vec![],
+            lingering: None,
         },
         total_ms: started.elapsed().as_millis() as u64,
         warnings: rollout.warnings.into_inner(),

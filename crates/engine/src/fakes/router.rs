@@ -75,7 +75,7 @@ impl Router for FakeRouter {
         self.history.borrow_mut().push(set.backends.clone());
         Ok(Reload {
             generation,
-            old_workers: vec![generation as u32 * 100],
+            drain: DrainHandle::new([generation * 100]),
             confirm_ms: 3,
         })
     }
@@ -86,11 +86,13 @@ impl Router for FakeRouter {
         _timeout: Duration,
     ) -> Result<Drained, RouterError> {
         self.shared.alive().await;
-        self.shared
-            .record(format!("router.wait_drained {:?}", reload.old_workers));
+        self.shared.record(format!(
+            "router.wait_drained {:?}",
+            reload.drain.token::<Vec<u64>>().unwrap_or_default()
+        ));
         Ok(Drained {
             waited_ms: 7,
-            lingering: vec![],
+            lingering: None,
         })
     }
 

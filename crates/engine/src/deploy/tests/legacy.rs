@@ -78,11 +78,11 @@ async fn legacy_v2(w: &World, strategy: &str, shift: Option<u32>) -> DeploymentI
         Some(weight_bp) => Step::Shifted {
             weight_bp,
             generation: reload.generation,
-            old_workers: reload.old_workers,
+            drain: reload.drain,
         },
         None => Step::Routed {
             generation: reload.generation,
-            old_workers: reload.old_workers,
+            drain: reload.drain,
         },
     };
     w.store.journal(id, 0, &confirmed).unwrap();
@@ -119,5 +119,28 @@ async fn a_legacy_canary_journal_killed_after_shifted_is_routed_back_not_promote
             }
         )),
         "{journal:#?}"
+    );
+}
+
+#[test]
+fn steps_journaled_before_the_drain_handle_still_read() {
+    // Routed named nginx worker PIDs, and Drained the PIDs that lingered.
+    let routed: Step =
+        serde_json::from_str(r#"{"step":"routed","generation":4,"old_workers":[41,42]}"#).unwrap();
+    let Step::Routed { generation, drain } = routed else {
+        panic!("{routed:?}")
+    };
+    assert_eq!(
+        (generation, drain.token::<Vec<u32>>()),
+        (4, Some(vec![41, 42]))
+    );
+    let drained: Step =
+        serde_json::from_str(r#"{"step":"drained","waited_ms":9,"lingering":[42]}"#).unwrap();
+    assert_eq!(
+        drained,
+        Step::Drained {
+            waited_ms: 9,
+            left: None
+        }
     );
 }
