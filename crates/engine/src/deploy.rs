@@ -92,7 +92,16 @@ pub enum DeployError {
         cause: Cause,
         message: String,
     },
-    /// Docker, nginx or the store could not be reached or misbehaved.
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Docker or the process runtime could not be reached or failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// nginx could not be reached or misbehaved.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// A failure on the way back, with what it left behind and what finishes it.
     #[error("{0}")]
     Environment(String),
 }
@@ -103,20 +112,11 @@ impl DeployError {
         match self {
             DeployError::Failed { .. } => 1,
             DeployError::Locked { .. } | DeployError::NoPrevious(_) | DeployError::Refused(_) => 2,
-            DeployError::Environment(_) => 3,
+            DeployError::Store(_)
+            | DeployError::Runtime(_)
+            | DeployError::Router(_)
+            | DeployError::Environment(_) => 3,
         }
-    }
-}
-
-impl From<StoreError> for DeployError {
-    fn from(e: StoreError) -> Self {
-        DeployError::Environment(e.to_string())
-    }
-}
-
-impl From<RuntimeError> for DeployError {
-    fn from(e: RuntimeError) -> Self {
-        DeployError::Environment(e.to_string())
     }
 }
 

@@ -198,7 +198,7 @@ impl Rollout<'_> {
             .router
             .wait_drained(reload, timeout)
             .await
-            .map_err(|e| DeployError::Environment(e.to_string()))?;
+            .map_err(DeployError::Router)?;
         let step = Step::Drained {
             waited_ms: drained.waited_ms,
             left: drained.lingering.clone(),
