@@ -55,6 +55,15 @@ impl MemStore {
     }
 }
 
+/// Whether `held` is still the lock the caller judged stale. As in SQLite, `deployment` is
+/// left out: `begin` fills it in after the lock is taken.
+fn same_holder(stale: &Lock, held: &Lock) -> bool {
+    Lock {
+        deployment: held.deployment,
+        ..stale.clone()
+    } == *held
+}
+
 impl Store for MemStore {
     fn put_control(
         &self,
@@ -80,7 +89,9 @@ impl Store for MemStore {
         self.shared.write_allowed()?;
         let mut st = self.state.borrow_mut();
         match st.locks.get(&lock.service) {
-            Some(held) if Some(held) != replace => Ok(Err(held.clone())),
+            Some(held) if !replace.is_some_and(|stale| same_holder(stale, held)) => {
+                Ok(Err(held.clone()))
+            }
             _ => {
                 st.locks.insert(lock.service.clone(), lock.clone());
                 Ok(Ok(()))
