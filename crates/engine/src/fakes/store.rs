@@ -31,6 +31,17 @@ impl MemStore {
         }
     }
 
+    /// Where deployment `id` sits in `deployments`, or an error naming it, as SQLite's
+    /// `no such deployment`.
+    fn index(&self, id: DeploymentId) -> Result<usize, StoreError> {
+        let len = self.state.borrow().deployments.len();
+        usize::try_from(id)
+            .ok()
+            .and_then(|id| id.checked_sub(1))
+            .filter(|i| *i < len)
+            .ok_or_else(|| StoreError(format!("no such deployment {id}")))
+    }
+
     fn slots(&self, service: &Name, state: InstanceState) -> Vec<Slot> {
         let st = self.state.borrow();
         let mut by_deployment: BTreeMap<DeploymentId, Slot> = BTreeMap::new();
@@ -154,11 +165,12 @@ impl Store for MemStore {
     }
 
     fn journal(&self, id: DeploymentId, at_ms: i64, step: &Step) -> Result<(), StoreError> {
+        let index = self.index(id)?;
         let persist = self.shared.journal_write()?;
         self.shared.record(format!("journal {}", step.name()));
         if persist {
             let mut st = self.state.borrow_mut();
-            let entries = &mut st.deployments[id as usize - 1].1;
+            let entries = &mut st.deployments[index].1;
             let seq = entries.len() as i64 + 1;
             entries.push(JournalEntry {
                 seq,
@@ -177,8 +189,9 @@ impl Store for MemStore {
         message: &str,
     ) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
+        let index = self.index(id)?;
         let mut st = self.state.borrow_mut();
-        let d = &mut st.deployments[id as usize - 1].0;
+        let d = &mut st.deployments[index].0;
         d.finished_ms = Some(at_ms);
         d.outcome = outcome;
         d.message = message.to_owned();
@@ -202,12 +215,10 @@ impl Store for MemStore {
         &self,
         id: DeploymentId,
     ) -> Result<Option<(DeploymentRecord, Vec<JournalEntry>)>, StoreError> {
-        Ok(self
-            .state
-            .borrow()
-            .deployments
-            .get(id as usize - 1)
-            .cloned())
+        let Ok(index) = self.index(id) else {
+            return Ok(None);
+        };
+        Ok(Some(self.state.borrow().deployments[index].clone()))
     }
 
     fn history(
