@@ -83,6 +83,8 @@ impl Store for MemStore {
         _at_ms: i64,
     ) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
+        // SQLite's foreign key: a request only for a deployment that was begun.
+        self.index(id)?;
         self.state.borrow_mut().controls.insert(id, control);
         Ok(())
     }
