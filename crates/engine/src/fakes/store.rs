@@ -248,8 +248,9 @@ impl Store for MemStore {
 
     fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
-        if let Some(entry) = self.state.borrow_mut().instances.get_mut(id) {
-            entry.1 = state;
+        match self.state.borrow_mut().instances.get_mut(id) {
+            Some(entry) => entry.1 = state,
+            None => return Err(StoreError(format!("no such instance {id}"))),
         }
         Ok(())
     }
