@@ -269,6 +269,16 @@ impl Store for MemStore {
         self.shared.write_allowed()?;
         self.shared.record(format!("store.activate #{id}"));
         let mut st = self.state.borrow_mut();
+        // Its active instances count: they are retained, then activated again.
+        let promotes = |(i, s): &(Instance, InstanceState)| {
+            &i.service == service && i.deployment == id && *s != InstanceState::Removed
+        };
+        if !st.instances.values().any(promotes) {
+            // As SQLite, which rolls back rather than leave the service with no active slot.
+            return Err(StoreError(format!(
+                "activating deployment {id} of {service}: it has no starting or retained instances"
+            )));
+        }
         for (instance, state) in st.instances.values_mut() {
             if &instance.service != service {
                 continue;
