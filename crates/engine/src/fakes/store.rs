@@ -268,6 +268,8 @@ impl Store for MemStore {
     fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
         self.shared.record(format!("store.activate #{id}"));
+        // SQLite's foreign key: only a deployment that was begun can be the active one.
+        self.index(id)?;
         let mut st = self.state.borrow_mut();
         // Its active instances count: they are retained, then activated again.
         let promotes = |(i, s): &(Instance, InstanceState)| {

@@ -21,6 +21,7 @@ contract!(
     activate_leaves_removed_instances_removed,
     activate_with_nothing_to_activate_is_an_error_and_changes_nothing,
     activate_touches_only_its_own_service,
+    activating_a_deployment_never_begun_is_an_error,
 );
 
 /// Deployment `v` of `service` begun, its `replicas` put in `state` in reverse replica order
@@ -215,4 +216,14 @@ fn activate_touches_only_its_own_service(store: &impl Store) {
     store.activate(&name("web"), web[0].deployment).unwrap();
     assert_eq!(slots(store, "api"), (Some(api), vec![]));
     assert_eq!(slots(store, "web"), (Some(web), vec![]));
+}
+
+/// Regression: MemStore activated instances under a deployment id it never gave out;
+/// SQLite's foreign key from `services` to `deployments` refuses to make it the active one.
+fn activating_a_deployment_never_begun_is_an_error(store: &impl Store) {
+    let v1 = deploy(store, "web", "v1", 1, Active);
+    let stray = instance("stray", "web", "v2", v1[0].deployment + 1, 0, 4100);
+    store.put_instance(&stray, Starting).unwrap();
+    assert!(store.activate(&name("web"), stray.deployment).is_err());
+    assert_eq!(slots(store, "web"), (Some(v1), vec![]));
 }
