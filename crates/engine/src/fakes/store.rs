@@ -1,4 +1,5 @@
-//! [`MemStore`]: the store in memory, with the same semantics as the SQLite one.
+//! [`MemStore`]: the store in memory, with the same semantics as the SQLite one. The
+//! contract suite in switchyard-store (`contract`) runs every behaviour against both.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
