@@ -15,6 +15,8 @@ use switchyard_engine::{
     NewDeployment, Outcome, ServiceRecord, Step, Store, StoreError,
 };
 
+#[cfg(test)]
+mod contract;
 mod controls;
 mod deployments;
 #[cfg(test)]

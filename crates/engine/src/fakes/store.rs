@@ -1,4 +1,5 @@
-//! [`MemStore`]: the store in memory, with the same semantics as the SQLite one.
+//! [`MemStore`]: the store in memory, with the same semantics as the SQLite one. The
+//! contract suite in switchyard-store (`contract`) runs every behaviour against both.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -31,6 +32,17 @@ impl MemStore {
         }
     }
 
+    /// Where deployment `id` sits in `deployments`, or an error naming it, as SQLite's
+    /// `no such deployment`.
+    fn index(&self, id: DeploymentId) -> Result<usize, StoreError> {
+        let len = self.state.borrow().deployments.len();
+        usize::try_from(id)
+            .ok()
+            .and_then(|id| id.checked_sub(1))
+            .filter(|i| *i < len)
+            .ok_or_else(|| StoreError(format!("no such deployment {id}")))
+    }
+
     fn slots(&self, service: &Name, state: InstanceState) -> Vec<Slot> {
         let st = self.state.borrow();
         let mut by_deployment: BTreeMap<DeploymentId, Slot> = BTreeMap::new();
@@ -55,6 +67,15 @@ impl MemStore {
     }
 }
 
+/// Whether `held` is still the lock the caller judged stale. As in SQLite, `deployment` is
+/// left out: `begin` fills it in after the lock is taken.
+fn same_holder(stale: &Lock, held: &Lock) -> bool {
+    Lock {
+        deployment: held.deployment,
+        ..stale.clone()
+    } == *held
+}
+
 impl Store for MemStore {
     fn put_control(
         &self,
@@ -63,6 +84,8 @@ impl Store for MemStore {
         _at_ms: i64,
     ) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
+        // SQLite's foreign key: a request only for a deployment that was begun.
+        self.index(id)?;
         self.state.borrow_mut().controls.insert(id, control);
         Ok(())
     }
@@ -80,7 +103,9 @@ impl Store for MemStore {
         self.shared.write_allowed()?;
         let mut st = self.state.borrow_mut();
         match st.locks.get(&lock.service) {
-            Some(held) if Some(held) != replace => Ok(Err(held.clone())),
+            Some(held) if !replace.is_some_and(|stale| same_holder(stale, held)) => {
+                Ok(Err(held.clone()))
+            }
             _ => {
                 st.locks.insert(lock.service.clone(), lock.clone());
                 Ok(Ok(()))
@@ -143,11 +168,12 @@ impl Store for MemStore {
     }
 
     fn journal(&self, id: DeploymentId, at_ms: i64, step: &Step) -> Result<(), StoreError> {
+        let index = self.index(id)?;
         let persist = self.shared.journal_write()?;
         self.shared.record(format!("journal {}", step.name()));
         if persist {
             let mut st = self.state.borrow_mut();
-            let entries = &mut st.deployments[id as usize - 1].1;
+            let entries = &mut st.deployments[index].1;
             let seq = entries.len() as i64 + 1;
             entries.push(JournalEntry {
                 seq,
@@ -166,8 +192,9 @@ impl Store for MemStore {
         message: &str,
     ) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
+        let index = self.index(id)?;
         let mut st = self.state.borrow_mut();
-        let d = &mut st.deployments[id as usize - 1].0;
+        let d = &mut st.deployments[index].0;
         d.finished_ms = Some(at_ms);
         d.outcome = outcome;
         d.message = message.to_owned();
@@ -191,12 +218,10 @@ impl Store for MemStore {
         &self,
         id: DeploymentId,
     ) -> Result<Option<(DeploymentRecord, Vec<JournalEntry>)>, StoreError> {
-        Ok(self
-            .state
-            .borrow()
-            .deployments
-            .get(id as usize - 1)
-            .cloned())
+        let Ok(index) = self.index(id) else {
+            return Ok(None);
+        };
+        Ok(Some(self.state.borrow().deployments[index].clone()))
     }
 
     fn history(
@@ -224,8 +249,9 @@ impl Store for MemStore {
 
     fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
-        if let Some(entry) = self.state.borrow_mut().instances.get_mut(id) {
-            entry.1 = state;
+        match self.state.borrow_mut().instances.get_mut(id) {
+            Some(entry) => entry.1 = state,
+            None => return Err(StoreError(format!("no such instance {id}"))),
         }
         Ok(())
     }
@@ -243,7 +269,19 @@ impl Store for MemStore {
     fn activate(&self, service: &Name, id: DeploymentId) -> Result<(), StoreError> {
         self.shared.write_allowed()?;
         self.shared.record(format!("store.activate #{id}"));
+        // SQLite's foreign key: only a deployment that was begun can be the active one.
+        self.index(id)?;
         let mut st = self.state.borrow_mut();
+        // Its active instances count: they are retained, then activated again.
+        let promotes = |(i, s): &(Instance, InstanceState)| {
+            &i.service == service && i.deployment == id && *s != InstanceState::Removed
+        };
+        if !st.instances.values().any(promotes) {
+            // As SQLite, which rolls back rather than leave the service with no active slot.
+            return Err(StoreError(format!(
+                "activating deployment {id} of {service}: it has no starting or retained instances"
+            )));
+        }
         for (instance, state) in st.instances.values_mut() {
             if &instance.service != service {
                 continue;
