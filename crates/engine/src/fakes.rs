@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 mod router;
@@ -25,6 +26,17 @@ pub struct Shared {
     journal_writes: Cell<usize>,
     kill_at: Cell<Option<(usize, bool)>>,
     dead: Cell<bool>,
+    /// The step-by-step invariants, when a test asks for them ([`Shared::watch`]).
+    watch: RefCell<Option<Watch>>,
+}
+
+/// What the runtime and router fakes report to check the invariants at every step: the
+/// last probe of each address, and what nginx routes to.
+#[derive(Default)]
+struct Watch {
+    probed_ok: BTreeMap<SocketAddr, bool>,
+    routed: BTreeSet<SocketAddr>,
+    violations: Vec<String>,
 }
 
 impl Shared {
@@ -48,6 +60,48 @@ impl Shared {
 
     pub fn is_dead(&self) -> bool {
         self.dead.get()
+    }
+
+    /// From now on, checks at every route change that traffic goes only to addresses whose
+    /// last probe passed, and at every stop that nothing routed is stopped.
+    pub fn watch(&self) {
+        *self.watch.borrow_mut() = Some(Watch::default());
+    }
+
+    /// What broke the invariants since the last call.
+    pub fn violations(&self) -> Vec<String> {
+        let mut watch = self.watch.borrow_mut();
+        watch
+            .as_mut()
+            .map_or(vec![], |w| std::mem::take(&mut w.violations))
+    }
+
+    fn probed(&self, addr: SocketAddr, ok: bool) {
+        if let Some(w) = self.watch.borrow_mut().as_mut() {
+            w.probed_ok.insert(addr, ok);
+        }
+    }
+
+    fn routed(&self, backends: &[SocketAddr]) {
+        if let Some(w) = self.watch.borrow_mut().as_mut() {
+            for addr in backends {
+                if w.probed_ok.get(addr) != Some(&true) {
+                    w.violations
+                        .push(format!("routed to {addr}, not healthy at its last probe"));
+                }
+            }
+            w.routed = backends.iter().copied().collect();
+        }
+    }
+
+    fn stopped(&self, addr: SocketAddr) {
+        if let Some(w) = self.watch.borrow_mut().as_mut() {
+            w.probed_ok.remove(&addr);
+            if w.routed.contains(&addr) {
+                w.violations
+                    .push(format!("stopped {addr} while nginx routes to it"));
+            }
+        }
     }
 
     pub fn record(&self, call: String) {

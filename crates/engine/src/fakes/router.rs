@@ -66,6 +66,7 @@ impl Router for FakeRouter {
         {
             reachable.extend(&c.backends);
         }
+        self.shared.routed(&reachable);
         self.live
             .borrow_mut()
             .insert(set.service.clone(), reachable);

@@ -191,6 +191,9 @@ impl Runtime for FakeRuntime {
             });
         }
         if let Some(f) = self.instances.borrow_mut().get_mut(&instance.id) {
+            if f.running {
+                self.shared.stopped(f.instance.addr());
+            }
             f.running = false;
         }
         Ok(())
@@ -200,7 +203,11 @@ impl Runtime for FakeRuntime {
         self.shared.alive().await;
         self.shared
             .record(format!("runtime.remove {}", instance.name));
-        self.instances.borrow_mut().remove(&instance.id);
+        if let Some(f) = self.instances.borrow_mut().remove(&instance.id) {
+            if f.running {
+                self.shared.stopped(f.instance.addr());
+            }
+        }
         Ok(())
     }
 
@@ -236,6 +243,7 @@ impl Prober for FakeRuntime {
             }
             None => false,
         };
+        self.shared.probed(addr, ok);
         let summary = match (ok, self.version_at(addr)) {
             (true, _) => "200 ok".to_owned(),
             (false, Some(_)) => format!("503 unhealthy at {path}"),

@@ -3,7 +3,9 @@
 //! Each schedule, drawn from a seed, mixes random replica counts and bounds (gaps refused), kills after any
 //! journal write, versions whose health never passes, crashing versions, refused nginx
 //! changes, canaries the judge fails or has no data for, and random `deploy` / `rollback`
-//! commands. After every command that was not killed: nginx routes only to running
+//! commands. At every step (through the fakes' watch): each route change sends traffic
+//! only to addresses whose last health probe passed, and nothing nginx routes to is stopped.
+//! After every command that was not killed: nginx routes only to running
 //! instances of the active version, the store's active slot is exactly what runs, no
 //! deployment is left running and the lock is free; rollouts never ran more than
 //! `replicas + max_surge` instances. Every schedule ends settled by one clean deploy. (Plans
@@ -114,6 +116,7 @@ fn assert_settled(w: &World, ctx: &str) {
 async fn schedule(seed: u64, kind: StrategyKind) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let w = world(&mut rng, kind);
+    w.shared.watch();
     let metrics = FakeMetrics::default();
     for round in 1..=5u32 {
         let version = format!("v{round}");
@@ -135,6 +138,8 @@ async fn schedule(seed: u64, kind: StrategyKind) {
         let rollback = round > 1 && rng.chance(25);
         let run = command(&w, kind, &version, rollback, &metrics);
         let result = tokio::time::timeout(Duration::from_secs(36_000), run).await;
+        let broken = w.shared.violations();
+        assert!(broken.is_empty(), "{ctx}: at some step {broken:#?}");
         assert_routes_to_running(&w, &ctx);
         let dead = w.shared.is_dead();
         w.shared.revive();
