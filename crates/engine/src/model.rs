@@ -13,6 +13,26 @@ use crate::seams::DrainHandle;
 
 pub type DeploymentId = i64;
 
+/// `as_str` and `parse` for a fieldless enum: the word each value is stored and shown as.
+macro_rules! words {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$ty> {
+                match s {
+                    $($word => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 /// The two blue-green slots. The active one comes from the store, never from `docker ps`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,26 +41,16 @@ pub enum Color {
     Green,
 }
 
+words!(Color {
+    Blue => "blue",
+    Green => "green",
+});
+
 impl Color {
     pub fn other(self) -> Color {
         match self {
             Color::Blue => Color::Green,
             Color::Green => Color::Blue,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Color> {
-        match s {
-            "blue" => Some(Color::Blue),
-            "green" => Some(Color::Green),
-            _ => None,
         }
     }
 }
@@ -132,22 +142,12 @@ pub enum InstanceState {
     Removed,
 }
 
-impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Starting => "starting",
-            InstanceState::Active => "active",
-            InstanceState::Retained => "retained",
-            InstanceState::Removed => "removed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<InstanceState> {
-        [Self::Starting, Self::Active, Self::Retained, Self::Removed]
-            .into_iter()
-            .find(|st| st.as_str() == s)
-    }
-}
+words!(InstanceState {
+    Starting => "starting",
+    Active => "active",
+    Retained => "retained",
+    Removed => "removed",
+});
 
 /// The replicas of one version of a service that share a deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,20 +172,10 @@ pub enum DeployKind {
     Rollback,
 }
 
-impl DeployKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployKind::Deploy => "deploy",
-            DeployKind::Rollback => "rollback",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<DeployKind> {
-        [Self::Deploy, Self::Rollback]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
+words!(DeployKind {
+    Deploy => "deploy",
+    Rollback => "rollback",
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,21 +186,11 @@ pub enum Outcome {
     Failed,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Running => "running",
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        [Self::Running, Self::Succeeded, Self::Failed]
-            .into_iter()
-            .find(|o| o.as_str() == s)
-    }
-}
+words!(Outcome {
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+});
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDeployment {
@@ -251,20 +231,10 @@ pub enum Control {
     Abort,
 }
 
-impl Control {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Control::Promote => "promote",
-            Control::Abort => "abort",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Control> {
-        [Self::Promote, Self::Abort]
-            .into_iter()
-            .find(|c| c.as_str() == s)
-    }
-}
+words!(Control {
+    Promote => "promote",
+    Abort => "abort",
+});
 
 /// The per-service deploy lock. A dead owner pid or a stale heartbeat frees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -450,19 +420,17 @@ impl Cause {
         Cause::Aborted,
         Cause::Interrupted,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Start => "start",
-            Cause::Unhealthy => "unhealthy",
-            Cause::Nginx => "nginx",
-            Cause::Threshold => "threshold",
-            Cause::NoData => "no_data",
-            Cause::Aborted => "aborted",
-            Cause::Interrupted => "interrupted",
-        }
-    }
 }
+
+words!(Cause {
+    Start => "start",
+    Unhealthy => "unhealthy",
+    Nginx => "nginx",
+    Threshold => "threshold",
+    NoData => "no_data",
+    Aborted => "aborted",
+    Interrupted => "interrupted",
+});
 
 /// A failed move: why, typed, and what a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

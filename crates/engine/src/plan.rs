@@ -15,8 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::config::{ServiceSpec, Source, StrategyKind};
-use crate::deploy::rolling::batches::{self, Counts, Limits};
+use crate::config::{RollingSpec, ServiceSpec, Source, StrategyKind};
+use crate::deploy::rolling::batches::{self, Batch, Counts, Limits};
 use crate::model::{Color, ServiceRecord};
 use crate::names::Version;
 use crate::seams::UpstreamSet;
@@ -170,6 +170,47 @@ fn placeholders(n: u16) -> Vec<SocketAddr> {
     vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0)); usize::from(n)]
 }
 
+/// What one batch does, `serving` replicas in the upstream after it.
+fn batch_step(
+    spec: &ServiceSpec,
+    r: &RollingSpec,
+    version: &Version,
+    kind: StrategyKind,
+    b: Batch,
+    serving: u16,
+) -> String {
+    let h = &spec.health;
+    let ports = match kind {
+        StrategyKind::InPlace => "on the ports the old replicas freed",
+        _ => "each on a new 127.0.0.1 port",
+    };
+    let mut parts = Vec::new();
+    if b.add > 0 {
+        parts.push(format!(
+            "start {} replica(s) of {version} {ports} and wait until each passes GET {} {} times in a row",
+            b.add, h.path, h.healthy_after
+        ));
+    }
+    if serving == 0 {
+        parts.push(format!(
+            "stop the last old replica: nginx keeps its address, and requests fail until the replacement answers (allow_downtime = {})",
+            r.allow_downtime
+        ));
+    } else {
+        parts.push(format!(
+            "one validated, confirmed reload: {} new in, {} old out ({serving} in the upstream)",
+            b.add, b.remove
+        ));
+    }
+    if b.remove > 0 && serving > 0 {
+        parts.push(format!(
+            "wait for the old workers to exit (at most {:?}), then stop the {} old replica(s) and keep them",
+            spec.drain_timeout, b.remove
+        ));
+    }
+    parts.join("; ")
+}
+
 /// A rolling or in-place deploy of `version`: one step per batch, within the service's
 /// `max_surge` and `max_unavailable`.
 pub fn rolling(
@@ -186,12 +227,6 @@ pub fn rolling(
         max_unavailable: r.max_unavailable,
     };
     let stale = old.map_or(0, |s| s.instances.len() as u16);
-    let h = &spec.health;
-    let ports = if kind == StrategyKind::InPlace {
-        "on the ports the old replicas freed"
-    } else {
-        "each on a new 127.0.0.1 port"
-    };
     let mut steps = vec![format!(
         "{} {} -> {version} in batches: at most {} replica(s) running ({} + max_surge {}), at least {} in the upstream ({} - max_unavailable {})",
         kind.as_str(),
@@ -208,34 +243,10 @@ pub fn rolling(
     }
     let mut now = Counts { fresh: 0, stale };
     for (i, b) in batches::plan(limits, stale).iter().enumerate() {
-        let mut parts = Vec::new();
-        if b.add > 0 {
-            parts.push(format!(
-                "start {} replica(s) of {version} {ports} and wait until each passes GET {} {} times in a row",
-                b.add, h.path, h.healthy_after
-            ));
-        }
         now.fresh += b.add;
         now.stale -= b.remove;
-        let serving = now.fresh + now.stale;
-        if serving == 0 {
-            parts.push(format!(
-                "stop the last old replica: nginx keeps its address, and requests fail until the replacement answers (allow_downtime = {})",
-                r.allow_downtime
-            ));
-        } else {
-            parts.push(format!(
-                "one validated, confirmed reload: {} new in, {} old out ({serving} in the upstream)",
-                b.add, b.remove
-            ));
-        }
-        if b.remove > 0 && serving > 0 {
-            parts.push(format!(
-                "wait for the old workers to exit (at most {:?}), then stop the {} old replica(s) and keep them",
-                spec.drain_timeout, b.remove
-            ));
-        }
-        steps.push(format!("batch {}: {}", i + 1, parts.join("; ")));
+        let what = batch_step(spec, &r, version, kind, *b, now.fresh + now.stale);
+        steps.push(format!("batch {}: {what}", i + 1));
     }
     steps.push(format!(
         "on a failed batch: {}",

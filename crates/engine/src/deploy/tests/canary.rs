@@ -291,9 +291,13 @@ async fn a_canary_killed_after_any_step_is_settled_by_the_next_deploy() {
         w.shared.revive();
         w.host.restart();
         let interrupted = w.store.unfinished(&w.spec.name).unwrap();
-        let promoting = interrupted.as_ref().is_some_and(|(_, j)| {
-            j.iter()
-                .any(|e| matches!(e.step, Step::Serve { canary: None, .. }))
+        // The promotion: a serve set of the canary alone, on the stable track.
+        let promoting = interrupted.as_ref().is_some_and(|(d, j)| {
+            let f = crate::deploy::fold::fold(d.id, j, &[]);
+            let new = |id: &String| f.known.iter().any(|k| &k.id == id && k.deployment == d.id);
+            let promotion =
+                |p: &crate::deploy::fold::Served| p.canary.is_none() && p.stable.iter().all(new);
+            f.pending.as_ref().is_some_and(promotion) || (f.reloads > 0 && promotion(&f.confirmed))
         });
         w.deploy("v3")
             .await
@@ -302,13 +306,37 @@ async fn a_canary_killed_after_any_step_is_settled_by_the_next_deploy() {
         if let Some((record, _)) = interrupted {
             let (after, _) = w.store.deployment(record.id).unwrap().unwrap();
             // An unpromoted canary is routed back, never promoted on resume.
-            let expected = if promoting {
-                after.outcome
-            } else {
-                Outcome::Failed
-            };
-            assert_eq!(after.outcome, expected, "step {n}: {}", after.message);
+            if !promoting {
+                assert_eq!(
+                    after.outcome,
+                    Outcome::Failed,
+                    "step {n}: {}",
+                    after.message
+                );
+            }
         }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_killed_after_any_step_is_settled_by_rollback() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    let before = w.journal_steps().len();
+    w.canary("v2", &metrics).await.unwrap();
+    let steps = w.journal_steps().len() - before;
+    for n in 1..=steps {
+        let w = with_v1(&metrics).await;
+        w.killed_during(n, w.canary("v2", &metrics)).await;
+        // Undone (v1 restored) wherever it was killed; after the promotion, rolled back.
+        let report = w
+            .deployer()
+            .rollback(&w.spec)
+            .await
+            .unwrap_or_else(|e| panic!("step {n}: {e}"));
+        assert_eq!(report.to.as_str(), "v1", "step {n}");
+        w.assert_consistent("v1");
     }
 }
 

@@ -3,8 +3,9 @@
 
 use super::*;
 
-/// Starts v2 beside a live v1 as the old code did, journaling `steps` (with the v2
-/// instances' addresses) and leaving nginx as `route` says, then dies.
+/// Starts v2 beside a live v1 as the old code did and journals, by address, a blue-green
+/// `route`/`routed` (or, with `shift`, a canary's `shift`/`shifted`), leaving nginx there,
+/// then dies.
 async fn legacy_v2(w: &World, strategy: &str, shift: Option<u32>) -> DeploymentId {
     let old = w.store.service(&w.spec.name).unwrap().active.unwrap();
     let id = w
@@ -20,34 +21,7 @@ async fn legacy_v2(w: &World, strategy: &str, shift: Option<u32>) -> DeploymentI
             started_ms: 0,
         })
         .unwrap();
-    let mut new = Vec::new();
-    for replica in 0..w.spec.replicas {
-        let spec = InstanceSpec {
-            service: w.spec.name.clone(),
-            version: v("v2"),
-            color: Color::Green,
-            deployment: id,
-            replica,
-            source: w.spec.source_for(&v("v2")),
-            port: w.spec.port,
-            env: w.spec.env.clone(),
-            host_port: None,
-        };
-        let instance = w.runtime.start(&spec).await.unwrap();
-        w.store
-            .journal(
-                id,
-                0,
-                &Step::InstanceStarted {
-                    instance: instance.clone(),
-                },
-            )
-            .unwrap();
-        w.store
-            .put_instance(&instance, InstanceState::Starting)
-            .unwrap();
-        new.push(instance);
-    }
+    let new = start_v2(w, id).await;
     let backends: Vec<SocketAddr> = new.iter().map(Instance::addr).collect();
     let (intent, set) = match shift {
         Some(weight_bp) => {
@@ -87,6 +61,39 @@ async fn legacy_v2(w: &World, strategy: &str, shift: Option<u32>) -> DeploymentI
     };
     w.store.journal(id, 0, &confirmed).unwrap();
     id
+}
+
+/// v2's replicas of deployment `id`, started and journaled as the old code did.
+async fn start_v2(w: &World, id: DeploymentId) -> Vec<Instance> {
+    let mut new = Vec::new();
+    for replica in 0..w.spec.replicas {
+        let spec = InstanceSpec {
+            service: w.spec.name.clone(),
+            version: v("v2"),
+            color: Color::Green,
+            deployment: id,
+            replica,
+            source: w.spec.source_for(&v("v2")),
+            port: w.spec.port,
+            env: w.spec.env.clone(),
+            host_port: None,
+        };
+        let instance = w.runtime.start(&spec).await.unwrap();
+        w.store
+            .journal(
+                id,
+                0,
+                &Step::InstanceStarted {
+                    instance: instance.clone(),
+                },
+            )
+            .unwrap();
+        w.store
+            .put_instance(&instance, InstanceState::Starting)
+            .unwrap();
+        new.push(instance);
+    }
+    new
 }
 
 #[tokio::test(start_paused = true)]
