@@ -175,14 +175,14 @@ fn batch_step(
     spec: &ServiceSpec,
     r: &RollingSpec,
     version: &Version,
-    kind: StrategyKind,
+    reuses_ports: bool,
     b: Batch,
     serving: u16,
 ) -> String {
     let h = &spec.health;
-    let ports = match kind {
-        StrategyKind::InPlace => "on the ports the old replicas freed",
-        _ => "each on a new 127.0.0.1 port",
+    let ports = match reuses_ports {
+        true => "on the ports the old replicas freed",
+        false => "each on a new 127.0.0.1 port",
     };
     let mut parts = Vec::new();
     if b.add > 0 {
@@ -245,7 +245,9 @@ pub fn rolling(
     for (i, b) in batches::plan(limits, stale).iter().enumerate() {
         now.fresh += b.add;
         now.stale -= b.remove;
-        let what = batch_step(spec, &r, version, kind, *b, now.fresh + now.stale);
+        // In place, replacements take the ports of the replicas they replace, if any live.
+        let reuses_ports = kind == StrategyKind::InPlace && stale > 0;
+        let what = batch_step(spec, &r, version, reuses_ports, *b, now.fresh + now.stale);
         steps.push(format!("batch {}: {what}", i + 1));
     }
     steps.push(format!(
