@@ -250,22 +250,7 @@ impl Live {
                 )
             }
         };
-        let layout = match &config.proxy.mode {
-            ProxyMode::Managed { prefix } => Layout::managed(&config.proxy.nginx, prefix),
-            ProxyMode::System {
-                main_conf,
-                conf_dir,
-                pid_file,
-                access_log,
-            } => Layout::system(
-                &config.proxy.nginx,
-                main_conf,
-                conf_dir,
-                pid_file,
-                access_log,
-            ),
-        };
-        let router = NginxRouter::new(layout, config.proxy.control, Templates::builtin());
+        let router = router(&config);
         Ok(Live {
             config,
             runtime,
@@ -366,6 +351,27 @@ impl Live {
         }
         Ok(())
     }
+}
+
+/// The router the config describes (its routing is resolved on first use).
+pub fn router(config: &Config) -> NginxRouter {
+    let layout = match &config.proxy.mode {
+        ProxyMode::Managed { prefix } => Layout::managed(&config.proxy.nginx, prefix),
+        ProxyMode::System {
+            main_conf,
+            conf_dir,
+            pid_file,
+            access_log,
+        } => Layout::system(
+            &config.proxy.nginx,
+            main_conf,
+            conf_dir,
+            pid_file,
+            access_log,
+        ),
+    };
+    NginxRouter::new(layout, config.proxy.control, Templates::builtin())
+        .with_routing(config.proxy.routing)
 }
 
 /// The Docker label that keeps this installation's containers apart: a hash of the state

@@ -100,7 +100,7 @@ impl Observer for Progress {
             } => {
                 mark(&self.reloaded_at);
                 self.line(format!(
-                    "nginx generation {generation} live (confirmed in {confirm_ms} ms)"
+                    "traffic moved: generation {generation} live (confirmed in {confirm_ms} ms)"
                 ))
             }
             Event::Drained {
@@ -115,7 +115,7 @@ impl Observer for Progress {
             }
                         Event::Shifted { weight_bp, generation, confirm_ms } => {
                 mark(&self.reloaded_at);
-                self.line(format!("canary at {}% (nginx generation {generation}, confirmed in {confirm_ms} ms)", percent(*weight_bp)))
+                self.line(format!("canary at {}% (generation {generation}, confirmed in {confirm_ms} ms)", percent(*weight_bp)))
             }
             Event::Analysis { weight_bp, verdict, .. } => {
                 let (what, why) = match verdict {

@@ -1,5 +1,6 @@
 //! `switchyard deploy` and `switchyard rollback`.
 
+use switchyard_app::live::Live;
 use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
 use switchyard_engine::config::StrategyKind;
@@ -19,6 +20,7 @@ pub async fn deploy(
     let spec = live.spec(service)?;
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
+    say_routing(cli, &live);
     let deployer = live.deployer(&progress);
     let report = match strategy.unwrap_or(spec.strategy) {
         StrategyKind::BlueGreen => deployer.deploy(spec, &version).await?,
@@ -40,9 +42,17 @@ pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
     let spec = live.spec(service)?;
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
+    say_routing(cli, &live);
     let report = live.deployer(&progress).rollback(spec).await?;
     print_report(cli, &report);
     Ok(())
+}
+
+/// How this deploy moves traffic, before it starts.
+fn say_routing(cli: &Cli, live: &Live) {
+    if cli.output == Output::Human {
+        println!("routing: {}", live.router.routing_note());
+    }
 }
 
 fn print_report(cli: &Cli, r: &DeployReport) {

@@ -91,6 +91,12 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
     if let Some(down) = &down {
         println!("{down}");
     }
+    let routing = live.router.routing();
+    println!(
+        "routing: {}: {}",
+        live.router.routing_note(),
+        routing.client_view()
+    );
     for s in &all {
         print_human(s);
     }

@@ -10,6 +10,8 @@ use crate::Cli;
 struct Valid {
     file: String,
     services: Vec<String>,
+    /// How deploys will move traffic, and why (`proxy.routing`, checked with `nginx -t`).
+    routing: String,
 }
 
 pub fn run(cli: &Cli) -> Result<(), AppError> {
@@ -17,6 +19,7 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     let valid = Valid {
         file: cli.config.display().to_string(),
         services: config.services.iter().map(|s| s.name.to_string()).collect(),
+        routing: switchyard_app::live::router(&config).routing_note(),
     };
     if !json(cli, &valid) {
         println!(
@@ -25,6 +28,7 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
             valid.services.len(),
             valid.services.join(", ")
         );
+        println!("routing: {}", valid.routing);
     }
     Ok(())
 }

@@ -59,6 +59,32 @@ pub struct ProxyConfig {
     pub mode: ProxyMode,
     /// Loopback address of the generated server block that answers the config generation.
     pub control: SocketAddr,
+    /// How traffic moves: `proxy.routing`.
+    pub routing: RoutingChoice,
+}
+
+/// `[proxy] routing`: how a deploy moves traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingChoice {
+    /// `dynamic` where nginx can load its Lua module, else `reload` (the default).
+    Auto,
+    /// Routing documents in nginx's shared memory, no reloads (needs `libnginx-mod-http-lua`).
+    Dynamic,
+    /// A validated, confirmed reload per change (plain nginx).
+    Reload,
+}
+
+impl RoutingChoice {
+    pub fn parse(s: &str) -> Result<RoutingChoice, String> {
+        match s {
+            "auto" => Ok(RoutingChoice::Auto),
+            "dynamic" => Ok(RoutingChoice::Dynamic),
+            "reload" => Ok(RoutingChoice::Reload),
+            other => Err(format!(
+                "unknown routing {other:?}: use \"auto\", \"dynamic\" or \"reload\""
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

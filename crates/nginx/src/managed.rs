@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use switchyard_engine::RouterError;
 
 use crate::router::{NginxRouter, CONTROL_FILE};
+use crate::routing::Routing;
 use crate::stage::install;
 use crate::{control, procs};
 
@@ -54,19 +55,19 @@ impl ManagedNginx {
                 owned: false,
             });
         }
+        let lua = router.routing() == Routing::Dynamic;
         let main = router
             .templates
-            .main_conf(prefix, worker_shutdown_timeout)
+            .main_conf(prefix, worker_shutdown_timeout, lua)
             .map_err(RouterError::Unavailable)?;
+        // Written afresh for the routing in use: a tree left by an earlier run may have
+        // been rendered for the other one.
         let generation = router.disk_generation();
-        if !layout.conf_dir.join(CONTROL_FILE).exists() {
-            let text = router
-                .templates
-                .control(router.control, generation)
-                .map_err(RouterError::Unavailable)?;
-            install(&layout.conf_dir, &[(CONTROL_FILE.to_owned(), Some(text))])
-                .map_err(|e| io("writing the control file", e))?;
-        }
+        let text = router
+            .control_file(generation)
+            .map_err(RouterError::Unavailable)?;
+        install(&layout.conf_dir, &[(CONTROL_FILE.to_owned(), Some(text))])
+            .map_err(|e| io("writing the control file", e))?;
         let conf_root = layout.main_conf.parent().unwrap_or(Path::new("/"));
         install(conf_root, &[("nginx.conf".to_owned(), Some(main))])
             .map_err(|e| io("writing nginx.conf", e))?;

@@ -1,28 +1,43 @@
-//! [`NginxRouter`]: the engine's `Router` over a real nginx.
+//! [`NginxRouter`]: the engine's `Router` over a real nginx, in one of two [`Routing`]s.
 //!
-//! `apply` is the cutover protocol's steps 3 and 4: render, validate a staged copy of the
-//! whole tree, rename into place, signal the master, and poll the control server on fresh
-//! connections until the new generation answers. One apply at a time, across processes
-//! (an advisory lock on `conf_dir/.switchyard.lock`). If the reload is not confirmed the
-//! previous files are put back, so the files on disk always describe what nginx serves.
+//! Reload routing is the cutover protocol's steps 3 and 4: render, validate a staged copy of
+//! the whole tree, rename into place, signal the master, and poll the control server on fresh
+//! connections until the new generation answers. If the reload is not confirmed the previous
+//! files are put back, so the files on disk always describe what nginx serves. Its drain
+//! waits for the old workers to exit.
+//!
+//! Dynamic routing (see [`crate::routing`]) writes the service's routing document to the
+//! state file and posts it to the control server, then reads the live generation back on a
+//! fresh connection; nginx is reloaded only when a file changes (the first deploy of a
+//! service, a changed listen). Its drain waits until no peer outside the new routing has a
+//! request in flight.
+//!
+//! One apply at a time, across processes (an advisory lock on `conf_dir/.switchyard.lock`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use switchyard_engine::config::RoutingChoice;
 use switchyard_engine::{
     ConfigDiff, DrainHandle, Drained, Reload, Router, RouterError, UpstreamSet,
 };
 
+use crate::routing::{self, DrainToken, Routing, StateFile};
 use crate::stage::{self, Layout};
 use crate::templates::Templates;
 use crate::{control, procs};
 
 pub const CONTROL_FILE: &str = "_control.conf";
+/// The routing state file in `conf_dir` (no include pattern matches it).
+pub const STATE_FILE: &str = "routing.json";
 const LOCK_FILE: &str = ".switchyard.lock";
 const POLL: Duration = Duration::from_millis(10);
+/// How often a dynamic drain reads the in-flight counts.
+const PEER_POLL: Duration = Duration::from_millis(5);
 
 pub struct NginxRouter {
     pub layout: Layout,
@@ -30,15 +45,81 @@ pub struct NginxRouter {
     pub templates: Templates,
     /// How long a reload may take to become live.
     pub confirm_timeout: Duration,
+    /// What `[proxy] routing` asked for; [`NginxRouter::routing`] resolves `auto` once.
+    pub choice: RoutingChoice,
+    resolved: OnceLock<(Routing, String)>,
 }
 
 impl NginxRouter {
+    /// A reload router; [`NginxRouter::with_routing`] chooses another.
     pub fn new(layout: Layout, control: SocketAddr, templates: Templates) -> NginxRouter {
         NginxRouter {
             layout,
             control,
             templates,
             confirm_timeout: Duration::from_secs(10),
+            choice: RoutingChoice::Reload,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    pub fn with_routing(mut self, choice: RoutingChoice) -> NginxRouter {
+        self.choice = choice;
+        self.resolved = OnceLock::new();
+        self
+    }
+
+    /// The routing in use: `auto` becomes `dynamic` when nginx can load its Lua module
+    /// (checked once, with `nginx -t`), else `reload`.
+    pub fn routing(&self) -> Routing {
+        self.resolve().0
+    }
+
+    /// The routing in use and why, for `validate`, `status` and the deploy output.
+    pub fn routing_note(&self) -> String {
+        let (routing, why) = self.resolve();
+        format!("{} ({why})", routing.as_str())
+    }
+
+    fn resolve(&self) -> &(Routing, String) {
+        self.resolved.get_or_init(|| match self.choice {
+            RoutingChoice::Reload => (Routing::Reload, "proxy.routing = \"reload\"".into()),
+            RoutingChoice::Dynamic => (Routing::Dynamic, "proxy.routing = \"dynamic\"".into()),
+            RoutingChoice::Auto => {
+                let probe = self
+                    .dynamic_control_file(self.disk_generation())
+                    .and_then(|text| routing::detect(&self.layout, &text));
+                match probe {
+                    Ok(()) => (Routing::Dynamic, "auto: nginx loads its Lua module".into()),
+                    Err(why) => (
+                        Routing::Reload,
+                        format!(
+                            "auto: nginx cannot load its Lua module (install libnginx-mod-http-lua and lua-cjson): {}",
+                            why.lines().next().unwrap_or_default()
+                        ),
+                    ),
+                }
+            }
+        })
+    }
+
+    fn state_file(&self) -> StateFile {
+        StateFile {
+            path: self.layout.conf_dir.join(STATE_FILE),
+        }
+    }
+
+    fn dynamic_control_file(&self, generation: u64) -> Result<String, String> {
+        let state = self.layout.conf_dir.join(STATE_FILE);
+        self.templates
+            .control(self.control, generation, Some(&state))
+    }
+
+    /// The control file for the routing in use.
+    pub fn control_file(&self, generation: u64) -> Result<String, String> {
+        match self.routing() {
+            Routing::Dynamic => self.dynamic_control_file(generation),
+            Routing::Reload => self.templates.control(self.control, generation, None),
         }
     }
 
@@ -69,7 +150,7 @@ impl NginxRouter {
         generation: u64,
         master: u32,
     ) -> Result<(), String> {
-        let control = self.templates.control(self.control, generation)?;
+        let control = self.control_file(generation)?;
         let files: Vec<(String, Option<String>)> = previous
             .into_iter()
             .map(|(name, text)| {
@@ -120,8 +201,7 @@ impl NginxRouter {
             .service(set, &self.layout.access_log)
             .map_err(RouterError::Unavailable)?;
         let control = self
-            .templates
-            .control(self.control, generation)
+            .control_file(generation)
             .map_err(RouterError::Unavailable)?;
         Ok(vec![
             (format!("{}.conf", set.service), service),
@@ -201,17 +281,51 @@ impl NginxRouter {
     }
 }
 
-/// The nginx worker PIDs a reload's drain handle names: the workers of the config before it.
-pub fn old_workers(reload: &Reload) -> Vec<u32> {
-    reload.drain.token().unwrap_or_default()
+/// What a route change's drain handle names (a bare list of workers from older routers).
+pub fn drain_token(handle: &DrainHandle) -> DrainToken {
+    handle
+        .token::<DrainToken>()
+        .or_else(|| {
+            handle.token::<Vec<u32>>().map(|workers| DrainToken {
+                workers,
+                ..DrainToken::default()
+            })
+        })
+        .unwrap_or_default()
 }
 
-impl Router for NginxRouter {
-    async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
+/// The nginx worker PIDs a reload's drain handle names: the workers of the config before it.
+pub fn old_workers(reload: &Reload) -> Vec<u32> {
+    drain_token(&reload.drain).workers
+}
+
+impl NginxRouter {
+    /// Reload routing: the whole route change is a confirmed reload.
+    async fn apply_reload(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
         let _lock = self.lock().await?;
+        let files = self.render(set, self.disk_generation() + 1)?;
+        let (generation, old_workers, confirm_ms) = self.reload(set, files).await?;
+        Ok(Reload {
+            generation,
+            drain: DrainHandle::new(DrainToken {
+                workers: old_workers,
+                ..DrainToken::default()
+            }),
+            confirm_ms,
+        })
+    }
+
+    /// Validates `files` on a staged tree, installs them, reloads and confirms the new
+    /// config generation (the one `files` hold: the disk's plus one); on failure the previous
+    /// files are back. The generation, the workers of the previous config, and the time to
+    /// confirm. The caller holds the lock.
+    async fn reload(
+        &self,
+        set: &UpstreamSet,
+        files: Vec<(String, String)>,
+    ) -> Result<(u64, Vec<u32>, u64), RouterError> {
         let master = self.master()?;
         let generation = self.disk_generation() + 1;
-        let files = self.render(set, generation)?;
         stage::validate(&self.layout, &files, set.service.as_str()).await?;
         let previous: Vec<(String, Option<String>)> = files
             .iter()
@@ -236,11 +350,7 @@ impl Router for NginxRouter {
             Err(e) => Err(format!("signalling nginx master {master}: {e}")),
         };
         match outcome {
-            Ok(confirm_ms) => Ok(Reload {
-                generation,
-                drain: DrainHandle::new(&old_workers),
-                confirm_ms,
-            }),
+            Ok(confirm_ms) => Ok((generation, old_workers, confirm_ms)),
             Err(why) => {
                 let restored = self.restore(previous, generation + 1, master).await;
                 Err(RouterError::NotConfirmed(match restored {
@@ -251,32 +361,68 @@ impl Router for NginxRouter {
         }
     }
 
+    /// Waits until none of `workers` is still a worker of the master.
+    fn lingering_workers(&self, master: u32, workers: &[u32]) -> Vec<u32> {
+        workers
+            .iter()
+            .copied()
+            .filter(|&p| procs::is_worker(master, p))
+            .collect()
+    }
+}
+
+impl Router for NginxRouter {
+    async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
+        match self.routing() {
+            Routing::Reload => self.apply_reload(set).await,
+            Routing::Dynamic => self.apply_dynamic(set).await,
+        }
+    }
+
     async fn wait_drained(
         &self,
         reload: &Reload,
         timeout: Duration,
     ) -> Result<Drained, RouterError> {
-        let master = self.master()?;
+        let token = drain_token(&reload.drain);
         let since = Instant::now();
-        let old_workers = old_workers(reload);
+        let master = if token.workers.is_empty() {
+            None
+        } else {
+            Some(self.master()?)
+        };
         loop {
-            let lingering: Vec<u32> = old_workers
-                .iter()
-                .copied()
-                .filter(|&p| procs::is_worker(master, p))
-                .collect();
+            let mut lingering = Vec::new();
+            if let Some(master) = master {
+                let workers = self.lingering_workers(master, &token.workers);
+                if !workers.is_empty() {
+                    lingering.push(format!("old nginx workers {workers:?} still running"));
+                }
+            }
+            if let Some(service) = &token.service {
+                if let Some(busy) = self.busy_peers(service, &token.serving).await {
+                    lingering.push(busy);
+                }
+            }
             if lingering.is_empty() || since.elapsed() >= timeout {
                 return Ok(Drained {
                     waited_ms: since.elapsed().as_millis() as u64,
-                    lingering: (!lingering.is_empty())
-                        .then(|| format!("old nginx workers {lingering:?} still running")),
+                    lingering: (!lingering.is_empty()).then(|| lingering.join("; ")),
                 });
             }
-            tokio::time::sleep(POLL).await;
+            let poll = if token.service.is_some() {
+                PEER_POLL
+            } else {
+                POLL
+            };
+            tokio::time::sleep(poll).await;
         }
     }
 
     fn preview(&self, set: &UpstreamSet) -> Result<ConfigDiff, RouterError> {
+        if self.routing() == Routing::Dynamic {
+            return self.preview_dynamic(set);
+        }
         let path = self.service_file(set.service.as_str());
         Ok(ConfigDiff {
             path: path.display().to_string(),
@@ -288,3 +434,5 @@ impl Router for NginxRouter {
         })
     }
 }
+
+mod dynamic;

@@ -82,6 +82,45 @@ pub async fn validate(
     files: &[(String, String)],
     service: &str,
 ) -> Result<(), RouterError> {
+    let (stage, main) = stage(layout, files)?;
+    let output = layout
+        .command(&[
+            "-t".as_ref(),
+            "-q".as_ref(),
+            "-c".as_ref(),
+            main.as_os_str(),
+        ])
+        .output()
+        .await
+        .map_err(|e| {
+            RouterError::Unavailable(format!("running {}: {e}", layout.nginx.display()))
+        })?;
+    verdict(layout, &stage, &output, service)
+}
+
+/// [`validate`], blocking the thread (a check made once, before any runtime is busy).
+pub fn validate_blocking(layout: &Layout, files: &[(String, String)]) -> Result<(), RouterError> {
+    let (stage, main) = stage(layout, files)?;
+    let mut cmd = std::process::Command::new(&layout.nginx);
+    if let Some(prefix) = &layout.prefix {
+        cmd.arg("-p").arg(prefix);
+    }
+    let output = cmd
+        .args(["-t", "-q", "-c"])
+        .arg(&main)
+        .output()
+        .map_err(|e| {
+            RouterError::Unavailable(format!("running {}: {e}", layout.nginx.display()))
+        })?;
+    verdict(layout, &stage, &output, "the routing check")
+}
+
+/// A copy of the live tree in a temporary directory with `files` written into its
+/// `conf_dir`, and the copy's main config.
+fn stage(
+    layout: &Layout,
+    files: &[(String, String)],
+) -> Result<(tempfile::TempDir, PathBuf), RouterError> {
     let unavailable =
         |what: &str, e: &dyn std::fmt::Display| RouterError::Unavailable(format!("{what}: {e}"));
     let rel = layout
@@ -108,17 +147,17 @@ pub async fn validate(
             .map_err(|e| unavailable("writing a staged file", &e))?;
     }
     let main_name = layout.main_conf.file_name().unwrap_or_default();
-    let staged_main = stage.path().join(main_name);
-    let output = layout
-        .command(&[
-            "-t".as_ref(),
-            "-q".as_ref(),
-            "-c".as_ref(),
-            staged_main.as_os_str(),
-        ])
-        .output()
-        .await
-        .map_err(|e| unavailable(&format!("running {}", layout.nginx.display()), &e))?;
+    let main = stage.path().join(main_name);
+    Ok((stage, main))
+}
+
+/// `nginx -t`'s answer on a staged tree, its paths put back to the live ones.
+fn verdict(
+    layout: &Layout,
+    stage: &tempfile::TempDir,
+    output: &std::process::Output,
+    service: &str,
+) -> Result<(), RouterError> {
     if output.status.success() {
         return Ok(());
     }

@@ -9,14 +9,21 @@ use std::path::Path;
 use std::time::Duration;
 use switchyard_engine::error_chain;
 
-use switchyard_engine::{RequestKey, UpstreamSet};
+use switchyard_engine::{Name, RequestKey, UpstreamSet};
 use tera::{Context, Tera};
 
 pub const MAIN: &str = "nginx.conf.tera";
 pub const SERVICE: &str = "service.conf.tera";
 pub const CONTROL: &str = "control.conf.tera";
+pub const ROUTING: &str = "routing.lua.tera";
 
-const BUILTIN: [(&str, &str); 3] = [
+/// Debian's dynamic modules for Lua in nginx (`libnginx-mod-http-lua` and its NDK dependency).
+pub const LUA_MODULES: [&str; 2] = [
+    "/usr/lib/nginx/modules/ndk_http_module.so",
+    "/usr/lib/nginx/modules/ngx_http_lua_module.so",
+];
+
+const BUILTIN: [(&str, &str); 4] = [
     (MAIN, include_str!("../../../templates/nginx.conf.tera")),
     (
         SERVICE,
@@ -26,6 +33,7 @@ const BUILTIN: [(&str, &str); 3] = [
         CONTROL,
         include_str!("../../../templates/control.conf.tera"),
     ),
+    (ROUTING, include_str!("../../../templates/routing.lua.tera")),
 ];
 
 pub struct Templates {
@@ -57,13 +65,17 @@ impl Templates {
         Ok(templates)
     }
 
+    /// The main config of a managed nginx; with `lua`, it loads [`LUA_MODULES`].
     pub fn main_conf(
         &self,
         prefix: &Path,
         worker_shutdown_timeout: Duration,
+        lua: bool,
     ) -> Result<String, String> {
         let mut ctx = Context::new();
         ctx.insert("prefix", &prefix.display().to_string());
+        let modules: &[&str] = if lua { &LUA_MODULES } else { &[] };
+        ctx.insert("modules", modules);
         ctx.insert("worker_processes", "auto");
         ctx.insert(
             "worker_shutdown_timeout",
@@ -107,11 +119,46 @@ impl Templates {
         self.render(SERVICE, &ctx)
     }
 
-    pub fn control(&self, control: SocketAddr, generation: u64) -> Result<String, String> {
+    /// The service file for routing without reloads: the server and two balancer stubs
+    /// (stable, canary) that take their peers from the service's routing document.
+    pub fn dynamic_service(
+        &self,
+        service: &Name,
+        listen: SocketAddr,
+        access_log: &Path,
+    ) -> Result<String, String> {
+        let mut ctx = Context::new();
+        ctx.insert("dynamic", &true);
+        ctx.insert("service", service.as_str());
+        ctx.insert("listen", &listen.to_string());
+        ctx.insert("access_log", &access_log.display().to_string());
+        self.render(SERVICE, &ctx)
+    }
+
+    /// The control server; with `routing` (the state file's path), also the shared memory,
+    /// the Lua code and the control locations of routing without reloads.
+    pub fn control(
+        &self,
+        control: SocketAddr,
+        generation: u64,
+        routing: Option<&Path>,
+    ) -> Result<String, String> {
         let mut ctx = Context::new();
         ctx.insert("control", &control.to_string());
         ctx.insert("generation", &generation);
         ctx.insert("log_format", &crate::tailer::log_format_directive());
+        if let Some(state_file) = routing {
+            let state_file = lua_string(state_file)?;
+            let mut lua = Context::new();
+            lua.insert("state_file", &state_file);
+            let routing = RoutingContext {
+                lua: self.render(ROUTING, &lua)?,
+                state_file,
+                routes_size: "8m",
+                inflight_size: "1m",
+            };
+            ctx.insert("routing", &routing);
+        }
         self.render(CONTROL, &ctx)
     }
 
@@ -120,6 +167,31 @@ impl Templates {
             .render(name, ctx)
             .map_err(|e| format!("rendering {name}: {}", error_chain(&e)))
     }
+}
+
+/// What the control template needs for routing without reloads.
+#[derive(serde::Serialize)]
+struct RoutingContext {
+    /// The rendered `routing.lua.tera`.
+    lua: String,
+    state_file: String,
+    routes_size: &'static str,
+    inflight_size: &'static str,
+}
+
+/// A path as the body of a Lua string literal: refused if it holds a quote, a backslash or a
+/// control character, so nothing in it is read as code.
+fn lua_string(path: &Path) -> Result<String, String> {
+    let text = path.display().to_string();
+    if text
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(format!(
+            "the routing state file {text:?} holds a quote, backslash or control character"
+        ));
+    }
+    Ok(text)
 }
 
 /// What the service template needs to render a canary track.

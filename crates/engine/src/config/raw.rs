@@ -49,6 +49,7 @@ pub(super) struct RawProxy {
     pub(super) pid_file: Option<String>,
     pub(super) access_log: Option<String>,
     pub(super) control: Option<Spanned<String>>,
+    pub(super) routing: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

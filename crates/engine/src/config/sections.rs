@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::checker::{parse_addr, Checker};
 use super::raw::{RawConfig, RawMetrics, RawProxy};
-use super::{Config, MetricsConfig, ProxyConfig, ProxyMode, RuntimeChoice, ServiceSpec};
+use super::{
+    Config, MetricsConfig, ProxyConfig, ProxyMode, RoutingChoice, RuntimeChoice, ServiceSpec,
+};
 
 impl Checker<'_> {
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
@@ -134,10 +136,17 @@ impl Checker<'_> {
                 })
                 .unwrap_or(default_control),
         };
+        let routing = match &raw.routing {
+            None => RoutingChoice::Auto,
+            Some(r) => self
+                .check(r, "proxy.routing", |r| RoutingChoice::parse(r))
+                .unwrap_or(RoutingChoice::Auto),
+        };
         ProxyConfig {
             nginx,
             mode,
             control,
+            routing,
         }
     }
 }

@@ -101,7 +101,7 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
 #[test]
 fn control_file_matches_golden_and_names_its_generation() {
     let text = Templates::builtin()
-        .control(addr("127.0.0.1:9900"), 7)
+        .control(addr("127.0.0.1:9900"), 7, None)
         .unwrap();
     check_golden("control.conf", &text);
     // NginxRouter::disk_generation reads this comment back.
@@ -113,13 +113,76 @@ fn control_file_matches_golden_and_names_its_generation() {
 #[test]
 fn main_conf_matches_golden_and_includes_conf_dir_relatively() {
     let text = Templates::builtin()
-        .main_conf(Path::new(PREFIX), Duration::from_secs(30))
+        .main_conf(Path::new(PREFIX), Duration::from_secs(30), false)
         .unwrap();
     check_golden("nginx.conf", &text);
     // stage::validate copies the tree and relies on the include being relative.
     assert!(text.contains("include switchyard/*.conf;"), "{text}");
     assert!(text.contains("worker_shutdown_timeout 30000ms;"), "{text}");
     assert!(text.contains(PREFIX), "{text}");
+}
+
+#[test]
+fn dynamic_service_file_matches_golden_and_takes_its_peers_from_the_balancer() {
+    let text = Templates::builtin()
+        .dynamic_service(
+            &Name::parse("api-2").unwrap(),
+            addr("127.0.0.1:8080"),
+            Path::new(LOG),
+        )
+        .unwrap();
+    check_golden("service-api-2-dynamic.conf", &text);
+    for track in ["stable", "canary"] {
+        assert!(
+            text.contains(&format!("upstream sy_api-2_{track} {{")),
+            "{text}"
+        );
+    }
+    // No backend address is in the file: a route change does not touch it.
+    assert!(!text.contains("9001"), "{text}");
+    assert!(text.contains("access(\"api-2\")"), "{text}");
+    assert!(
+        text.contains("proxy_pass http://sy_api-2_$sy_track;"),
+        "{text}"
+    );
+    assert!(text.contains("keepalive 32;"), "{text}");
+}
+
+#[test]
+fn dynamic_control_file_matches_golden_and_holds_the_routing_code() {
+    let state = Path::new("/srv/switchyard/nginx/conf/switchyard/routing.json");
+    let text = Templates::builtin()
+        .control(addr("127.0.0.1:9900"), 7, Some(state))
+        .unwrap();
+    check_golden("control-dynamic.conf", &text);
+    assert!(text.lines().any(|l| l == "# generation 7"), "{text}");
+    assert!(text.contains("lua_shared_dict switchyard_routes"), "{text}");
+    assert!(text.contains("location = /routes {"), "{text}");
+    assert!(text.contains("location = /inflight {"), "{text}");
+    assert!(
+        text.contains(&format!("local STATE_FILE = \"{}\"", state.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_state_file_path_that_could_break_out_of_its_lua_string_is_refused() {
+    for bad in ["/srv/a\"b.json", "/srv/a\\b.json", "/srv/a\nb.json"] {
+        let err = Templates::builtin()
+            .control(addr("127.0.0.1:9900"), 1, Some(Path::new(bad)))
+            .unwrap_err();
+        assert!(err.contains("routing state file"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn main_conf_with_lua_loads_the_modules_first() {
+    let text = Templates::builtin()
+        .main_conf(Path::new(PREFIX), Duration::from_secs(30), true)
+        .unwrap();
+    check_golden("nginx-lua.conf", &text);
+    let first = text.lines().find(|l| !l.starts_with('#')).unwrap();
+    assert_eq!(first, format!("load_module {};", LUA_MODULES[0]));
 }
 
 #[test]
@@ -148,13 +211,17 @@ fn an_override_replaces_only_the_template_it_names() {
     );
     let control = addr("127.0.0.1:9900");
     assert_eq!(
-        templates.control(control, 3).unwrap(),
-        builtin.control(control, 3).unwrap()
+        templates.control(control, 3, None).unwrap(),
+        builtin.control(control, 3, None).unwrap()
     );
     let timeout = Duration::from_secs(5);
     assert_eq!(
-        templates.main_conf(Path::new(PREFIX), timeout).unwrap(),
-        builtin.main_conf(Path::new(PREFIX), timeout).unwrap()
+        templates
+            .main_conf(Path::new(PREFIX), timeout, false)
+            .unwrap(),
+        builtin
+            .main_conf(Path::new(PREFIX), timeout, false)
+            .unwrap()
     );
 }
 
