@@ -43,6 +43,8 @@ pub struct SandboxOptions {
     pub strategy: String,
     /// Lines of the `[service.rolling]` table (max_surge, max_unavailable, on_failure).
     pub rolling: String,
+    /// `[proxy] routing`: "auto" (the default), "dynamic" or "reload".
+    pub routing: String,
 }
 
 impl SandboxOptions {
@@ -59,7 +61,14 @@ impl SandboxOptions {
             canary: String::new(),
             strategy: "blue-green".into(),
             rolling: String::new(),
+            routing: "auto".into(),
         }
+    }
+
+    /// How nginx moves traffic: "auto", "dynamic" or "reload".
+    pub fn routing(mut self, routing: &str) -> SandboxOptions {
+        self.routing = routing.to_owned();
+        self
     }
 
     /// The service's strategy and the lines of its `[service.rolling]` table.
@@ -329,6 +338,7 @@ fn config_text(o: &SandboxOptions, listen: SocketAddr, control: u16) -> String {
 [proxy]
 prefix = "nginx"
 control = "127.0.0.1:{control}"
+routing = "{routing}"
 
 [state]
 path = "state/switchyard.db"
@@ -357,6 +367,7 @@ drain = {{ timeout = "{drain}" }}
 {env}"#,
         canary = o.canary,
         rolling = o.rolling,
+        routing = o.routing,
         strategy = o.strategy,
         replicas = o.replicas,
         health = o.health,
