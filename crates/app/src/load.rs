@@ -2,19 +2,26 @@
 //! to show that no request fails while traffic moves between versions.
 //!
 //! [`Load::start`] spawns [`LoadConfig::connections`] tokio tasks. Each task owns its own
-//! `reqwest::Client` with `pool_max_idle_per_host(1)` and sends GETs one after another, so
-//! each task is one keep-alive connection (reopened when the server closes it, as a real
+//! `reqwest::Client` with `pool_max_idle_per_host(1)` and sends requests one after another,
+//! so each task is one keep-alive connection (reopened when the server closes it, as a real
 //! client would). Every task stops on its own once the shared [`LoadConfig::max_requests`]
 //! budget is spent or [`LoadConfig::max_duration`] has passed, whether or not anyone calls
 //! [`Load::stop`]; dropping a [`Load`] stops it too.
 //!
+//! Each request is a GET or a POST with a body, as [`LoadConfig::method`] says. By default
+//! the client is one that never sends a request twice, as wrk, Python's requests or any
+//! client sending a POST behaves: a request that crosses a connection close is a failure.
+//! [`LoadConfig::resend`] makes it send a GET once more when a reused keep-alive connection
+//! closes before answering, as browsers, curl and Go's `http.Transport` do; the
+//! [`LoadReport`] counts those in [`LoadReport::retried`].
+//!
 //! A request fails when it errors (connect, reset, timeout, broken body) or answers a
-//! non-2xx status. The [`LoadReport`] counts both, keeps the first [`MAX_FAILURES_KEPT`]
-//! [`Failure`]s, tallies successful responses per `x-version` header in [`VersionSeen`],
-//! and keeps one [`Sample`] (send time and latency) per successful request, at most
-//! [`MAX_SAMPLES_KEPT`] of them (32 MB), so latency can be split into steady state and
-//! during-deploy windows with [`LoadReport::percentile`]. All times are when the request
-//! was sent.
+//! non-2xx status, redirects included: they are not followed. The [`LoadReport`] counts
+//! both, keeps the first [`MAX_FAILURES_KEPT`] [`Failure`]s, tallies successful responses
+//! per `x-version` header in [`VersionSeen`], and keeps one [`Sample`] (send time and
+//! latency) per successful request, at most [`MAX_SAMPLES_KEPT`] of them (32 MB), so
+//! latency can be split into steady state and during-deploy windows with
+//! [`LoadReport::percentile`]. All times are when the request was sent.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,8 +42,15 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// What to load and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadConfig {
-    /// An `http://` URL; each request is a GET to it.
+    /// An `http://` URL; every request goes to it.
     pub url: String,
+    /// What each request is; a GET by default.
+    pub method: Method,
+    /// Send a GET once more, on a fresh connection, when the reused keep-alive connection it
+    /// went out on closed before any response byte came back (see [`send_loop`]). Off by
+    /// default: then no request is sent twice and one that crosses a connection close is a
+    /// failure. POSTs are never sent twice, whatever this says: they are not idempotent.
+    pub resend: bool,
     /// Concurrent keep-alive connections, one task each.
     pub connections: usize,
     /// Requests sent across all connections before the tasks stop.
@@ -48,17 +62,31 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
-    /// 4 connections, at most 100 000 requests over at most 60 s, 5 s per request.
-    /// Change fields with struct update syntax: `LoadConfig { connections: 8, ..LoadConfig::new(url) }`.
+    /// GETs that are never re-sent, on 4 connections, at most 100 000 requests over at most
+    /// 60 s, 5 s per request. Change fields with struct update syntax:
+    /// `LoadConfig { connections: 8, ..LoadConfig::new(url) }`.
     pub fn new(url: impl Into<String>) -> LoadConfig {
         LoadConfig {
             url: url.into(),
+            method: Method::Get,
+            resend: false,
             connections: 4,
             max_requests: 100_000,
             max_duration: Duration::from_secs(60),
             request_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// The HTTP method of every request, and the body a POST carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    /// Sent with `content-type: application/octet-stream`. Copied once per request, so keep
+    /// it small.
+    Post {
+        body: Vec<u8>,
+    },
 }
 
 /// One failed request.
@@ -135,6 +163,7 @@ pub struct LoadReport {
     pub samples_dropped: u64,
     /// GETs sent again because the reused keep-alive connection they went out on was closed
     /// before any response byte came back (see [`send_loop`]). Not failures, but reported.
+    /// Always 0 unless [`LoadConfig::resend`] is set.
     pub retried: u64,
 }
 
@@ -183,10 +212,11 @@ impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} requests, {} ok, {} failed in {:.2}s ({:.0} req/s)",
+            "{} requests, {} ok, {} failed, {} re-sent in {:.2}s ({:.0} req/s)",
             self.total,
             self.ok,
             self.failed,
+            self.retried,
             self.elapsed.as_secs_f64(),
             self.requests_per_second()
         )?;
@@ -391,14 +421,7 @@ fn saturate_u32(value: u128) -> u32 {
 }
 
 async fn send_loop(connection: usize, config: &LoadConfig, shared: &Shared) {
-    // One idle connection per client and requests sent one at a time: one keep-alive
-    // connection per task.
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(config.request_timeout)
-        .no_proxy()
-        .build()
-    {
+    let client = match build_client(config) {
         Ok(client) => client,
         Err(err) => {
             let error = format!("cannot build the HTTP client: {}", error_chain(&err));
@@ -411,18 +434,19 @@ async fn send_loop(connection: usize, config: &LoadConfig, shared: &Shared) {
             return;
         }
     };
+    let resend = config.resend && config.method == Method::Get;
     // Whether the next request goes out on a connection that already carried one.
     let mut reused = false;
     while shared.take_request() {
         let sent = Instant::now();
-        let mut outcome = send(&client, &config.url).await;
-        // What HTTP clients do (Go's Transport, browsers, curl): a GET sent on a reused
-        // keep-alive connection that the server closed before answering is sent once more on
-        // a fresh connection (RFC 9110 9.2.2). nginx's old workers close idle keep-alive
-        // connections the moment a reload starts, and one can cross a request in flight.
-        if reused && closed_before_response(&outcome) {
+        let mut outcome = send(&client, config).await;
+        // What browsers, curl and Go's Transport do: a GET sent on a reused keep-alive
+        // connection that the server closed before answering is sent once more on a fresh
+        // connection (RFC 9110 9.2.2). nginx's old workers close idle keep-alive connections
+        // the moment a reload starts, and one can cross a request in flight.
+        if resend && reused && closed_before_response(&outcome) {
             shared.tally().retried += 1;
-            outcome = send(&client, &config.url).await;
+            outcome = send(&client, config).await;
         }
         let transport_error = matches!(outcome, Outcome::Error(_));
         reused = !transport_error;
@@ -433,14 +457,47 @@ async fn send_loop(connection: usize, config: &LoadConfig, shared: &Shared) {
     }
 }
 
+/// A client that sends each request at most once, on one keep-alive connection.
+///
+/// What retries reqwest 0.12 and hyper-util 0.1 make on their own, read in their source:
+/// - reqwest's retry layer by default retries only HTTP/2 and HTTP/3 protocol NACKs
+///   (GOAWAY, REFUSED_STREAM); with HTTP/1 alone it never retries. `retry::never()` says so
+///   outright.
+/// - hyper-util's legacy client, which reqwest does not let us configure here, has
+///   `retry_canceled_requests` on: it re-sends a request only when hyper hands it back
+///   unsent, because the reused pooled connection it was queued on failed before hyper
+///   started writing it (never on a fresh connection since hyper-util PR 150). A request
+///   that reached the socket is never re-sent, so the server sees each request at most
+///   once and our counts stay honest.
+/// - reqwest follows redirects by default, one more request per hop; we follow none, so a
+///   3xx is a failure like any non-2xx.
+fn build_client(config: &LoadConfig) -> reqwest::Result<reqwest::Client> {
+    // One idle connection per client and requests sent one at a time: one keep-alive
+    // connection per task.
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(config.request_timeout)
+        .no_proxy()
+        .retry(reqwest::retry::never())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 /// The connection closed before any byte of a response: hyper's "incomplete message", or
 /// a reset.
 fn closed_before_response(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Error(e) if e.contains("connection closed before message completed") || e.contains("Connection reset by peer"))
 }
 
-async fn send(client: &reqwest::Client, url: &str) -> Outcome {
-    let response = match client.get(url).send().await {
+async fn send(client: &reqwest::Client, config: &LoadConfig) -> Outcome {
+    let request = match &config.method {
+        Method::Get => client.get(&config.url),
+        Method::Post { body } => client
+            .post(&config.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body.clone()),
+    };
+    let response = match request.send().await {
         Ok(response) => response,
         Err(err) => return Outcome::Error(error_chain(&err)),
     };

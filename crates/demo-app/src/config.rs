@@ -31,7 +31,11 @@ pub struct Config {
     /// config can hold a version that never becomes healthy (the process runtime has no
     /// per-version image to bake it into).
     pub health_fail: bool,
-    /// `SHUTDOWN_GRACE_MS` (default 10000): longest wait for in-flight requests on shutdown.
+    /// `SHUTDOWN_GRACE_MS` (default 10000): after SIGTERM or SIGINT, the longest wait for
+    /// in-flight requests before exiting. When it runs out the app closes every connection
+    /// still open and exits, so those requests get no response: their clients see the
+    /// connection close first. `0` exits at once on the signal, so a request in flight then
+    /// fails unless the proxy waited for it before stopping the app.
     pub shutdown_grace: Duration,
 }
 

@@ -1,6 +1,6 @@
 //! `demo-app`: the small HTTP service that switchyard's demo, end-to-end tests and
 //! benchmarks deploy. It reports its version, can start slowly, answer slowly, fail on
-//! purpose, and drains in-flight requests on SIGTERM/SIGINT.
+//! purpose, and drains in-flight requests on SIGTERM/SIGINT for at most `SHUTDOWN_GRACE_MS`.
 //!
 //! Built as a fully static binary so it runs in a `FROM scratch` image: no libc to load,
 //! no shell, no resolver (it binds IP literals only). `demo-app healthcheck` is that image's
@@ -8,6 +8,7 @@
 //! [`config::Config`]; routes live in [`server`].
 
 mod config;
+mod connections;
 mod healthcheck;
 mod server;
 

@@ -1,14 +1,15 @@
 //! The demo app's HTTP side: [`router`] builds the routes from a [`Config`], and [`serve`]
 //! runs them until a shutdown signal, draining in-flight requests for at most the grace
-//! period, and says how it ended in a [`Stopped`]. [`InFlight`] counts `/` requests being
-//! answered.
+//! period, closes the connections still open when it runs out, and says how it ended in a
+//! [`Stopped`]. [`InFlight`] counts `/` and `/slow` requests being answered.
 
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -16,8 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::connections::{OpenConnections, TrackedListener};
 
-/// How many `/` requests are being answered right now.
+/// Longest delay `/slow` accepts, in milliseconds.
+const MAX_SLOW_MS: u64 = 60_000;
+
+/// How many `/` and `/slow` requests are being answered right now.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight(Arc<AtomicUsize>);
 
@@ -50,7 +55,7 @@ struct AppState {
     in_flight: InFlight,
 }
 
-/// The routes: `GET /`, `GET /health`, `GET /version`.
+/// The routes: `GET /`, `GET /slow?ms=N`, `GET /health`, `GET /version`.
 pub fn router(config: &Config, in_flight: InFlight) -> Router {
     let state = AppState {
         version: HeaderValue::from_str(&config.version)
@@ -62,6 +67,7 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
     };
     Router::new()
         .route("/", get(root))
+        .route("/slow", get(slow))
         .route("/health", get(health))
         .route("/version", get(version))
         .with_state(state)
@@ -72,7 +78,6 @@ async fn root(State(state): State<AppState>) -> Response {
     if !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }
-    let version = state.version.to_str().unwrap_or("dev");
     // `random` is uniform in [0, 1), so 0.0 never fails and 1.0 always does.
     if state.fail_rate > 0.0 && rand::random::<f64>() < state.fail_rate {
         let body = format!("injected failure (FAIL_RATE={})\n", state.fail_rate);
@@ -83,6 +88,35 @@ async fn root(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
+    version_response(&state)
+}
+
+/// `/slow?ms=N`: the `/` response after N ms (at most [`MAX_SLOW_MS`]), whatever
+/// `LATENCY_MS` and `FAIL_RATE` say, so a test can hold one request in flight for as long as
+/// it needs.
+async fn slow(State(state): State<AppState>, uri: Uri) -> Response {
+    let Some(delay) = slow_delay(uri.query()) else {
+        let body =
+            format!("expected /slow?ms=N, N a whole number of milliseconds up to {MAX_SLOW_MS}\n");
+        return (StatusCode::BAD_REQUEST, body).into_response();
+    };
+    let _guard = state.in_flight.enter();
+    tokio::time::sleep(delay).await;
+    version_response(&state)
+}
+
+fn slow_delay(query: Option<&str>) -> Option<Duration> {
+    let ms: u64 = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))?
+        .parse()
+        .ok()?;
+    (ms <= MAX_SLOW_MS).then(|| Duration::from_millis(ms))
+}
+
+/// 200 with the version in the `x-version` header and a JSON body.
+fn version_response(state: &AppState) -> Response {
+    let version = state.version.to_str().unwrap_or("dev");
     let body = format!("{{\"version\":\"{version}\"}}\n");
     (
         [
@@ -123,12 +157,15 @@ async fn version(State(state): State<AppState>) -> Response {
 pub struct Stopped {
     /// What the shutdown future returned, e.g. `"SIGTERM"`.
     pub signal: &'static str,
-    /// `/` requests still unanswered when the grace period ran out; 0 when all drained.
+    /// `/` and `/slow` requests still unanswered when the grace period ran out, left without
+    /// a response; 0 when all drained.
     pub abandoned: usize,
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits for
-/// in-flight requests, for at most `config.shutdown_grace`.
+/// in-flight requests, for at most `config.shutdown_grace`. When that runs out it closes
+/// every connection still open before returning, so requests in flight get no response,
+/// as when the process exits.
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -136,6 +173,8 @@ pub async fn serve(
     shutdown: impl Future<Output = &'static str> + Send + 'static,
 ) -> Stopped {
     let (signalled_tx, signalled_rx) = oneshot::channel();
+    let open = OpenConnections::default();
+    let listener = TrackedListener::new(listener, open.clone());
     let server = axum::serve(listener, router(config, in_flight.clone()))
         .with_graceful_shutdown(async move {
             let _ = signalled_tx.send(shutdown.await);
@@ -156,19 +195,21 @@ pub async fn serve(
             signal,
             abandoned: 0,
         },
-        Err(_) => Stopped {
-            signal,
-            abandoned: in_flight.get(),
-        },
+        Err(_) => {
+            let abandoned = in_flight.get();
+            open.close_all();
+            Stopped { signal, abandoned }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::net::SocketAddr;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
 
     use super::*;
@@ -211,9 +252,16 @@ mod tests {
     }
 
     async fn get(addr: SocketAddr, path: &'static str) -> RawResponse {
-        tokio::task::spawn_blocking(move || http_get(addr, path, Duration::from_secs(5)))
+        try_get(addr, path, Duration::from_secs(5)).await.unwrap()
+    }
+
+    async fn try_get(
+        addr: SocketAddr,
+        path: &'static str,
+        timeout: Duration,
+    ) -> io::Result<RawResponse> {
+        tokio::task::spawn_blocking(move || http_get(addr, path, timeout))
             .await
-            .unwrap()
             .unwrap()
     }
 
@@ -295,6 +343,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn slow_answers_with_the_version_after_the_delay() {
+        let app = start(&[("APP_VERSION", "v3"), ("FAIL_RATE", "1")]).await;
+        let asked = Instant::now();
+        let response = get(app.addr, "/slow?ms=200").await;
+        assert!(asked.elapsed() >= Duration::from_millis(200));
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("x-version"), Some("v3"));
+        assert_eq!(response.body, "{\"version\":\"v3\"}\n");
+    }
+
+    #[tokio::test]
+    async fn slow_rejects_a_delay_it_cannot_read_or_over_a_minute() {
+        let app = start(&[]).await;
+        for path in [
+            "/slow",
+            "/slow?ms=",
+            "/slow?ms=60001",
+            "/slow?ms=-1",
+            "/slow?ms=1.5",
+            "/slow?s=1",
+        ] {
+            let response = get(app.addr, path).await;
+            assert_eq!(response.status, 400, "{path}");
+            assert!(response.body.contains("up to 60000"), "{path}");
+        }
+        assert_eq!(get(app.addr, "/slow?x=1&ms=0").await.status, 200);
+        assert_eq!(slow_delay(Some("ms=60000")), Some(Duration::from_secs(60)));
+    }
+
+    #[tokio::test]
+    async fn default_grace_lets_a_slow_request_in_flight_finish() {
+        let app = start(&[("APP_VERSION", "v1")]).await;
+        let slow = tokio::spawn(get(app.addr, "/slow?ms=300"));
+        wait_for_in_flight(&app.in_flight, 1).await;
+        app.stop.send("SIGTERM").unwrap();
+        let response = slow.await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("x-version"), Some("v1"));
+        let stopped = app.server.await.unwrap();
+        assert_eq!(stopped.abandoned, 0);
+    }
+
+    #[tokio::test]
+    async fn zero_grace_abandons_a_slow_request_in_flight() {
+        let app = start(&[("SHUTDOWN_GRACE_MS", "0")]).await;
+        let slow = tokio::spawn(try_get(app.addr, "/slow?ms=30000", Duration::from_secs(20)));
+        wait_for_in_flight(&app.in_flight, 1).await;
+        let asked = Instant::now();
+        app.stop.send("SIGTERM").unwrap();
+        let stopped = app.server.await.unwrap();
+        assert_eq!(
+            stopped,
+            Stopped {
+                signal: "SIGTERM",
+                abandoned: 1
+            }
+        );
+        let err = slow
+            .await
+            .unwrap()
+            .expect_err("the abandoned request got a response");
+        // The connection closed; the client did not merely give up waiting.
+        assert_ne!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(asked.elapsed() < Duration::from_secs(5), "{err}");
+    }
+
+    #[tokio::test]
     async fn shutdown_gives_up_after_the_grace_period() {
         let app = start(&[("LATENCY_MS", "60000"), ("SHUTDOWN_GRACE_MS", "100")]).await;
         let mut client = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -314,5 +429,11 @@ mod tests {
             }
         );
         assert!(asked.elapsed() < Duration::from_secs(5));
+        // Regression: the abandoned connection used to stay open on axum's task after
+        // `serve` returned, and its request was answered once the latency had passed.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest));
+        let read = read.await.expect("the abandoned connection stayed open");
+        assert!(read.is_err() || rest.is_empty(), "got {rest:?}");
     }
 }

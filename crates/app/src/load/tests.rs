@@ -1,58 +1,100 @@
-//! The load generator against tiny in-test servers: counting, budgets, retries, timeouts.
+//! The load generator against tiny in-test servers: counting, budgets, re-sends, POSTs,
+//! timeouts.
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use super::*;
 
 /// What the test server answers to its `n`th request (from 0): a status and maybe
 /// an `x-version`, status 0 to close the connection unanswered, or `None` to never answer.
+/// A 3xx redirects to `/`.
 type Respond = fn(u64) -> Option<(u16, Option<&'static str>)>;
 
 struct TestServer {
     url: String,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicU64>,
+    received: Arc<Mutex<Vec<Received>>>,
 }
 
-/// A keep-alive HTTP/1.1 server on 127.0.0.1:0, just enough for GETs.
+/// One request as the test server read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Received {
+    method: String,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A keep-alive HTTP/1.1 server on 127.0.0.1:0, just enough for GETs and POSTs with a
+/// `content-length`.
 async fn test_server(respond: Respond) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicU64::new(0));
-    let (accepted, counter) = (Arc::clone(&connections), Arc::clone(&requests));
+    let server = TestServer {
+        url: format!("http://{addr}/"),
+        connections: Arc::new(AtomicUsize::new(0)),
+        requests: Arc::new(AtomicU64::new(0)),
+        received: Arc::new(Mutex::new(Vec::new())),
+    };
+    let accepted = Arc::clone(&server.connections);
+    let (counter, received) = (Arc::clone(&server.requests), Arc::clone(&server.received));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_connection(stream, respond, Arc::clone(&counter)));
+            let (counter, received) = (Arc::clone(&counter), Arc::clone(&received));
+            tokio::spawn(serve_connection(stream, respond, counter, received));
         }
     });
-    TestServer {
-        url: format!("http://{addr}/"),
-        connections,
-        requests,
+    server
+}
+
+/// The request line, headers and body of the next request, or `None` at end of stream.
+async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<Received> {
+    let mut line = String::new();
+    reader.read_line(&mut line).await.ok()?;
+    let method = line
+        .split(' ')
+        .next()
+        .filter(|m| !m.is_empty())?
+        .to_string();
+    let (mut content_type, mut content_length) = (None, 0);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = Some(value.to_string()),
+            "content-length" => content_length = value.parse().ok()?,
+            _ => {}
+        }
     }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body).await.ok()?;
+    Some(Received {
+        method,
+        content_type,
+        body,
+    })
 }
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     respond: Respond,
     counter: Arc<AtomicU64>,
+    received: Arc<Mutex<Vec<Received>>>,
 ) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    loop {
-        // Request line and headers, up to the blank line; GETs carry no body.
-        loop {
-            match lines.next_line().await {
-                Ok(Some(line)) if line.is_empty() => break,
-                Ok(Some(_)) => continue,
-                _ => return,
-            }
-        }
+    let mut reader = BufReader::new(read);
+    while let Some(request) = read_request(&mut reader).await {
+        received.lock().unwrap().push(request);
         let Some((code, version)) = respond(counter.fetch_add(1, Ordering::SeqCst)) else {
             std::future::pending::<()>().await;
             return;
@@ -65,10 +107,27 @@ async fn serve_connection(
         let version = version
             .map(|v| format!("x-version: {v}\r\n"))
             .unwrap_or_default();
-        let response = format!("HTTP/1.1 {code} X\r\n{version}content-length: 2\r\n\r\nok");
+        // Every redirect points back here, so a client that followed them would loop.
+        let location = if (300..400).contains(&code) {
+            "location: /\r\n"
+        } else {
+            ""
+        };
+        let response =
+            format!("HTTP/1.1 {code} X\r\n{version}{location}content-length: 2\r\n\r\nok");
         if write.write_all(response.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// Answers the second request (the first on the reused connection) by closing the
+/// connection unanswered, as an nginx worker exiting on reload can; the rest with 200.
+fn closes_the_second_request(n: u64) -> Option<(u16, Option<&'static str>)> {
+    if n == 1 {
+        Some((0, None))
+    } else {
+        Some((200, Some("v1")))
     }
 }
 
@@ -256,26 +315,98 @@ fn failure_display_names_time_connection_and_cause() {
 }
 
 #[tokio::test]
-async fn a_reused_connection_closed_unanswered_is_retried_not_failed() {
-    let server = test_server(|n| {
-        if n == 1 {
-            Some((0, None))
-        } else {
-            Some((200, Some("v1")))
-        }
-    })
-    .await;
+async fn without_resend_a_reused_connection_closed_unanswered_is_one_failure() {
+    let server = test_server(closes_the_second_request).await;
     let report = Load::start(config(&server.url, 1, 5)).wait().await;
+    assert_eq!(
+        (report.ok, report.failed, report.retried),
+        (4, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        5,
+        "no request was sent twice"
+    );
+    assert!(
+        report.to_string().contains("1 failed, 0 re-sent"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn with_resend_a_reused_connection_closed_unanswered_is_sent_again_not_failed() {
+    let server = test_server(closes_the_second_request).await;
+    let report = Load::start(LoadConfig {
+        resend: true,
+        ..config(&server.url, 1, 5)
+    })
+    .wait()
+    .await;
     assert_eq!(
         (report.ok, report.failed, report.retried),
         (5, 0, 1),
         "{report:?}"
     );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 6);
     assert_eq!(
         server.connections.load(Ordering::SeqCst),
         2,
-        "the retry used a fresh connection"
+        "the re-send used a fresh connection"
     );
+    assert!(
+        report.to_string().contains("0 failed, 1 re-sent"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn post_sends_its_body_as_octet_stream() {
+    let server = test_server(|_| Some((200, Some("v1")))).await;
+    let body: Vec<u8> = (0..=255).cycle().take(3000).collect();
+    let report = Load::start(LoadConfig {
+        method: Method::Post { body: body.clone() },
+        ..config(&server.url, 2, 10)
+    })
+    .wait()
+    .await;
+    assert_eq!((report.ok, report.failed), (10, 0), "{report}");
+    let received = server.received.lock().unwrap();
+    assert_eq!(received.len(), 10);
+    let want = Received {
+        method: "POST".to_string(),
+        content_type: Some("application/octet-stream".to_string()),
+        body,
+    };
+    assert!(received.iter().all(|r| *r == want), "{:?}", received[0]);
+}
+
+#[tokio::test]
+async fn a_post_is_never_sent_twice_even_with_resend() {
+    let server = test_server(closes_the_second_request).await;
+    let report = Load::start(LoadConfig {
+        method: Method::Post {
+            body: b"order".to_vec(),
+        },
+        resend: true,
+        ..config(&server.url, 1, 5)
+    })
+    .wait()
+    .await;
+    assert_eq!(
+        (report.ok, report.failed, report.retried),
+        (4, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn redirects_are_failures_not_followed() {
+    let server = test_server(|_| Some((302, None))).await;
+    let report = Load::start(config(&server.url, 1, 3)).wait().await;
+    assert_eq!((report.ok, report.failed), (0, 3), "{report}");
+    assert_eq!(server.requests.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -288,6 +419,11 @@ async fn a_fresh_connection_closed_unanswered_is_a_failure() {
         }
     })
     .await;
-    let report = Load::start(config(&server.url, 1, 3)).wait().await;
+    let report = Load::start(LoadConfig {
+        resend: true,
+        ..config(&server.url, 1, 3)
+    })
+    .wait()
+    .await;
     assert_eq!((report.failed, report.retried), (1, 0), "{report:?}");
 }
