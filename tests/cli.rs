@@ -9,12 +9,14 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use switchyard_app::live::Live;
-use switchyard_app::load::{Load, LoadConfig, LoadReport};
+use switchyard_app::load::{Load, LoadConfig};
 use switchyard_app::settings;
 use switchyard_engine::{Name, Store};
 use switchyard_store::SqliteStore;
 
-use crate::support::{eventually, free_port, require_demo_app, require_nginx, stop_nginx};
+use crate::support::{
+    assert_no_failures, eventually, free_port, require_demo_app, require_nginx, stop_nginx,
+};
 
 /// A config directory used through the CLI; dropping it stops the nginx the CLI started and
 /// removes every process it deployed.
@@ -135,14 +137,6 @@ fn assert_exit(out: &Output, code: i32) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-fn assert_no_failures(report: &LoadReport) {
-    assert_eq!(
-        report.failed, 0,
-        "failed requests while traffic moved:\n{report}"
-    );
-    assert!(report.ok > 50, "the load ran: {report}");
 }
 
 #[test]

@@ -5,13 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_app::load::{Load, LoadConfig, LoadReport};
+use switchyard_app::load::{Load, LoadConfig};
 use switchyard_app::progress::Progress;
 use switchyard_app::sandbox::{Sandbox, SandboxOptions, SERVICE};
 use switchyard_app::{live::Live, settings};
 use switchyard_engine::config::RuntimeChoice;
 use switchyard_engine::{Name, Runtime, Store, Version};
 
+pub(crate) use crate::support::assert_no_failures;
 use crate::support::{eventually, require_e2e, responses_from};
 
 const CONNECTIONS: usize = 32;
@@ -26,19 +27,15 @@ pub(crate) async fn sandbox(
             .replicas(2)
             .env("LATENCY_MS", "5"),
     );
-    Some(Sandbox::start(&options).await.expect("sandbox starts"))
+    let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
+    if options.routing == "auto" && !crate::support::require_dynamic(&sandbox.live().router) {
+        return None;
+    }
+    Some(sandbox)
 }
 
 fn load(sandbox: &Sandbox) -> Load {
     crate::support::load(sandbox.url(), CONNECTIONS)
-}
-
-pub(crate) fn assert_no_failures(report: &LoadReport) {
-    assert_eq!(
-        report.failed, 0,
-        "failed requests while traffic moved:\n{report}"
-    );
-    assert!(report.ok > 100, "the load ran: {report}");
 }
 
 fn active_version(sandbox: &Sandbox) -> Option<String> {
@@ -300,8 +297,8 @@ async fn docker_healthcheck_is_waited_for_and_an_unhealthy_one_fails_fast() {
     sandbox.shutdown().await.unwrap();
 }
 
-/// An nginx started from a main config the way a distribution's would be (absolute paths,
-/// `include switchyard/*.conf;` inside `http`), stopped on drop.
+/// An nginx started from a main config the way Debian's is (absolute paths, modules from
+/// `/etc/nginx/modules-enabled/`, `include switchyard/*.conf;` inside `http`), stopped on drop.
 struct SystemNginx {
     dir: tempfile::TempDir,
 }
@@ -315,7 +312,7 @@ impl SystemNginx {
         }
         let r = root.display();
         let main = format!(
-            "pid {r}/run/nginx.pid;\nerror_log {r}/log/error.log;\nworker_shutdown_timeout 10s;\nevents {{}}\n\
+            "include /etc/nginx/modules-enabled/*.conf;\npid {r}/run/nginx.pid;\nerror_log {r}/log/error.log;\nworker_shutdown_timeout 10s;\nevents {{}}\n\
              http {{\n    access_log off;\n    client_body_temp_path {r}/tmp/body;\n    proxy_temp_path {r}/tmp/proxy;\n    \
              fastcgi_temp_path {r}/tmp/fastcgi;\n    uwsgi_temp_path {r}/tmp/uwsgi;\n    scgi_temp_path {r}/tmp/scgi;\n    \
              include switchyard/*.conf;\n}}\n"

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_app::live::Live;
-use switchyard_app::load::{Load, LoadConfig, LoadReport};
+use switchyard_app::load::{Load, LoadConfig};
 use switchyard_app::progress::Progress;
 use switchyard_app::sandbox::{Sandbox, SandboxOptions, SERVICE};
 use switchyard_app::serve::{self, ServeOptions, Server};
@@ -27,7 +27,7 @@ use switchyard_prometheus::testing::start_or_skip;
 use switchyard_prometheus::{PromSource, QueryTemplates};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{eventually, free_port, require_e2e};
+use crate::support::{assert_no_failures, eventually, free_port, require_e2e};
 
 const REQUESTS: &str = "switchyard_proxy_requests_total";
 const LATENCY_COUNT: &str = "switchyard_proxy_request_duration_seconds_count";
@@ -155,11 +155,6 @@ fn load(sandbox: &Sandbox, max_requests: u64) -> Load {
     config.max_requests = max_requests;
     config.max_duration = Duration::from_secs(60);
     Load::start(config)
-}
-
-fn assert_no_failures(report: &LoadReport) {
-    assert_eq!(report.failed, 0, "failed requests:\n{report}");
-    assert!(report.ok > 0, "the load ran: {report}");
 }
 
 /// Scrapes until `version`'s stable 2xx count is `n`, checking on every scrape that it never

@@ -128,3 +128,23 @@ pub async fn responses_from(load: &switchyard_app::load::Load, version: &str, n:
     )
     .await;
 }
+
+/// The invariant of every end-to-end test: no request failed while traffic moved, and none
+/// was sent twice (the load generator never re-sends unless a test asks it to).
+pub fn assert_no_failures(report: &switchyard_app::load::LoadReport) {
+    assert_eq!(
+        report.failed, 0,
+        "failed requests while traffic moved:\n{report}"
+    );
+    assert_eq!(report.retried, 0, "re-sent requests:\n{report}");
+    assert!(report.ok > 50, "the load ran: {report}");
+}
+
+/// Fails under CI, skips loudly elsewhere, unless `router` moves traffic without reloads
+/// (nginx with `libnginx-mod-http-lua` and `lua-cjson`, from `scripts/install-deps`).
+pub fn require_dynamic(router: &switchyard_nginx::NginxRouter) -> bool {
+    require(
+        router.routing() == switchyard_nginx::Routing::Dynamic,
+        &format!("dynamic routing: {}", router.routing_note()),
+    )
+}

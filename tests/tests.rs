@@ -7,6 +7,7 @@ mod support;
 mod canary;
 mod cli;
 mod docker_down;
+mod dynamic;
 mod e2e;
 mod nginx;
 mod rolling;

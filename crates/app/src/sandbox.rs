@@ -262,6 +262,34 @@ impl Sandbox {
         Ok(self.live().deployer(observer).rollback(self.spec()).await?)
     }
 
+    /// Kills nginx at once, master and workers (SIGKILL: a crash, an OOM kill), as the
+    /// sandbox's handle would never do; [`Sandbox::start_nginx`] starts it again.
+    pub fn kill_nginx(&mut self) {
+        let Some(nginx) = self.nginx.take() else {
+            return;
+        };
+        let workers = switchyard_nginx::procs::workers(nginx.master);
+        for pid in std::iter::once(nginx.master).chain(workers) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        nginx.detach();
+    }
+
+    /// Starts the sandbox's nginx from the files on disk, as anyone restarting it would.
+    pub async fn start_nginx(&mut self) -> Result<(), AppError> {
+        let drain = self.spec().drain_timeout;
+        let nginx = ManagedNginx::start(&self.live().router, drain)
+            .await
+            .map_err(|e| AppError::environment(e.to_string()))?;
+        if let Some(old) = self.nginx.replace(nginx) {
+            old.detach();
+        }
+        Ok(())
+    }
+
     /// Removes every instance and stops nginx.
     pub async fn shutdown(mut self) -> Result<(), AppError> {
         let removed = match self.live.take() {

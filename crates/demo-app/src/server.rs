@@ -66,11 +66,17 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
         in_flight,
     };
     Router::new()
-        .route("/", get(root))
+        .route("/", get(root).post(posted))
         .route("/slow", get(slow))
         .route("/health", get(health))
         .route("/version", get(version))
         .with_state(state)
+}
+
+/// A POST to `/`: its body is read in full (so the connection stays reusable), then answered
+/// as a GET is.
+async fn posted(state: State<AppState>, _body: axum::body::Bytes) -> Response {
+    root(state).await
 }
 
 async fn root(State(state): State<AppState>) -> Response {

@@ -26,10 +26,12 @@ impl NginxRouter {
             Ok(g) => g,
             // The control server answers routes once the new control file is live.
             Err(_) if structural.iter().any(|(name, _)| name == CONTROL_FILE) => 0,
-            Err(e) => return Err(unavailable(format!(
+            Err(e) => {
+                return Err(unavailable(format!(
                 "the control endpoint {} does not answer for {service}: {e}; traffic was not moved",
                 self.control
-            ))),
+            )))
+            }
         };
         let generation = previous.as_ref().map_or(0, |d| d.generation).max(live) + 1;
         let doc = RouteDoc::new(set, generation);
