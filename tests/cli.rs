@@ -182,12 +182,23 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
         plan.contains("plan: web nothing -> v1 (blue-green, blue slot)"),
         "{plan}"
     );
+    // Dynamic routing (nginx with its Lua module): the plan previews the routing document.
+    assert!(plan.contains("+      \"127.0.0.1:0\""), "{plan}");
+    assert!(plan.contains("reload nginx once (a new service"), "{plan}");
+    let validated = project.run(&["validate"]);
     assert!(
-        plan.contains("+    server 127.0.0.1:0 max_fails=0;"),
-        "{plan}"
+        text(&validated.stdout).contains("routing: dynamic (auto: nginx loads its Lua module)"),
+        "{}",
+        text(&validated.stdout)
     );
 
-    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    let deployed = project.run(&["deploy", "web", "--version", "v1"]);
+    assert_exit(&deployed, 0);
+    assert!(
+        text(&deployed.stdout).contains("routing: dynamic"),
+        "{}",
+        text(&deployed.stdout)
+    );
     let load = project.load();
     let deployed = project.run(&["deploy", "web", "--version", "v2"]);
     assert_exit(&deployed, 0);
@@ -217,9 +228,10 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
         plan.contains("stop web v2 (green slot, 2 instance(s))"),
         "{plan}"
     );
+    assert!(plan.contains("nginx is not reloaded"), "{plan}");
     assert!(
         plan.contains(&format!(
-            "-    server 127.0.0.1:{}",
+            "-      \"127.0.0.1:{}\"",
             instances[0]["addr"]
                 .as_str()
                 .unwrap()
@@ -392,6 +404,10 @@ async fn a_paused_canary_is_shown_by_status_and_promoted_by_the_cli() {
     let status = text(&project.run(&["status"]).stdout);
     assert!(
         status.contains("canary: deployment #2 v2 at 20% of traffic (paused"),
+        "{status}"
+    );
+    assert!(
+        status.contains("routing: dynamic (auto: nginx loads its Lua module): routes change in nginx's shared memory without a reload"),
         "{status}"
     );
     assert!(

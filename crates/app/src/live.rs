@@ -279,6 +279,14 @@ impl Live {
         }
     }
 
+    /// How the router moves traffic, in the plan's terms.
+    pub fn route_by(&self) -> switchyard_engine::plan::RouteBy {
+        match self.router.routing() {
+            switchyard_nginx::Routing::Dynamic => switchyard_engine::plan::RouteBy::Dynamic,
+            switchyard_nginx::Routing::Reload => switchyard_engine::plan::RouteBy::Reload,
+        }
+    }
+
     pub fn spec(&self, service: &str) -> Result<&ServiceSpec, AppError> {
         self.config.service(service).ok_or_else(|| {
             let known: Vec<&str> = self

@@ -29,7 +29,13 @@ pub async fn run(
         .store
         .service(&spec.name)
         .map_err(|e| AppError::environment(e.to_string()))?;
-    let plan = plan::for_strategy(spec, &record, &version, strategy.unwrap_or(spec.strategy));
+    let plan = plan::for_strategy(
+        spec,
+        &record,
+        &version,
+        strategy.unwrap_or(spec.strategy),
+        live.route_by(),
+    );
     let diff = live
         .router
         .preview(&plan.upstream)

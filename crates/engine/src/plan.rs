@@ -68,29 +68,78 @@ fn stable_only(spec: &ServiceSpec, backends: Vec<SocketAddr>) -> UpstreamSet {
     }
 }
 
+/// How the router moves traffic, in a plan's words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteBy {
+    /// A validated, confirmed nginx reload per change; the drain waits for old workers.
+    #[default]
+    Reload,
+    /// A routing document in nginx's shared memory; the drain waits for in-flight requests.
+    Dynamic,
+}
+
+impl RouteBy {
+    /// One route change.
+    fn change(self) -> &'static str {
+        match self {
+            RouteBy::Reload => "one validated, confirmed reload",
+            RouteBy::Dynamic => "one confirmed routing change (no reload)",
+        }
+    }
+
+    /// The wait before old replicas stop.
+    fn drain(self) -> &'static str {
+        match self {
+            RouteBy::Reload => "wait for the nginx workers that served the old config to exit",
+            RouteBy::Dynamic => "wait until no request is in flight on the old replicas",
+        }
+    }
+
+    /// Steps 3–4 of the cutover: the flip itself; `first` when the service is new to nginx.
+    fn flip(self, service: &str, first: bool) -> [String; 2] {
+        match self {
+            RouteBy::Dynamic if first => [
+                format!("write {service}'s routing document (the new replicas) to the state file, render its server, validate a staged copy of the whole nginx tree with `nginx -t`, rename it into place"),
+                "reload nginx once (a new service is a config change; later deploys are not) and read the live routing generation back on a fresh connection until it matches".to_owned(),
+            ],
+            RouteBy::Reload => [
+                format!("render upstream {service} to the new replicas, validate a staged copy of the whole nginx tree with `nginx -t`, rename it into place"),
+                "reload nginx and poll the control endpoint on fresh connections until the new generation answers".to_owned(),
+            ],
+            RouteBy::Dynamic => [
+                format!("write {service}'s routing document (the new replicas) to the state file and post it to the control endpoint: nginx is not reloaded"),
+                "read the live routing generation back on a fresh connection until it matches".to_owned(),
+            ],
+        }
+    }
+}
+
 /// The plan of a deploy of `version` by `kind`, the way `switchyard deploy` would run it.
 pub fn for_strategy(
     spec: &ServiceSpec,
     record: &ServiceRecord,
     version: &Version,
     kind: StrategyKind,
+    by: RouteBy,
 ) -> Plan {
     match kind {
-        StrategyKind::BlueGreen => blue_green(spec, record, version),
-        StrategyKind::Canary => canary(spec, record, version),
-        StrategyKind::Rolling | StrategyKind::InPlace => rolling(spec, record, version, kind),
+        StrategyKind::BlueGreen => blue_green(spec, record, version, by),
+        StrategyKind::Canary => canary(spec, record, version, by),
+        StrategyKind::Rolling | StrategyKind::InPlace => rolling(spec, record, version, kind, by),
     }
 }
 
-pub fn blue_green(spec: &ServiceSpec, record: &ServiceRecord, version: &Version) -> Plan {
+pub fn blue_green(
+    spec: &ServiceSpec,
+    record: &ServiceRecord,
+    version: &Version,
+    by: RouteBy,
+) -> Plan {
     let old = record.active.as_ref();
     let color = old.map_or(Color::Blue, |s| s.color.other());
     let mut steps = start_and_wait(spec, version, color, "");
-    steps.extend([
-        format!("render upstream {} to the new replicas, validate a staged copy of the whole nginx tree with `nginx -t`, rename it into place", spec.name),
-        "reload nginx and poll the control endpoint on fresh connections until the new generation answers".to_owned(),
-    ]);
-    steps.extend(retire(spec, record));
+    steps.extend(by.flip(spec.name.as_str(), old.is_none()));
+    steps.extend(retire(spec, record, by));
     let upstream = stable_only(spec, placeholders(spec.replicas));
     Plan::new(
         spec,
@@ -131,12 +180,9 @@ fn start_and_wait(
 
 /// Steps 5–6 of the cutover: the drain after the flip, the old slot stopped and kept, and
 /// the retained versions beyond `retain` removed.
-fn retire(spec: &ServiceSpec, record: &ServiceRecord) -> Vec<String> {
+fn retire(spec: &ServiceSpec, record: &ServiceRecord, by: RouteBy) -> Vec<String> {
     let old = record.active.as_ref();
-    let mut steps = vec![format!(
-        "wait for the nginx workers that served the old config to exit (at most {:?})",
-        spec.drain_timeout
-    )];
+    let mut steps = vec![format!("{} (at most {:?})", by.drain(), spec.drain_timeout)];
     match old {
         Some(slot) => steps.push(format!(
             "stop {} {} ({} slot, {} instance(s)): SIGTERM, SIGKILL after {:?}; keep it stopped for rollback",
@@ -178,6 +224,7 @@ fn batch_step(
     reuses_ports: bool,
     b: Batch,
     serving: u16,
+    by: RouteBy,
 ) -> String {
     let h = &spec.health;
     let ports = match reuses_ports {
@@ -198,13 +245,19 @@ fn batch_step(
         ));
     } else {
         parts.push(format!(
-            "one validated, confirmed reload: {} new in, {} old out ({serving} in the upstream)",
-            b.add, b.remove
+            "{}: {} new in, {} old out ({serving} in the upstream)",
+            by.change(),
+            b.add,
+            b.remove
         ));
     }
     if b.remove > 0 && serving > 0 {
+        let wait = match by {
+            RouteBy::Reload => "wait for the old workers to exit",
+            RouteBy::Dynamic => "wait until nothing is in flight on them",
+        };
         parts.push(format!(
-            "wait for the old workers to exit (at most {:?}), then stop the {} old replica(s) and keep them",
+            "{wait} (at most {:?}), then stop the {} old replica(s) and keep them",
             spec.drain_timeout, b.remove
         ));
     }
@@ -218,6 +271,7 @@ pub fn rolling(
     record: &ServiceRecord,
     version: &Version,
     kind: StrategyKind,
+    by: RouteBy,
 ) -> Plan {
     let old = record.active.as_ref();
     let r = spec.rolling.for_kind(kind);
@@ -247,7 +301,15 @@ pub fn rolling(
         now.stale -= b.remove;
         // In place, replacements take the ports of the replicas they replace, if any live.
         let reuses_ports = kind == StrategyKind::InPlace && stale > 0;
-        let what = batch_step(spec, &r, version, reuses_ports, *b, now.fresh + now.stale);
+        let what = batch_step(
+            spec,
+            &r,
+            version,
+            reuses_ports,
+            *b,
+            now.fresh + now.stale,
+            by,
+        );
         steps.push(format!("batch {}: {what}", i + 1));
     }
     steps.push(format!(

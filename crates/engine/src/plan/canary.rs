@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{blue_green, placeholders, retire, start_and_wait, Plan};
+use super::{blue_green, placeholders, retire, start_and_wait, Plan, RouteBy};
 use crate::config::{CanarySpec, ServiceSpec, StrategyKind};
 use crate::deploy::canary::percent;
 use crate::model::{ServiceRecord, Slot};
@@ -18,9 +18,9 @@ use crate::seams::{CanaryRoute, UpstreamSet};
 const ROLLBACK_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// A canary deploy of `version`; a blue-green plan when nothing is live yet.
-pub fn canary(spec: &ServiceSpec, record: &ServiceRecord, version: &Version) -> Plan {
+pub fn canary(spec: &ServiceSpec, record: &ServiceRecord, version: &Version, by: RouteBy) -> Plan {
     let Some(old) = record.active.as_ref() else {
-        let mut plan = blue_green(spec, record, version);
+        let mut plan = blue_green(spec, record, version, by);
         plan.strategy = StrategyKind::Canary.as_str().into();
         plan.steps.insert(
             0,
@@ -37,14 +37,15 @@ pub fn canary(spec: &ServiceSpec, record: &ServiceRecord, version: &Version) -> 
     let mut steps = start_and_wait(spec, version, color, &beside);
     let weighted: Vec<u32> = c.steps.iter().copied().filter(|&w| w < 10_000).collect();
     for (i, &weight_bp) in weighted.iter().enumerate() {
-        let after = if i == 0 {
+        let after = if i == 0 || by == RouteBy::Dynamic {
             ""
         } else {
             " once the previous step's workers have exited"
         };
         steps.push(format!(
-            "canary step {}, one validated, confirmed reload{after}: {}; {}",
+            "canary step {}, {}{after}: {}; {}",
             i + 1,
+            by.change(),
             split(c, weight_bp, version),
             judged(c)
         ));
@@ -57,11 +58,16 @@ pub fn canary(spec: &ServiceSpec, record: &ServiceRecord, version: &Version) -> 
             ));
         }
     }
+    let wait = match by {
+        RouteBy::Reload => "wait for the last step's workers to exit, ",
+        RouteBy::Dynamic => "",
+    };
     steps.push(format!(
-        "promote: wait for the last step's workers to exit, check every canary replica's health once more, then route all traffic to {version} in one validated, confirmed reload"
+        "promote: {wait}check every canary replica's health once more, then route all traffic to {version} in {}",
+        by.change()
     ));
-    steps.extend(retire(spec, record));
-    steps.push(on_failure(spec, old));
+    steps.extend(retire(spec, record, by));
+    steps.push(on_failure(spec, old, by));
     let upstream = first_step(spec, old, weighted.first().copied().unwrap_or(10_000));
     Plan::new(spec, record, version, StrategyKind::Canary, steps, upstream)
 }
@@ -118,12 +124,18 @@ fn key_name(key: &RequestKey) -> String {
     }
 }
 
-fn on_failure(spec: &ServiceSpec, old: &Slot) -> String {
-    format!(
-        "on a failed check, a refused reload, an unhealthy replica before the flip or `switchyard abort`: wait at most {:?} for the last step's workers, one reload back to weight 0 (all traffic on {}), drain, remove the canary replicas; exit 1",
-        spec.drain_timeout.min(ROLLBACK_DRAIN_WAIT),
-        old.version
-    )
+fn on_failure(spec: &ServiceSpec, old: &Slot, by: RouteBy) -> String {
+    match by {
+        RouteBy::Reload => format!(
+            "on a failed check, a refused reload, an unhealthy replica before the flip or `switchyard abort`: wait at most {:?} for the last step's workers, one reload back to weight 0 (all traffic on {}), drain, remove the canary replicas; exit 1",
+            spec.drain_timeout.min(ROLLBACK_DRAIN_WAIT),
+            old.version
+        ),
+        RouteBy::Dynamic => format!(
+            "on a failed check, a refused route change, an unhealthy replica before the flip or `switchyard abort`: one routing change back to weight 0 (all traffic on {}), drain, remove the canary replicas; exit 1",
+            old.version
+        ),
+    }
 }
 
 /// The upstream of the first step, the one `plan` previews.

@@ -39,7 +39,13 @@ fn live(replicas: u16) -> ServiceRecord {
 #[test]
 fn a_rolling_plan_has_one_step_per_batch() {
     let v2 = Version::parse("v2").unwrap();
-    let plan = rolling(&spec("rolling", 4), &live(4), &v2, StrategyKind::Rolling);
+    let plan = rolling(
+        &spec("rolling", 4),
+        &live(4),
+        &v2,
+        StrategyKind::Rolling,
+        RouteBy::Reload,
+    );
     let batches: Vec<&String> = plan
         .steps
         .iter()
@@ -57,7 +63,13 @@ fn a_rolling_plan_has_one_step_per_batch() {
 #[test]
 fn an_in_place_plan_keeps_the_ports_and_shows_its_gap() {
     let v2 = Version::parse("v2").unwrap();
-    let plan = rolling(&spec("in-place", 3), &live(3), &v2, StrategyKind::InPlace);
+    let plan = rolling(
+        &spec("in-place", 3),
+        &live(3),
+        &v2,
+        StrategyKind::InPlace,
+        RouteBy::Reload,
+    );
     let ports: Vec<u16> = plan.upstream.backends.iter().map(|a| a.port()).collect();
     assert_eq!(ports, [4000, 4001, 4002]);
     assert!(
@@ -66,7 +78,13 @@ fn an_in_place_plan_keeps_the_ports_and_shows_its_gap() {
         plan.steps[0]
     );
 
-    let one = rolling(&spec("in-place", 1), &live(1), &v2, StrategyKind::InPlace);
+    let one = rolling(
+        &spec("in-place", 1),
+        &live(1),
+        &v2,
+        StrategyKind::InPlace,
+        RouteBy::Reload,
+    );
     assert!(
         one.steps
             .iter()
@@ -82,7 +100,7 @@ fn an_in_place_plan_keeps_the_ports_and_shows_its_gap() {
 fn a_canary_is_not_planned_as_blue_green() {
     let v2 = Version::parse("v2").unwrap();
     for spec in [spec("canary", 2), spec("blue-green", 2)] {
-        let plan = for_strategy(&spec, &live(2), &v2, StrategyKind::Canary);
+        let plan = for_strategy(&spec, &live(2), &v2, StrategyKind::Canary, RouteBy::Reload);
         assert_eq!(plan.strategy, "canary");
         let steps: Vec<&String> = plan
             .steps
@@ -99,7 +117,12 @@ fn a_canary_is_not_planned_as_blue_green() {
 #[test]
 fn a_first_canary_goes_live_whole() {
     let v1 = Version::parse("v1").unwrap();
-    let plan = canary(&spec("canary", 2), &ServiceRecord::default(), &v1);
+    let plan = canary(
+        &spec("canary", 2),
+        &ServiceRecord::default(),
+        &v1,
+        RouteBy::Reload,
+    );
     assert!(
         plan.steps[0].contains("goes live whole"),
         "{:#?}",
@@ -135,20 +158,27 @@ fn plans_match_golden() {
             Config::parse(&text, case).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let spec = &config.services[0];
         let (v1, v2) = (Version::parse("v1").unwrap(), Version::parse("v2").unwrap());
-        let mut out = render(&for_strategy(
-            spec,
-            &live(spec.replicas),
-            &v2,
-            spec.strategy,
-        ));
-        out.push('\n');
-        out.push_str(&render(&for_strategy(
-            spec,
-            &ServiceRecord::default(),
-            &v1,
-            spec.strategy,
-        )));
-        check_golden(&case.with_extension("plan"), &out);
+        for (by, extension) in [
+            (RouteBy::Reload, "plan"),
+            (RouteBy::Dynamic, "dynamic.plan"),
+        ] {
+            let mut out = render(&for_strategy(
+                spec,
+                &live(spec.replicas),
+                &v2,
+                spec.strategy,
+                by,
+            ));
+            out.push('\n');
+            out.push_str(&render(&for_strategy(
+                spec,
+                &ServiceRecord::default(),
+                &v1,
+                spec.strategy,
+                by,
+            )));
+            check_golden(&case.with_extension(extension), &out);
+        }
     }
 }
 
