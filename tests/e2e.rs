@@ -396,3 +396,48 @@ env = {{ LATENCY_MS = "5" }}
         "{file}"
     );
 }
+
+/// Reload routing (nginx without its Lua module, or `routing = "reload"`) keeps the cutover
+/// protocol: each flip is a confirmed reload and the old workers are waited out. A client that
+/// re-sends a request cut by the reload's connection close (as browsers do for GETs) sees no
+/// failure; one that never re-sends can lose a few per flip (see BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_routing_flips_and_rolls_back_with_no_failure_for_a_client_that_resends() {
+    let Some(sandbox) = sandbox(RuntimeChoice::Process, |o| o.routing("reload")).await else {
+        return;
+    };
+    assert_eq!(
+        sandbox.live().router.routing(),
+        switchyard_nginx::Routing::Reload
+    );
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    let mut config = LoadConfig::new(sandbox.url());
+    config.connections = CONNECTIONS;
+    config.max_duration = Duration::from_secs(60);
+    config.resend = true;
+    let load = Load::start(config);
+    responses_from(&load, "v1", 200).await;
+    let before = sandbox.live().router.disk_generation();
+    sandbox
+        .deploy("v2", &Progress::new(false))
+        .await
+        .expect("v2 deploys");
+    responses_from(&load, "v2", 200).await;
+    sandbox
+        .rollback(&Progress::new(false))
+        .await
+        .expect("rolls back");
+    responses_from(&load, "v1", 400).await;
+    assert_eq!(
+        sandbox.live().router.disk_generation(),
+        before + 2,
+        "one reload per flip"
+    );
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "failed requests:\n{report}");
+    assert_eq!(active_version(&sandbox).as_deref(), Some("v1"));
+    sandbox.shutdown().await.unwrap();
+}

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use switchyard_engine::config::RoutingChoice;
 use switchyard_engine::{Name, Reload, Router, RouterError, UpstreamSet};
 use switchyard_nginx::{procs, router, Layout, ManagedNginx, NginxRouter, Templates};
 use tempfile::TempDir;
@@ -211,6 +212,11 @@ pub(crate) struct Nginx {
 
 impl Nginx {
     pub(crate) async fn start(bin: &Path) -> Nginx {
+        Nginx::start_with(bin, RoutingChoice::Reload).await
+    }
+
+    /// An nginx whose router moves traffic as `choice` says.
+    pub(crate) async fn start_with(bin: &Path, choice: RoutingChoice) -> Nginx {
         let prefix = tempfile::Builder::new()
             .prefix("switchyard-nginx-test-")
             .tempdir()
@@ -218,7 +224,7 @@ impl Nginx {
         let control = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let layout = Layout::managed(bin, prefix.path());
-        let router = NginxRouter::new(layout, control, Templates::builtin());
+        let router = NginxRouter::new(layout, control, Templates::builtin()).with_routing(choice);
         let nginx = ManagedNginx::start(&router, DRAIN_TIMEOUT)
             .await
             .unwrap_or_else(|e| panic!("starting nginx under {}: {e}", prefix.path().display()));
@@ -614,4 +620,95 @@ async fn managed_nginx_stops_its_master_on_stop_and_on_drop() {
         || async { !in_proc(master) },
     )
     .await;
+}
+
+/// Dynamic routing: after the service's first apply (a reload: its server is new), route
+/// changes move traffic without a reload: no new generation, no new workers, the files stay
+/// as they are, and the state file holds the last confirmed routing.
+#[tokio::test]
+async fn dynamic_route_changes_move_traffic_without_a_reload() {
+    let Some(bin) = support::require_nginx() else {
+        return;
+    };
+    let (a, b) = backends().await;
+    let n = Nginx::start_with(&bin, RoutingChoice::Dynamic).await;
+    let first = n.router.apply(&n.set(&a)).await.expect("first apply");
+    n.router.wait_drained(&first, DRAIN_TIMEOUT).await.unwrap();
+    n.assert_serves(&a, 5).await;
+    let workers = procs::workers(n.nginx.master);
+    let generation = n.router.disk_generation();
+    let files = n.files();
+    for (i, backend) in [&b, &a, &b].into_iter().enumerate() {
+        let change = n.router.apply(&n.set(backend)).await.expect("route change");
+        // Every worker reads the shared dict: the first fresh request already sees it.
+        n.assert_serves(backend, 5).await;
+        let drained = n.router.wait_drained(&change, DRAIN_TIMEOUT).await.unwrap();
+        assert_eq!(drained.lingering, None, "change {i}");
+        assert_eq!(procs::workers(n.nginx.master), workers, "no new workers");
+        assert_eq!(n.router.disk_generation(), generation, "no reload");
+        assert_eq!(n.files(), files, "no file rewritten");
+        assert_eq!(change.generation, first.generation + 1 + i as u64);
+    }
+    let state = std::fs::read_to_string(n.file("routing.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["web"]["stable"]["peers"][0], b.addr.to_string());
+    assert_eq!(state["web"]["generation"], first.generation + 3);
+}
+
+/// Dynamic drain: a request in flight on a peer the new routing left out keeps the drain
+/// waiting (and is named when the wait times out); once it is answered the drain ends.
+#[tokio::test]
+async fn dynamic_drain_waits_for_requests_in_flight_on_removed_peers() {
+    let Some(bin) = support::require_nginx() else {
+        return;
+    };
+    // A backend that holds its answer until told.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let slow = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = released.await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            .await;
+    });
+    let fast = Backend::start("fast").await;
+    let n = Nginx::start_with(&bin, RoutingChoice::Dynamic).await;
+    let set = |addr| UpstreamSet {
+        backends: vec![addr],
+        ..n.set(&fast)
+    };
+    n.router.apply(&set(slow_addr)).await.unwrap();
+    let listen = n.listen;
+    let in_flight = tokio::spawn(async move { fetch(listen).await });
+    support::eventually(
+        Duration::from_secs(5),
+        "the request reaches the slow peer",
+        || async {
+            let counts = switchyard_nginx::routing::inflight(n.router.control, "web")
+                .await
+                .unwrap_or_default();
+            counts.get(&slow_addr.to_string()) == Some(&1)
+        },
+    )
+    .await;
+    let change = n.router.apply(&set(fast.addr)).await.unwrap();
+    n.assert_serves(&fast, 3).await;
+    let timed_out = n
+        .router
+        .wait_drained(&change, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let left = timed_out
+        .lingering
+        .expect("the slow request is still in flight");
+    assert!(left.contains(&format!("1 on {slow_addr}")), "{left}");
+    release.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap().as_deref(), Ok("slow"));
+    let drained = n.router.wait_drained(&change, DRAIN_TIMEOUT).await.unwrap();
+    assert_eq!(drained.lingering, None);
+    slow.await.unwrap();
 }
