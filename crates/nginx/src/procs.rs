@@ -65,9 +65,35 @@ pub fn accepting(master: u32, pid: u32) -> bool {
     !String::from_utf8_lossy(&title).contains("shutting down")
 }
 
+/// The version `nginx -v` printed (`nginx version: nginx/1.22.1`), as numbers.
+pub fn nginx_version(text: &str) -> Option<(u32, u32, u32)> {
+    let version = text.split("nginx/").nth(1)?.split_whitespace().next()?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nginx_versions_are_read_and_ordered() {
+        assert_eq!(
+            nginx_version("nginx version: nginx/1.22.1\n"),
+            Some((1, 22, 1))
+        );
+        assert_eq!(
+            nginx_version("nginx version: nginx/1.27.4 (Ubuntu)"),
+            Some((1, 27, 4))
+        );
+        assert!(nginx_version("nginx version: nginx/1.27.4").unwrap() >= (1, 27, 4));
+        assert!(nginx_version("nginx version: nginx/1.27.3").unwrap() < (1, 27, 4));
+        assert_eq!(nginx_version("openresty"), None);
+    }
 
     #[test]
     fn children_of_this_process_are_found_and_exited_ones_are_not() {

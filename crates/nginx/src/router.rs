@@ -28,7 +28,7 @@ use switchyard_engine::{
 
 use crate::routing::{self, DrainToken, Routing, StateFile};
 use crate::stage::{self, Layout};
-use crate::templates::Templates;
+use crate::templates::{ControlRouting, Templates};
 use crate::{control, procs};
 
 pub const CONTROL_FILE: &str = "_control.conf";
@@ -38,6 +38,8 @@ const LOCK_FILE: &str = ".switchyard.lock";
 const POLL: Duration = Duration::from_millis(10);
 /// How often a dynamic drain reads the in-flight counts.
 const PEER_POLL: Duration = Duration::from_millis(5);
+/// How long exiting workers keep an idle keep-alive connection on a reload (nginx ≥ 1.27.4).
+const KEEPALIVE_MIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct NginxRouter {
     pub layout: Layout,
@@ -48,6 +50,7 @@ pub struct NginxRouter {
     /// What `[proxy] routing` asked for; [`NginxRouter::routing`] resolves `auto` once.
     pub choice: RoutingChoice,
     resolved: OnceLock<(Routing, String)>,
+    keepalive_min: OnceLock<bool>,
 }
 
 impl NginxRouter {
@@ -60,6 +63,7 @@ impl NginxRouter {
             confirm_timeout: Duration::from_secs(10),
             choice: RoutingChoice::Reload,
             resolved: OnceLock::new(),
+            keepalive_min: OnceLock::new(),
         }
     }
 
@@ -103,6 +107,19 @@ impl NginxRouter {
         })
     }
 
+    /// Whether this nginx knows `keepalive_min_timeout` (1.27.4 and later), asked once.
+    fn has_keepalive_min_timeout(&self) -> bool {
+        *self.keepalive_min.get_or_init(|| {
+            let output = std::process::Command::new(&self.layout.nginx)
+                .arg("-v")
+                .output();
+            output.is_ok_and(|o| {
+                procs::nginx_version(&String::from_utf8_lossy(&o.stderr))
+                    .is_some_and(|v| v >= (1, 27, 4))
+            })
+        })
+    }
+
     fn state_file(&self) -> StateFile {
         StateFile {
             path: self.layout.conf_dir.join(STATE_FILE),
@@ -111,15 +128,26 @@ impl NginxRouter {
 
     fn dynamic_control_file(&self, generation: u64) -> Result<String, String> {
         let state = self.layout.conf_dir.join(STATE_FILE);
-        self.templates
-            .control(self.control, generation, Some(&state))
+        self.templates.control(
+            self.control,
+            generation,
+            ControlRouting::Dynamic { state_file: &state },
+        )
     }
 
     /// The control file for the routing in use.
     pub fn control_file(&self, generation: u64) -> Result<String, String> {
         match self.routing() {
             Routing::Dynamic => self.dynamic_control_file(generation),
-            Routing::Reload => self.templates.control(self.control, generation, None),
+            Routing::Reload => self.templates.control(
+                self.control,
+                generation,
+                ControlRouting::Reload {
+                    keepalive_min_timeout: self
+                        .has_keepalive_min_timeout()
+                        .then_some(KEEPALIVE_MIN_TIMEOUT),
+                },
+            ),
         }
     }
 

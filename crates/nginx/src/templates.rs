@@ -135,19 +135,31 @@ impl Templates {
         self.render(SERVICE, &ctx)
     }
 
-    /// The control server; with `routing` (the state file's path), also the shared memory,
-    /// the Lua code and the control locations of routing without reloads.
+    /// The control server, and what the routing needs in `http {}`: for dynamic routing the
+    /// shared memory, the Lua code and the control locations; for reload routing on an nginx
+    /// that has it, `keepalive_min_timeout`.
     pub fn control(
         &self,
         control: SocketAddr,
         generation: u64,
-        routing: Option<&Path>,
+        routing: ControlRouting<'_>,
     ) -> Result<String, String> {
         let mut ctx = Context::new();
         ctx.insert("control", &control.to_string());
         ctx.insert("generation", &generation);
         ctx.insert("log_format", &crate::tailer::log_format_directive());
-        if let Some(state_file) = routing {
+        let state_file = match routing {
+            ControlRouting::Reload {
+                keepalive_min_timeout,
+            } => {
+                if let Some(t) = keepalive_min_timeout {
+                    ctx.insert("keepalive_min_timeout", &nginx_time(t));
+                }
+                None
+            }
+            ControlRouting::Dynamic { state_file } => Some(state_file),
+        };
+        if let Some(state_file) = state_file {
             let state_file = lua_string(state_file)?;
             let mut lua = Context::new();
             lua.insert("state_file", &state_file);
@@ -167,6 +179,19 @@ impl Templates {
             .render(name, ctx)
             .map_err(|e| format!("rendering {name}: {}", error_chain(&e)))
     }
+}
+
+/// What the control file carries for the routing in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRouting<'a> {
+    /// Reload routing; `keepalive_min_timeout` where nginx has it (1.27.4 and later), so
+    /// exiting workers keep idle keep-alive connections that long instead of closing them
+    /// under a request.
+    Reload {
+        keepalive_min_timeout: Option<Duration>,
+    },
+    /// Dynamic routing, restoring documents from `state_file`.
+    Dynamic { state_file: &'a Path },
 }
 
 /// What the control template needs for routing without reloads.

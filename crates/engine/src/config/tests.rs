@@ -112,6 +112,36 @@ fn control_address_must_be_loopback() {
 }
 
 #[test]
+fn routing_defaults_to_auto_and_takes_each_choice() {
+    let c = Config::parse(GOOD, Path::new("switchyard.toml")).unwrap();
+    assert_eq!(c.proxy.routing, RoutingChoice::Auto);
+    for (word, choice) in [
+        ("auto", RoutingChoice::Auto),
+        ("dynamic", RoutingChoice::Dynamic),
+        ("reload", RoutingChoice::Reload),
+    ] {
+        let text = GOOD.replace(
+            "control = \"127.0.0.1:18099\"",
+            &format!("control = \"127.0.0.1:18099\"\nrouting = \"{word}\""),
+        );
+        let c = Config::parse(&text, Path::new("switchyard.toml")).unwrap();
+        assert_eq!(c.proxy.routing, choice, "{word}");
+    }
+}
+
+#[test]
+fn unknown_routing_is_located_by_line_and_field() {
+    let text = GOOD.replace(
+        "control = \"127.0.0.1:18099\"",
+        "control = \"127.0.0.1:18099\"\nrouting = \"lua\"",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors[0].field, "proxy.routing");
+    assert_eq!(errors[0].line, 5);
+    assert!(errors[0].message.contains("\"dynamic\""), "{}", errors[0]);
+}
+
+#[test]
 fn process_runtime_needs_a_command() {
     let text = format!("[runtime]\nkind = \"process\"\n{GOOD}");
     assert_eq!(errors(&text)[0].field, "service.command");

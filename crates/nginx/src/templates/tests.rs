@@ -50,6 +50,9 @@ fn web_set() -> UpstreamSet {
 }
 
 const LOG: &str = "/var/log/sy/access.json.log";
+const RELOAD: ControlRouting = ControlRouting::Reload {
+    keepalive_min_timeout: None,
+};
 const PREFIX: &str = "/srv/switchyard/nginx";
 
 #[test]
@@ -101,13 +104,28 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
 #[test]
 fn control_file_matches_golden_and_names_its_generation() {
     let text = Templates::builtin()
-        .control(addr("127.0.0.1:9900"), 7, None)
+        .control(addr("127.0.0.1:9900"), 7, RELOAD)
         .unwrap();
     check_golden("control.conf", &text);
     // NginxRouter::disk_generation reads this comment back.
     assert!(text.lines().any(|l| l == "# generation 7"), "{text}");
     assert!(text.contains("listen 127.0.0.1:9900;"), "{text}");
     assert!(text.contains("return 200 \"7\\n\";"), "{text}");
+}
+
+#[test]
+fn reload_control_file_sets_keepalive_min_timeout_where_nginx_has_it() {
+    let routing = ControlRouting::Reload {
+        keepalive_min_timeout: Some(Duration::from_secs(2)),
+    };
+    let text = Templates::builtin()
+        .control(addr("127.0.0.1:9900"), 7, routing)
+        .unwrap();
+    assert!(text.contains("\nkeepalive_min_timeout 2000ms;\n"), "{text}");
+    let without = Templates::builtin()
+        .control(addr("127.0.0.1:9900"), 7, RELOAD)
+        .unwrap();
+    assert!(!without.contains("keepalive_min_timeout"), "{without}");
 }
 
 #[test]
@@ -152,7 +170,11 @@ fn dynamic_service_file_matches_golden_and_takes_its_peers_from_the_balancer() {
 fn dynamic_control_file_matches_golden_and_holds_the_routing_code() {
     let state = Path::new("/srv/switchyard/nginx/conf/switchyard/routing.json");
     let text = Templates::builtin()
-        .control(addr("127.0.0.1:9900"), 7, Some(state))
+        .control(
+            addr("127.0.0.1:9900"),
+            7,
+            ControlRouting::Dynamic { state_file: state },
+        )
         .unwrap();
     check_golden("control-dynamic.conf", &text);
     assert!(text.lines().any(|l| l == "# generation 7"), "{text}");
@@ -169,7 +191,13 @@ fn dynamic_control_file_matches_golden_and_holds_the_routing_code() {
 fn a_state_file_path_that_could_break_out_of_its_lua_string_is_refused() {
     for bad in ["/srv/a\"b.json", "/srv/a\\b.json", "/srv/a\nb.json"] {
         let err = Templates::builtin()
-            .control(addr("127.0.0.1:9900"), 1, Some(Path::new(bad)))
+            .control(
+                addr("127.0.0.1:9900"),
+                1,
+                ControlRouting::Dynamic {
+                    state_file: Path::new(bad),
+                },
+            )
             .unwrap_err();
         assert!(err.contains("routing state file"), "{bad:?}: {err}");
     }
@@ -211,8 +239,8 @@ fn an_override_replaces_only_the_template_it_names() {
     );
     let control = addr("127.0.0.1:9900");
     assert_eq!(
-        templates.control(control, 3, None).unwrap(),
-        builtin.control(control, 3, None).unwrap()
+        templates.control(control, 3, RELOAD).unwrap(),
+        builtin.control(control, 3, RELOAD).unwrap()
     );
     let timeout = Duration::from_secs(5);
     assert_eq!(
