@@ -106,6 +106,12 @@ async fn demo_flow(
 ) -> Result<DemoSummary, AppError> {
     sandbox.ensure_image("v1").await?;
     sandbox.ensure_image("v2").await?;
+    let router = &sandbox.live().router;
+    eprintln!(
+        "routing: {}\n  {}",
+        router.routing_note(),
+        router.routing().client_view()
+    );
     eprintln!("deploying v1 (nothing live yet):");
     sandbox.deploy("v1", &Progress::new(true)).await?;
 
@@ -114,7 +120,7 @@ async fn demo_flow(
     load.max_requests = 5_000_000;
     load.max_duration = Duration::from_secs(120);
     eprintln!(
-        "\nload: {} keep-alive connections; 2 s of steady state, then v1 -> v2:",
+        "\nload: {} keep-alive connections that never re-send a request; 2 s of steady state, then v1 -> v2:",
         o.connections
     );
     let load = Load::start(load);
@@ -237,7 +243,7 @@ impl DemoSummary {
                 opt(self.last_v1_after_healthy_ms),
             ),
             (
-                "reload confirmed in",
+                "route change confirmed in",
                 format!("{} ms", self.reload_confirm_ms),
             ),
             (

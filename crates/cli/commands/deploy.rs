@@ -65,7 +65,7 @@ fn print_report(cli: &Cli, r: &DeployReport) {
         .map_or("nothing".to_owned(), |v| v.to_string());
     if let Some(rollout) = &r.rollout {
         println!(
-            "{} {} is live ({}, was {from}): {} batch(es), {} reload(s), at most {} instance(s) running, {} ms in all",
+            "{} {} is live ({}, was {from}): {} batch(es), {} route change(s), at most {} instance(s) running, {} ms in all",
             r.service,
             r.to,
             rollout.strategy,
@@ -76,7 +76,7 @@ fn print_report(cli: &Cli, r: &DeployReport) {
         );
         for (i, b) in rollout.batches.iter().enumerate() {
             println!(
-                "  batch {}: +{} -{}, healthy after {} ms, reload {}, drained in {} ms",
+                "  batch {}: +{} -{}, healthy after {} ms, routed {}, drained in {} ms",
                 i + 1,
                 b.added.len(),
                 b.removed.len(),
@@ -96,7 +96,7 @@ fn print_report(cli: &Cli, r: &DeployReport) {
         return;
     }
     println!(
-        "{} {} is live ({} slot, was {from}): healthy after {} ms, reload confirmed in {} ms, old workers gone after {} ms, {} ms in all",
+        "{} {} is live ({} slot, was {from}): healthy after {} ms, route change confirmed in {} ms, old traffic drained after {} ms, {} ms in all",
         r.service,
         r.to,
         r.color.as_str(),

@@ -52,7 +52,7 @@ impl RollingScene {
     pub fn table(&self) -> String {
         let r = &self.rollout;
         let mut text = format!(
-            "\n{} to {} (max_surge {}, max_unavailable {}): {} batches, {} reloads, at most {} instances running ({} ms)\n",
+            "\n{} to {} (max_surge {}, max_unavailable {}): {} batches, {} route changes, at most {} instances running ({} ms)\n",
             r.strategy,
             self.version,
             r.max_surge,
@@ -64,7 +64,7 @@ impl RollingScene {
         );
         text.push_str(&format!(
             "  {:>5}  {:>3}  {:>3}  {:>10}  {:>10}  {:>8}\n",
-            "batch", "in", "out", "healthy", "reload", "drained"
+            "batch", "in", "out", "healthy", "routed", "drained"
         ));
         for (i, b) in r.batches.iter().enumerate() {
             let reload = b.confirm_ms.map_or("-".to_owned(), |ms| format!("{ms} ms"));
