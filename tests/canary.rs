@@ -103,6 +103,7 @@ async fn a_bad_canary_is_rolled_back_and_the_stable_track_never_fails() {
         traffic.failed > 0,
         "the canary really failed requests: {traffic}"
     );
+    assert_eq!(traffic.retried, 0, "nothing was re-sent: {traffic}");
     for failure in &traffic.failures {
         match &failure.kind {
             FailureKind::Status {

@@ -1,7 +1,7 @@
 //! End to end for the rolling and in-place strategies: real nginx, real Docker containers of
 //! the static demo-app (and once as local processes), the real SQLite store, and the load
-//! generator running through the whole rollout. Every test asserts zero failed requests
-//! while traffic moves (retried keep-alive GETs are allowed, as in e2e.rs).
+//! generator running through the whole rollout. Every test asserts zero failed and zero
+//! re-sent requests while traffic moves, counted by a client that never re-sends.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

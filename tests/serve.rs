@@ -133,7 +133,8 @@ async fn sandbox(canary: &str) -> Option<Sandbox> {
         .replicas(2)
         .env("LATENCY_MS", "2");
     options.canary = canary.to_owned();
-    Some(Sandbox::start(&options).await.expect("sandbox starts"))
+    let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
+    crate::support::require_dynamic(&sandbox.live().router).then_some(sandbox)
 }
 
 /// serve for `config` with its own live clients (its own store connection), as
