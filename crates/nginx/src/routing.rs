@@ -195,17 +195,34 @@ impl StateFile {
         }
     }
 
-    /// Writes `state` atomically (temp file, fsync, rename).
+    /// Puts `state` in place atomically (a temp file renamed over the old one), without
+    /// waiting for the disk: [`StateFile::sync`] does, once the change is live.
     pub fn write(&self, state: &BTreeMap<String, RouteDoc>) -> Result<(), String> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let io = |e: std::io::Error| format!("writing {}: {e}", self.path.display());
+        let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())? + "\n";
+        let tmp = self.tmp_path();
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+
+    /// Waits until the file and its directory entry are on disk.
+    pub fn sync(&self) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("syncing {}: {e}", self.path.display());
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::File::open(self.path.parent().unwrap_or(Path::new(".")))
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+
+    fn tmp_path(&self) -> PathBuf {
         let name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let text = serde_json::to_string_pretty(state).map_err(|e| e.to_string())?;
-        stage::install(dir, &[(name, Some(text + "\n"))])
-            .map_err(|e| format!("writing {}: {e}", self.path.display()))
+        self.path.with_file_name(format!(".{name}.tmp"))
     }
 }
 

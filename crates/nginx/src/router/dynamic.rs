@@ -65,6 +65,9 @@ impl NginxRouter {
             let back = self.put_back(service, previous, Some(generation + 1)).await;
             return Err(RouterError::NotConfirmed(format!("{why}; {back}")));
         }
+        // Traffic has moved; the state file is on disk before anything relies on it.
+        let confirm_ms = since.elapsed().as_millis() as u64;
+        state_file.sync().map_err(unavailable)?;
         Ok(Reload {
             generation,
             drain: DrainHandle::new(DrainToken {
@@ -72,7 +75,7 @@ impl NginxRouter {
                 service: Some(service.to_owned()),
                 serving: doc.serving(),
             }),
-            confirm_ms: since.elapsed().as_millis() as u64,
+            confirm_ms,
         })
     }
 
@@ -129,17 +132,16 @@ impl NginxRouter {
     ) -> String {
         let state_file = self.state_file();
         let mut state: BTreeMap<String, RouteDoc> = state_file.read().unwrap_or_default();
-        let wrote = match &previous {
+        match &previous {
             Some(doc) => {
                 let doc = generation.map_or_else(|| doc.clone(), |g| doc.at(g));
                 state.insert(service.to_owned(), doc);
-                state_file.write(&state)
             }
             None => {
                 state.remove(service);
-                state_file.write(&state)
             }
-        };
+        }
+        let wrote = state_file.write(&state).and_then(|()| state_file.sync());
         let posted = match (previous, generation) {
             (Some(doc), Some(g)) => routing::post(self.control, &doc.at(g)).await.map(|_| ()),
             _ => Ok(()),
