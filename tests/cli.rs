@@ -14,9 +14,7 @@ use switchyard_app::settings;
 use switchyard_engine::{Name, Store};
 use switchyard_store::SqliteStore;
 
-use crate::support::{
-    assert_no_failures, eventually, free_port, require_demo_app, require_nginx, stop_nginx,
-};
+use crate::support::{assert_no_failures, free_port, require_demo_app, require_nginx, stop_nginx};
 
 /// A config directory used through the CLI; dropping it stops the nginx the CLI started and
 /// removes every process it deployed.
@@ -87,17 +85,37 @@ env = {{ LATENCY_MS = "5" {env} }}
         Load::start(config)
     }
 
-    /// Waits until the running deployment of `web` has journaled steps that satisfy `reached`.
+    /// The binary with `args` in the background, its output in `child.log`.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let log = std::fs::File::create(self.dir.path().join("child.log")).unwrap();
+        self.command(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until the running deployment of `web` has journaled steps that satisfy `reached`;
+    /// on timeout, says what was journaled and what the background command printed.
     async fn until_journal(&self, what: &str, within: Duration, reached: impl Fn(&[&str]) -> bool) {
         let store = self.store();
         let name = Name::parse("web").unwrap();
-        eventually(within, what, || async {
-            store.unfinished(&name).unwrap().is_some_and(|(_, j)| {
-                let steps: Vec<&str> = j.iter().map(|e| e.step.name()).collect();
-                reached(&steps)
-            })
-        })
-        .await;
+        let since = std::time::Instant::now();
+        let mut steps = Vec::new();
+        while since.elapsed() < within {
+            steps = store
+                .unfinished(&name)
+                .unwrap()
+                .map(|(_, j)| j.iter().map(|e| e.step.name().to_owned()).collect())
+                .unwrap_or_default();
+            let names: Vec<&str> = steps.iter().map(String::as_str).collect();
+            if reached(&names) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("child.log")).unwrap_or_default();
+        panic!("timed out after {within:?} waiting for {what}; journal {steps:?}; the command said:\n{log}");
     }
 
     fn store(&self) -> SqliteStore {
@@ -298,10 +316,7 @@ async fn a_deploy_killed_mid_way_is_explained_by_status_and_completed_by_the_nex
     let project = Project::new(&app, r#", START_DELAY_MS = "2000""#);
     assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
     let load = project.load();
-    let mut child = project
-        .command(&["deploy", "web", "--version", "v2"])
-        .spawn()
-        .unwrap();
+    let mut child = project.spawn(&["deploy", "web", "--version", "v2"]);
     let store = project.store();
     let name = Name::parse("web").unwrap();
     let health_wait = |steps: &[&str]| steps.contains(&"wait_healthy");
@@ -389,10 +404,7 @@ async fn a_paused_canary_is_shown_by_status_and_promoted_by_the_cli() {
     let project = Project::with_canary(&app, "", canary);
     assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
     let load = project.load();
-    let mut child = project
-        .command(&["deploy", "web", "--version", "v2", "--strategy", "canary"])
-        .spawn()
-        .unwrap();
+    let mut child = project.spawn(&["deploy", "web", "--version", "v2", "--strategy", "canary"]);
     let paused = |steps: &[&str]| steps.contains(&"paused");
     project
         .until_journal(
@@ -480,7 +492,7 @@ async fn a_rollout_killed_between_batches_is_finished_by_the_next_deploy_under_l
     let deploy = |v: &'static str| [&["deploy", "web", "--version", v][..], &rolling].concat();
     assert_exit(&project.run(&deploy("v1")), 0);
     let load = project.load();
-    let mut child = project.command(&deploy("v2")).spawn().unwrap();
+    let mut child = project.spawn(&deploy("v2"));
     let store = project.store();
     let name = Name::parse("web").unwrap();
     let in_batch_two = |steps: &[&str]| {
