@@ -712,3 +712,36 @@ async fn dynamic_drain_waits_for_requests_in_flight_on_removed_peers() {
     assert_eq!(drained.lingering, None);
     slow.await.unwrap();
 }
+
+/// Switching an installation to dynamic routing while its nginx runs: the adopted nginx loads
+/// the Lua module at the first apply's reload, and route changes after it reload nothing.
+#[tokio::test]
+async fn a_running_reload_nginx_is_taken_over_by_the_dynamic_router() {
+    let Some(bin) = support::require_nginx() else {
+        return;
+    };
+    let (a, b) = backends().await;
+    let n = Nginx::start(&bin).await;
+    n.apply_drained(&a).await;
+    let dynamic = NginxRouter::new(
+        n.router.layout.clone(),
+        n.router.control,
+        Templates::builtin(),
+    )
+    .with_routing(RoutingChoice::Dynamic);
+    let adopted = ManagedNginx::start(&dynamic, DRAIN_TIMEOUT).await.unwrap();
+    assert_eq!(
+        adopted.master, n.nginx.master,
+        "the running nginx is adopted"
+    );
+    let first = dynamic
+        .apply(&n.set(&b))
+        .await
+        .expect("the first dynamic apply");
+    dynamic.wait_drained(&first, DRAIN_TIMEOUT).await.unwrap();
+    n.assert_serves(&b, 5).await;
+    let generation = dynamic.disk_generation();
+    dynamic.apply(&n.set(&a)).await.expect("a route change");
+    n.assert_serves(&a, 5).await;
+    assert_eq!(dynamic.disk_generation(), generation, "no reload");
+}

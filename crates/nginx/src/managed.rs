@@ -47,19 +47,26 @@ impl ManagedNginx {
             std::fs::create_dir_all(prefix.join(dir)).map_err(|e| io("creating directories", e))?;
         }
         std::fs::create_dir_all(&layout.conf_dir).map_err(|e| io("creating directories", e))?;
-        if let Some(master) =
-            procs::read_pid(&layout.pid_file).filter(|&p| procs::is_nginx_master(p))
-        {
-            return Ok(ManagedNginx {
-                master,
-                owned: false,
-            });
-        }
         let lua = router.routing() == Routing::Dynamic;
         let main = router
             .templates
             .main_conf(prefix, worker_shutdown_timeout, lua)
             .map_err(RouterError::Unavailable)?;
+        let conf_root = layout.main_conf.parent().unwrap_or(Path::new("/"));
+        if let Some(master) =
+            procs::read_pid(&layout.pid_file).filter(|&p| procs::is_nginx_master(p))
+        {
+            // A running nginx reads the main config at its next reload: the first apply in
+            // another routing reloads (its control file changes) and loads the modules then.
+            if std::fs::read_to_string(&layout.main_conf).ok().as_deref() != Some(main.as_str()) {
+                install(conf_root, &[("nginx.conf".to_owned(), Some(main))])
+                    .map_err(|e| io("writing nginx.conf", e))?;
+            }
+            return Ok(ManagedNginx {
+                master,
+                owned: false,
+            });
+        }
         // Written afresh for the routing in use: a tree left by an earlier run may have
         // been rendered for the other one.
         let generation = router.disk_generation();
@@ -68,7 +75,6 @@ impl ManagedNginx {
             .map_err(RouterError::Unavailable)?;
         install(&layout.conf_dir, &[(CONTROL_FILE.to_owned(), Some(text))])
             .map_err(|e| io("writing the control file", e))?;
-        let conf_root = layout.main_conf.parent().unwrap_or(Path::new("/"));
         install(conf_root, &[("nginx.conf".to_owned(), Some(main))])
             .map_err(|e| io("writing nginx.conf", e))?;
 
