@@ -29,36 +29,21 @@ fn load(sandbox: &Sandbox) -> Load {
     crate::support::load(sandbox.url(), 16)
 }
 
-/// The version of one GET of `url` (`http://127.0.0.1:port/path`) on a fresh connection.
+/// The version of one GET of `url` (`http://127.0.0.1:port/path`) on a fresh connection,
+/// read from the demo-app's body (`{"version":"v2"}`).
 async fn version_of_one_request(url: &str) -> Result<String, String> {
     let rest = url.strip_prefix("http://").unwrap();
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let head = response.split("\r\n\r\n").next().unwrap_or_default();
-    let version = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-version: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "?".into());
-    if head.starts_with("HTTP/1.1 200") {
-        Ok(version)
-    } else {
-        Err(format!("{:?} from {version}", head.lines().next()))
+    let addr: SocketAddr = addr.parse().unwrap();
+    let (status, body) =
+        switchyard_nginx::control::request(addr, "GET", path, None, Duration::from_secs(10))
+            .await?;
+    let version = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_owned));
+    match (status, version) {
+        (200, Some(version)) => Ok(version),
+        (status, _) => Err(format!("HTTP {status}: {body}")),
     }
 }
 
