@@ -107,6 +107,20 @@ impl NginxRouter {
         })
     }
 
+    /// Whether a service file in `conf_dir` takes its peers from the Lua balancer.
+    fn dynamic_services_on_disk(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.layout.conf_dir) else {
+            return false;
+        };
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".conf")
+                && name != CONTROL_FILE
+                && std::fs::read_to_string(e.path())
+                    .is_ok_and(|text| text.contains("switchyard_routing"))
+        })
+    }
+
     /// Whether this nginx knows `keepalive_min_timeout` (1.27.4 and later), asked once.
     fn has_keepalive_min_timeout(&self) -> bool {
         *self.keepalive_min.get_or_init(|| {
@@ -135,10 +149,15 @@ impl NginxRouter {
         )
     }
 
-    /// The control file for the routing in use.
+    /// The control file for the routing in use. Reload routing keeps the dynamic one while a
+    /// service file on disk still routes dynamically: that service goes on working until its
+    /// next deploy renders it for reloads.
     pub fn control_file(&self, generation: u64) -> Result<String, String> {
         match self.routing() {
             Routing::Dynamic => self.dynamic_control_file(generation),
+            Routing::Reload if self.dynamic_services_on_disk() => {
+                self.dynamic_control_file(generation)
+            }
             Routing::Reload => self.templates.control(
                 self.control,
                 generation,
@@ -332,7 +351,8 @@ impl NginxRouter {
     async fn apply_reload(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
         let _lock = self.lock().await?;
         let files = self.render(set, self.disk_generation() + 1)?;
-        let (generation, old_workers, confirm_ms) = self.reload(set, files).await?;
+        stage::validate(&self.layout, &files, set.service.as_str()).await?;
+        let (generation, old_workers, confirm_ms) = self.reload(files, || {}).await?;
         Ok(Reload {
             generation,
             drain: DrainHandle::new(DrainToken {
@@ -343,18 +363,17 @@ impl NginxRouter {
         })
     }
 
-    /// Validates `files` on a staged tree, installs them, reloads and confirms the new
-    /// config generation (the one `files` hold: the disk's plus one); on failure the previous
-    /// files are back. The generation, the workers of the previous config, and the time to
-    /// confirm. The caller holds the lock.
+    /// Installs `files` (validated by the caller, who holds the lock), reloads and confirms
+    /// the new config generation (the one `files` hold: the disk's plus one). On failure the
+    /// previous files are put back and reloaded, `before_restore` having run first. The
+    /// generation, the workers of the previous config, and the time to confirm.
     async fn reload(
         &self,
-        set: &UpstreamSet,
         files: Vec<(String, String)>,
+        before_restore: impl FnOnce(),
     ) -> Result<(u64, Vec<u32>, u64), RouterError> {
         let master = self.master()?;
         let generation = self.disk_generation() + 1;
-        stage::validate(&self.layout, &files, set.service.as_str()).await?;
         let previous: Vec<(String, Option<String>)> = files
             .iter()
             .map(|(name, _)| {
@@ -380,6 +399,7 @@ impl NginxRouter {
         match outcome {
             Ok(confirm_ms) => Ok((generation, old_workers, confirm_ms)),
             Err(why) => {
+                before_restore();
                 let restored = self.restore(previous, generation + 1, master).await;
                 Err(RouterError::NotConfirmed(match restored {
                     Ok(()) => format!("{why}; the previous config is live again"),

@@ -9,7 +9,7 @@ use switchyard_engine::{ConfigDiff, DrainHandle, Reload, RouterError, UpstreamSe
 
 use super::{NginxRouter, CONTROL_FILE};
 use crate::routing::{self, DrainToken, RouteDoc};
-use crate::stage;
+use crate::{procs, stage};
 
 impl NginxRouter {
     pub(super) async fn apply_dynamic(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
@@ -24,8 +24,8 @@ impl NginxRouter {
         let previous = state.get(service).cloned();
         let live = match routing::live_generation(self.control, service).await {
             Ok(g) => g,
-            // The control server answers routes once the new control file is live.
-            Err(_) if structural.iter().any(|(name, _)| name == CONTROL_FILE) => 0,
+            // An nginx still on a reload-routing control file has no routes to read yet.
+            Err(_) if !self.control_on_disk_is_dynamic() => 0,
             Err(e) => {
                 return Err(unavailable(format!(
                 "the control endpoint {} does not answer for {service}: {e}; traffic was not moved",
@@ -43,17 +43,29 @@ impl NginxRouter {
 
         let mut workers = Vec::new();
         let applied = if structural.is_empty() {
-            routing::post(self.control, &doc).await.map(|_| ())
+            self.post_or_live(&doc).await
         } else {
-            // The reload's `init_by_lua` loads the document from the state file.
-            match self.reload(set, structural).await {
+            // The reload's `init_by_lua` loads the document from the state file. A reload
+            // that fails may have loaded it too, into the shared memory the old workers
+            // serve from: the file names the previous routing again before the previous
+            // files are reloaded, under a newer generation, so that reload restores it.
+            let back = previous.as_ref().map(|p| p.at(generation + 1));
+            let undo = || {
+                let _ = self.write_state(service, back.clone());
+            };
+            match self.reload(structural, undo).await {
                 Ok((_, old_workers, _)) => {
                     workers = old_workers;
                     Ok(())
                 }
                 Err(e) => {
-                    self.put_back(service, previous, None).await;
-                    return Err(e);
+                    let back = self.put_back(service, previous, generation + 1).await;
+                    return Err(match e {
+                        RouterError::NotConfirmed(why) => {
+                            RouterError::NotConfirmed(format!("{why}; {back}"))
+                        }
+                        other => other,
+                    });
                 }
             }
         };
@@ -62,12 +74,13 @@ impl NginxRouter {
             Err(e) => Err(e),
         };
         if let Err(why) = confirmed {
-            let back = self.put_back(service, previous, Some(generation + 1)).await;
+            let back = self.put_back(service, previous, generation + 1).await;
             return Err(RouterError::NotConfirmed(format!("{why}; {back}")));
         }
-        // Traffic has moved; the state file is on disk before anything relies on it.
         let confirm_ms = since.elapsed().as_millis() as u64;
-        state_file.sync().map_err(unavailable)?;
+        // Traffic has moved. The file is in place; syncing it only guards against a power
+        // cut, so a failure here must not undo a change that is live.
+        let _ = state_file.sync();
         Ok(Reload {
             generation,
             drain: DrainHandle::new(DrainToken {
@@ -77,6 +90,35 @@ impl NginxRouter {
             }),
             confirm_ms,
         })
+    }
+
+    /// Posts `doc`; a refusal because that very generation is already live (an nginx reload
+    /// by someone else loaded it from the state file) is success.
+    async fn post_or_live(&self, doc: &RouteDoc) -> Result<(), String> {
+        match routing::post(self.control, doc).await {
+            Ok(_) => Ok(()),
+            Err(e) => match routing::live_generation(self.control, &doc.service).await {
+                Ok(g) if g == doc.generation => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Whether the control file on disk serves routing documents.
+    fn control_on_disk_is_dynamic(&self) -> bool {
+        std::fs::read_to_string(self.layout.conf_dir.join(CONTROL_FILE))
+            .is_ok_and(|text| text.contains("location = /routes"))
+    }
+
+    /// The state file with `service`'s document replaced by `doc` (removed for None).
+    fn write_state(&self, service: &str, doc: Option<RouteDoc>) -> Result<(), String> {
+        let state_file = self.state_file();
+        let mut state: BTreeMap<String, RouteDoc> = state_file.read().unwrap_or_default();
+        match doc {
+            Some(doc) => state.insert(service.to_owned(), doc),
+            None => state.remove(service),
+        };
+        state_file.write(&state).and_then(|()| state_file.sync())
     }
 
     /// The files of `set`'s service and of the control server that differ from what is on
@@ -110,7 +152,7 @@ impl NginxRouter {
         let mut last = String::new();
         while since.elapsed() < self.confirm_timeout {
             match routing::live_generation(self.control, service).await {
-                Ok(g) if g >= generation => return Ok(()),
+                Ok(g) if g == generation => return Ok(()),
                 Ok(g) => last = format!("still generation {g}"),
                 Err(e) => last = e,
             }
@@ -122,46 +164,61 @@ impl NginxRouter {
         ))
     }
 
-    /// After a failed change: the state file holds `previous` again, and, when the new
-    /// routing may have gone live, `previous` is posted under `generation`. Says what it did.
-    async fn put_back(
-        &self,
-        service: &str,
-        previous: Option<RouteDoc>,
-        generation: Option<u64>,
-    ) -> String {
-        let state_file = self.state_file();
-        let mut state: BTreeMap<String, RouteDoc> = state_file.read().unwrap_or_default();
-        match &previous {
-            Some(doc) => {
-                let doc = generation.map_or_else(|| doc.clone(), |g| doc.at(g));
-                state.insert(service.to_owned(), doc);
-            }
-            None => {
-                state.remove(service);
-            }
-        }
-        let wrote = state_file.write(&state).and_then(|()| state_file.sync());
-        let posted = match (previous, generation) {
-            (Some(doc), Some(g)) => routing::post(self.control, &doc.at(g)).await.map(|_| ()),
-            _ => Ok(()),
+    /// After a failed change that may have gone live: `previous` is in the state file and
+    /// posted under `generation` (newer than the failed one), and what the failed routing
+    /// sent elsewhere is waited out, so the caller can remove its peers. Says what it did.
+    async fn put_back(&self, service: &str, previous: Option<RouteDoc>, generation: u64) -> String {
+        let Some(previous) = previous else {
+            return match self.write_state(service, None) {
+                Ok(()) => "the service had no routing before".into(),
+                Err(e) => format!("removing its routing from the state file failed: {e}"),
+            };
         };
-        match (wrote, posted) {
-            (Ok(()), Ok(())) => "the previous routing is in place".into(),
-            (Err(e), _) | (_, Err(e)) => format!("putting the previous routing back failed: {e}"),
+        let doc = previous.at(generation);
+        let put = match self.write_state(service, Some(doc.clone())) {
+            Ok(()) => self.post_or_live(&doc).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = put {
+            return format!("putting the previous routing back failed: {e}");
         }
+        let serving = doc.serving();
+        let since = Instant::now();
+        while since.elapsed() < self.confirm_timeout {
+            if self.busy_peers(service, &serving).await.is_none() {
+                return "the previous routing is live again".into();
+            }
+            tokio::time::sleep(super::PEER_POLL).await;
+        }
+        let left = self.busy_peers(service, &serving).await.unwrap_or_default();
+        format!(
+            "the previous routing is live again ({left} after {:?})",
+            self.confirm_timeout
+        )
     }
 
-    /// The peers of `service` outside `serving` that still have requests in flight, in words;
-    /// None when there are none.
+    /// The peers of `service` outside `serving` that still have requests in flight in a live
+    /// nginx worker, in words; None when there are none.
     pub(super) async fn busy_peers(&self, service: &str, serving: &[String]) -> Option<String> {
         let counts = match routing::inflight(self.control, service).await {
             Ok(counts) => counts,
             Err(e) => return Some(format!("in-flight counts unreadable: {e}")),
         };
-        let busy: Vec<String> = counts
+        let master = self.master().ok();
+        let mut busy: BTreeMap<String, i64> = BTreeMap::new();
+        for (key, n) in counts {
+            // "peer pid": a count kept by a worker that has since died is no request.
+            let (peer, pid) = key.split_once(' ').unwrap_or((key.as_str(), ""));
+            let live = match (master, pid.parse::<u32>()) {
+                (Some(master), Ok(pid)) => procs::is_worker(master, pid),
+                _ => true,
+            };
+            if live && n > 0 && !serving.iter().any(|s| s == peer) {
+                *busy.entry(peer.to_owned()).or_default() += n;
+            }
+        }
+        let busy: Vec<String> = busy
             .into_iter()
-            .filter(|(peer, n)| *n > 0 && !serving.contains(peer))
             .map(|(peer, n)| format!("{n} on {peer}"))
             .collect();
         (!busy.is_empty()).then(|| format!("requests still in flight: {}", busy.join(", ")))
