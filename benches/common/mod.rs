@@ -2,8 +2,10 @@
 //! spreads ([`spread`], [`Spread`]), Markdown tables ([`print_metrics`], [`Table`]), number
 //! formatting, the bench's start ([`demo_app`], [`block_on`]), sandbox and image clean-up
 //! ([`finish`], [`remove_images`]), where raw rows go ([`json_path`]), the machine they ran
-//! on ([`Machine`]), and the naive reload-then-stop flow the engine is measured against
-//! ([`naive_flip`]).
+//! on ([`Machine`]), the naive reload-then-stop flow the engine is measured against
+//! ([`naive_flip`], built from [`naive_start`], [`wait_healthy`], [`naive_route`] and
+//! [`naive_stop_at_once`]), a client that never re-sends ([`Wrk`]), and a count of an nginx
+//! master's workers taken on a thread of its own ([`WorkerWatch`]).
 
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -20,7 +22,8 @@ use serde::Serialize;
 use switchyard_app::sandbox::{demo_app_binary, Sandbox, IMAGE};
 use switchyard_engine::deploy::upstream_set;
 use switchyard_engine::{
-    Event, Instance, InstanceSpec, Observer, Prober, Runtime, ServiceSpec, Version,
+    Color, Event, Instance, InstanceSpec, Observer, Prober, Runtime, ServiceSpec, UpstreamSet,
+    Version,
 };
 
 /// Records every engine event with the instant it arrived.
@@ -309,7 +312,7 @@ pub async fn naive_flip(
     to: &str,
     n: usize,
 ) -> anyhow::Result<Phases> {
-    let (live, spec) = (sandbox.live(), sandbox.spec());
+    let spec = sandbox.spec();
     let version = Version::parse(to).map_err(anyhow::Error::msg)?;
     let color = live_now
         .first()
@@ -317,56 +320,13 @@ pub async fn naive_flip(
         .color
         .other();
     let called = Instant::now();
-    let mut new = Vec::new();
-    let mut first_started = None;
-    for replica in 0..spec.replicas {
-        let instance = live
-            .runtime
-            .start(&InstanceSpec {
-                service: spec.name.clone(),
-                version: version.clone(),
-                color,
-                // Far from the engine's ids, so instance names never collide.
-                deployment: 1000 + n as i64,
-                replica,
-                source: spec.source_for(&version),
-                port: spec.port,
-                env: spec.env.clone(),
-                host_port: None,
-            })
-            .await?;
-        first_started.get_or_insert_with(Instant::now);
-        new.push(instance);
-    }
+    let (new, first_started) = naive_start(sandbox, &version, color, n, 0..spec.replicas).await?;
     let last_started = Instant::now();
     wait_healthy(sandbox, spec, &new).await?;
     let healthy = Instant::now();
-    let text = live
-        .router
-        .templates
-        .service(&upstream_set(spec, &new), &live.router.layout.access_log)
-        .map_err(anyhow::Error::msg)?;
-    let file = live
-        .router
-        .layout
-        .conf_dir
-        .join(format!("{}.conf", spec.name));
-    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-    hup(live.router.master()?).await?;
+    naive_route(sandbox, &upstream_set(spec, &new)).await?;
     let reloaded = Instant::now();
-    // "At once": every old replica together, as `docker stop a b` does. One after another,
-    // nginx would retry a dead one's requests on the other (`proxy_next_upstream error`).
-    let stops = live_now
-        .iter()
-        .map(|old| live.runtime.stop(old, Duration::ZERO));
-    join_all(stops.collect())
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()?;
-    let old_stopped = Instant::now();
-    for old in live_now.drain(..) {
-        live.runtime.remove(&old).await?;
-    }
+    let old_stopped = naive_stop_at_once(sandbox, live_now).await?;
     *live_now = new;
     Ok(Phases {
         called,
@@ -381,9 +341,80 @@ pub async fn naive_flip(
     })
 }
 
+/// Starts `replicas` of `version` in `color`, one after another, with the engine's
+/// `InstanceSpec`; the instances and when the first start returned. `n` numbers the naive
+/// deploy, so its instance names never collide with the engine's or an earlier one's.
+pub async fn naive_start(
+    sandbox: &Sandbox,
+    version: &Version,
+    color: Color,
+    n: usize,
+    replicas: std::ops::Range<u16>,
+) -> anyhow::Result<(Vec<Instance>, Option<Instant>)> {
+    let (live, spec) = (sandbox.live(), sandbox.spec());
+    let mut new = Vec::new();
+    let mut first_started = None;
+    for replica in replicas {
+        let instance = live
+            .runtime
+            .start(&InstanceSpec {
+                service: spec.name.clone(),
+                version: version.clone(),
+                color,
+                // Far from the engine's ids, so instance names never collide.
+                deployment: 1000 + n as i64,
+                replica,
+                source: spec.source_for(version),
+                port: spec.port,
+                env: spec.env.clone(),
+                host_port: None,
+            })
+            .await?;
+        first_started.get_or_insert_with(Instant::now);
+        new.push(instance);
+    }
+    Ok((new, first_started))
+}
+
+/// Renders `set` with the engine's template over `conf/switchyard/<service>.conf` and
+/// SIGHUPs the master: no `nginx -t`, no atomic rename, no confirmation.
+pub async fn naive_route(sandbox: &Sandbox, set: &UpstreamSet) -> anyhow::Result<()> {
+    let live = sandbox.live();
+    let text = live
+        .router
+        .templates
+        .service(set, &live.router.layout.access_log)
+        .map_err(anyhow::Error::msg)?;
+    let file = live
+        .router
+        .layout
+        .conf_dir
+        .join(format!("{}.conf", set.service));
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    hup(live.router.master()?).await
+}
+
+/// Stops every one of `old` together with a zero stop timeout (SIGTERM then SIGKILL, like
+/// `docker stop -t 0 a b`), then removes them; when all the stop calls had returned.
+pub async fn naive_stop_at_once(sandbox: &Sandbox, old: &[Instance]) -> anyhow::Result<Instant> {
+    let runtime = &sandbox.live().runtime;
+    // "At once": every old replica together, as `docker stop a b` does. One after another,
+    // nginx would retry a dead one's requests on the other (`proxy_next_upstream error`).
+    let stops = old.iter().map(|o| runtime.stop(o, Duration::ZERO));
+    join_all(stops.collect())
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    let stopped = Instant::now();
+    for o in old {
+        runtime.remove(o).await?;
+    }
+    Ok(stopped)
+}
+
 /// The engine's health rule without its Docker status checks: `healthy_after` passes in a
 /// row per replica, polled every `interval`, within `deadline`.
-async fn wait_healthy(
+pub async fn wait_healthy(
     sandbox: &Sandbox,
     spec: &ServiceSpec,
     instances: &[Instance],
@@ -450,4 +481,188 @@ async fn hup(pid: u32) -> anyhow::Result<()> {
         bail!("kill -HUP {pid} failed: {status}");
     }
     Ok(())
+}
+
+/// Where Debian's `wrk` lives (`scripts/install-deps` installs it).
+pub const WRK: &str = "/usr/bin/wrk";
+
+/// `wrk` running in the background against one URL until [`Wrk::stop`]: a client that never
+/// sends a request twice. Dropping it kills the process.
+pub struct Wrk {
+    child: tokio::process::Child,
+}
+
+/// What `wrk` printed when it stopped. Every socket error and every non-2xx/3xx response
+/// counts as failed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WrkReport {
+    pub requests: u64,
+    pub seconds: f64,
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub timeout: u64,
+    pub non_2xx_3xx: u64,
+    pub failed: u64,
+}
+
+impl Wrk {
+    /// `wrk -t<threads> -c<connections> -d<bound> --timeout 5s [-s script] url`; the duration
+    /// is only a bound, [`Wrk::stop`] ends it earlier.
+    pub fn start(
+        url: &str,
+        threads: usize,
+        connections: usize,
+        bound: Duration,
+        script: Option<&Path>,
+    ) -> anyhow::Result<Wrk> {
+        if !Path::new(WRK).exists() {
+            bail!(
+                "wrk not found at {WRK}: install it with scripts/install-deps (Debian package wrk)"
+            );
+        }
+        let mut cmd = tokio::process::Command::new(WRK);
+        cmd.arg(format!("-t{threads}"))
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{}s", bound.as_secs().max(1)))
+            .args(["--timeout", "5s"]);
+        if let Some(script) = script {
+            cmd.arg("-s").arg(script);
+        }
+        let child = cmd
+            .arg(url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {WRK}"))?;
+        Ok(Wrk { child })
+    }
+
+    /// SIGINT, as Ctrl-C would: wrk stops its threads within 100 ms and prints its summary.
+    pub async fn stop(self) -> anyhow::Result<WrkReport> {
+        let pid = self
+            .child
+            .id()
+            .context("wrk exited before it was stopped")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .with_context(|| format!("sending SIGINT to wrk {pid}"))?;
+        let out = self
+            .child
+            .wait_with_output()
+            .await
+            .context("waiting for wrk")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_wrk(&text).with_context(|| {
+            format!(
+                "wrk {pid} ({}) printed no summary: {}{}",
+                out.status,
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+    }
+}
+
+/// Reads wrk's summary: "N requests in Xs", and when present "Socket errors: connect N,
+/// read N, write N, timeout N" and "Non-2xx or 3xx responses: N".
+pub fn parse_wrk(text: &str) -> anyhow::Result<WrkReport> {
+    let mut report = WrkReport::default();
+    let mut seen = false;
+    for line in text.lines().map(str::trim) {
+        if let Some((n, rest)) = line.split_once(" requests in ") {
+            report.requests = n.trim().parse().context("wrk's request count")?;
+            let secs = rest.split(',').next().unwrap_or_default();
+            report.seconds = wrk_seconds(secs.trim()).unwrap_or(0.0);
+            seen = true;
+        } else if let Some(errors) = line.strip_prefix("Socket errors:") {
+            for part in errors.split(',') {
+                let mut words = part.split_whitespace();
+                let (kind, n) = (words.next(), words.next().and_then(|n| n.parse().ok()));
+                match (kind, n) {
+                    (Some("connect"), Some(n)) => report.connect = n,
+                    (Some("read"), Some(n)) => report.read = n,
+                    (Some("write"), Some(n)) => report.write = n,
+                    (Some("timeout"), Some(n)) => report.timeout = n,
+                    _ => bail!("unexpected wrk line {line:?}"),
+                }
+            }
+        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            report.non_2xx_3xx = n.trim().parse().context("wrk's non-2xx count")?;
+        }
+    }
+    if !seen {
+        bail!("no \"requests in\" line");
+    }
+    report.failed =
+        report.connect + report.read + report.write + report.timeout + report.non_2xx_3xx;
+    Ok(report)
+}
+
+/// "3.00s", "1.02m", "500.00ms" as seconds.
+fn wrk_seconds(text: &str) -> Option<f64> {
+    let (n, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    n.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// Counts an nginx master's live workers every `every` on a thread of its own, so the count
+/// goes on while the bench's tasks are busy.
+pub struct WorkerWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<WorkerPeak>,
+}
+
+/// What a [`WorkerWatch`] saw.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WorkerPeak {
+    pub samples: usize,
+    pub most: usize,
+    pub fewest: usize,
+    /// Workers seen that the first sample did not have: `worker_processes` per reload.
+    pub started: usize,
+}
+
+impl WorkerWatch {
+    /// Counts from now (the first sample is taken at once) until [`WorkerWatch::stop`].
+    pub fn start(master: u32, every: Duration) -> WorkerWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let first = switchyard_nginx::procs::workers(master);
+            let mut seen: std::collections::BTreeSet<u32> = first.iter().copied().collect();
+            let mut peak = WorkerPeak {
+                samples: 1,
+                most: first.len(),
+                fewest: first.len(),
+                started: 0,
+            };
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(every);
+                let workers = switchyard_nginx::procs::workers(master);
+                peak.samples += 1;
+                peak.most = peak.most.max(workers.len());
+                peak.fewest = peak.fewest.min(workers.len());
+                seen.extend(workers);
+            }
+            peak.started = seen.len() - first.len();
+            peak
+        });
+        WorkerWatch { stop, thread }
+    }
+
+    pub fn stop(self) -> WorkerPeak {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the worker watch panicked")
+    }
 }
