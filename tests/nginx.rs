@@ -662,19 +662,7 @@ async fn dynamic_drain_waits_for_requests_in_flight_on_removed_peers() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    // A backend that holds its answer until told.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow_addr = listener.local_addr().unwrap();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let slow = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = stream.read(&mut buf).await;
-        let _ = released.await;
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
-            .await;
-    });
+    let (slow_addr, release, slow) = held_backend(Some("slow")).await;
     let fast = Backend::start("fast").await;
     let n = Nginx::start_with(&bin, RoutingChoice::Dynamic).await;
     let set = |addr| UpstreamSet {
@@ -682,25 +670,7 @@ async fn dynamic_drain_waits_for_requests_in_flight_on_removed_peers() {
         ..n.set(&fast)
     };
     n.router.apply(&set(slow_addr)).await.unwrap();
-    let listen = n.listen;
-    let in_flight = tokio::spawn(async move { fetch(listen).await });
-    support::eventually(
-        Duration::from_secs(5),
-        "the request reaches the slow peer",
-        || async {
-            let counts = switchyard_nginx::routing::inflight(n.router.control, "web")
-                .await
-                .unwrap_or_default();
-            // Per worker: "127.0.0.1:41003 812".
-            let on_slow: i64 = counts
-                .iter()
-                .filter(|(key, _)| key.starts_with(&format!("{slow_addr} ")))
-                .map(|(_, n)| n)
-                .sum();
-            on_slow == 1
-        },
-    )
-    .await;
+    let in_flight = one_in_flight(&n, slow_addr).await;
     let change = n.router.apply(&set(fast.addr)).await.unwrap();
     n.assert_serves(&fast, 3).await;
     let timed_out = n
@@ -752,9 +722,11 @@ async fn a_running_reload_nginx_is_taken_over_by_the_dynamic_router() {
     assert_eq!(dynamic.disk_generation(), generation, "no reload");
 }
 
-/// A backend that takes one connection, reads its request, and on `release` closes it without
-/// answering (nginx then retries another peer).
-async fn hang_then_close() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+/// A backend that takes one connection, reads its request, and on `release` answers `body`,
+/// or closes the connection without an answer for None (nginx then retries another peer).
+async fn held_backend(
+    body: Option<&'static str>,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
@@ -763,9 +735,28 @@ async fn hang_then_close() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, Joi
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf).await;
         let _ = released.await;
-        drop(stream);
+        if let Some(body) = body {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
     });
     (addr, release, task)
+}
+
+/// One request through `n`, in the background, once it is in flight on `peer`.
+async fn one_in_flight(n: &Nginx, peer: SocketAddr) -> JoinHandle<Result<String, String>> {
+    let listen = n.listen;
+    let request = tokio::spawn(async move { fetch(listen).await });
+    support::eventually(
+        Duration::from_secs(5),
+        "a request in flight on the held peer",
+        || async { in_flight_on(n, peer).await == 1 },
+    )
+    .await;
+    request
 }
 
 /// In-flight requests of `service` on `peer`, summed over nginx's workers.
@@ -787,7 +778,7 @@ async fn a_retry_after_a_route_change_goes_to_the_live_routing() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (hanging, release, task) = hang_then_close().await;
+    let (hanging, release, task) = held_backend(None).await;
     let (a, b) = backends().await;
     let n = Nginx::start_with(&bin, RoutingChoice::Dynamic).await;
     let set = |peers: Vec<SocketAddr>| UpstreamSet {
@@ -796,14 +787,7 @@ async fn a_retry_after_a_route_change_goes_to_the_live_routing() {
     };
     // Round robin from the first peer: the first request goes to the hanging one.
     n.router.apply(&set(vec![hanging, a.addr])).await.unwrap();
-    let listen = n.listen;
-    let request = tokio::spawn(async move { fetch(listen).await });
-    support::eventually(
-        Duration::from_secs(5),
-        "a request on the hanging peer",
-        || async { in_flight_on(&n, hanging).await == 1 },
-    )
-    .await;
+    let request = one_in_flight(&n, hanging).await;
     let change = n.router.apply(&set(vec![hanging, b.addr])).await.unwrap();
     let drained = n
         .router
@@ -828,7 +812,7 @@ async fn a_count_left_by_a_dead_worker_does_not_hold_the_drain() {
     let Some(bin) = support::require_nginx() else {
         return;
     };
-    let (hanging, _release, _task) = hang_then_close().await;
+    let (hanging, _release, _task) = held_backend(None).await;
     let fast = Backend::start("fast").await;
     let n = Nginx::start_with(&bin, RoutingChoice::Dynamic).await;
     let set = |addr| UpstreamSet {
@@ -836,14 +820,7 @@ async fn a_count_left_by_a_dead_worker_does_not_hold_the_drain() {
         ..n.set(&fast)
     };
     n.router.apply(&set(hanging)).await.unwrap();
-    let listen = n.listen;
-    let request = tokio::spawn(async move { fetch(listen).await });
-    support::eventually(
-        Duration::from_secs(5),
-        "a request on the hanging peer",
-        || async { in_flight_on(&n, hanging).await == 1 },
-    )
-    .await;
+    let request = one_in_flight(&n, hanging).await;
     for worker in procs::workers(n.nginx.master) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(worker as i32),
