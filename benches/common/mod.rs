@@ -368,6 +368,7 @@ pub async fn naive_start(
                 port: spec.port,
                 env: spec.env.clone(),
                 host_port: None,
+                container: Default::default(),
             })
             .await?;
         first_started.get_or_insert_with(Instant::now);

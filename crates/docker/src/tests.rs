@@ -146,6 +146,7 @@ fn spec(version: &str, deployment: i64, host_port: Option<u16>) -> InstanceSpec 
         port: 8080,
         env: BTreeMap::new(),
         host_port,
+        container: Default::default(),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::names::{Name, Version};
 
 mod canary;
 mod checker;
+pub mod container;
 mod presets;
 mod raw;
 mod rolling;
@@ -40,6 +41,17 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where `switchyard serve` listens (`/metrics`, the API); loopback by default.
     pub serve_listen: SocketAddr,
+    /// `[registry]`: credentials for pulling images (else Docker's own config.json).
+    pub registry: Option<RegistryConfig>,
+}
+
+/// A registry login. The password is read from `password_file` when a pull needs it, never
+/// kept in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub server: String,
+    pub username: String,
+    pub password_file: PathBuf,
 }
 
 /// Where canary measurements come from.
@@ -131,6 +143,8 @@ pub struct ServiceSpec {
     /// How a rolling or in-place deploy moves (`strategy = "rolling"`/`"in-place"` or
     /// `--strategy`); see [`RollingSpec::for_kind`].
     pub rolling: RollingSpec,
+    /// How its replicas run beyond image and port: pull, limits, volumes, networks, ….
+    pub container: container::ContainerSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]

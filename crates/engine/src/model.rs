@@ -70,6 +70,8 @@ pub struct InstanceSpec {
     /// The 127.0.0.1 port to publish on, freed by the replica this one replaces (in-place);
     /// `None` lets the runtime allocate one.
     pub host_port: Option<u16>,
+    /// Pull policy, limits, volumes, networks and the rest of the service's container options.
+    pub container: crate::config::container::ContainerSpec,
 }
 
 impl InstanceSpec {

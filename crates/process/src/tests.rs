@@ -120,6 +120,7 @@ fn spec(service: &str, replica: u16, argv: &[&str]) -> InstanceSpec {
         port: 8080,
         env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
         host_port: None,
+        container: Default::default(),
     }
 }
 

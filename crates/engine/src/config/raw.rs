@@ -24,6 +24,15 @@ pub(super) struct RawConfig {
     pub(super) metrics: RawMetrics,
     #[serde(default)]
     pub(super) serve: RawServe,
+    pub(super) registry: Option<Spanned<RawRegistry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegistry {
+    pub(super) server: String,
+    pub(super) username: String,
+    pub(super) password_file: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -86,6 +95,39 @@ pub(super) struct RawService {
     pub(super) canary: RawCanary,
     #[serde(default)]
     pub(super) rolling: RawRolling,
+    pub(super) pull: Option<Spanned<String>>,
+    pub(super) entrypoint: Option<Spanned<Vec<String>>>,
+    pub(super) user: Option<Spanned<String>>,
+    pub(super) workdir: Option<Spanned<String>>,
+    pub(super) memory: Option<Spanned<String>>,
+    pub(super) cpus: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) labels: BTreeMap<Spanned<String>, String>,
+    pub(super) log: Option<Spanned<RawLog>>,
+    #[serde(default)]
+    pub(super) extra_hosts: Vec<Spanned<String>>,
+    pub(super) stop_signal: Option<Spanned<String>>,
+    pub(super) restart: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) volumes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) networks: Vec<Spanned<RawNetwork>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) driver: String,
+    #[serde(default)]
+    pub(super) options: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetwork {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) aliases: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]

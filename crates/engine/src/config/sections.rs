@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::checker::{parse_addr, Checker};
 use super::raw::{RawConfig, RawMetrics, RawProxy};
 use super::{
-    Config, MetricsConfig, ProxyConfig, ProxyMode, RoutingChoice, RuntimeChoice, ServiceSpec,
+    Config, MetricsConfig, ProxyConfig, ProxyMode, RegistryConfig, RoutingChoice, RuntimeChoice,
+    ServiceSpec,
 };
 
 impl Checker<'_> {
@@ -42,6 +43,18 @@ impl Checker<'_> {
                 .check(l, "serve.listen", |l| parse_addr(l))
                 .unwrap_or(default_serve),
         };
+        let registry = raw.registry.as_ref().and_then(|r| {
+            self.check(r, "registry", |r| {
+                if r.server.is_empty() || r.username.is_empty() || r.password_file.is_empty() {
+                    return Err("server, username and password_file are all needed".to_owned());
+                }
+                Ok(RegistryConfig {
+                    server: r.server.clone(),
+                    username: r.username.clone(),
+                    password_file: PathBuf::from(&r.password_file),
+                })
+            })
+        });
         Config {
             proxy,
             state_path,
@@ -49,6 +62,7 @@ impl Checker<'_> {
             services,
             metrics,
             serve_listen,
+            registry,
         }
     }
 

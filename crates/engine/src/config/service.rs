@@ -41,6 +41,7 @@ impl Checker<'_> {
         );
         // Any service can be deployed with --strategy rolling (or in-place).
         let rolling = self.rolling(raw, strategy, replicas);
+        let container = self.container(raw, runtime);
         Some(ServiceSpec {
             name: name?,
             listen: listen?,
@@ -55,6 +56,7 @@ impl Checker<'_> {
             retain: s.retain.unwrap_or(preset.retain),
             canary,
             rolling,
+            container,
         })
     }
 

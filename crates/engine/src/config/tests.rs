@@ -274,3 +274,79 @@ fn prometheus_needs_an_http_url_and_a_window_of_four_scrapes() {
         "{e}"
     );
 }
+
+#[test]
+fn container_options_are_read_and_each_bad_one_is_located() {
+    let text = GOOD.replace(
+        "env = { LATENCY_MS = \"20\" }",
+        r#"env = { LATENCY_MS = "20" }
+pull = "always"
+command = ["serve", "--port", "8080"]
+user = "1000:1000"
+memory = "512m"
+cpus = 0.5
+labels = { team = "shop" }
+log = { driver = "json-file", options = { max-size = "10m" } }
+extra_hosts = ["db:10.0.0.5"]
+stop_signal = "SIGINT"
+restart = "on-failure:3"
+volumes = ["/srv/shop/data:/data", "shop-cache:/cache:ro"]
+networks = [{ name = "shop-net", aliases = ["shop"] }]"#,
+    );
+    let c = Config::parse(&text, Path::new("switchyard.toml")).unwrap();
+    let container = &c.service("web").unwrap().container;
+    assert_eq!(container.pull, container::Pull::Always);
+    assert_eq!(container.memory, Some(512 << 20));
+    assert_eq!(container.cpus, Some(0.5));
+    assert_eq!(container.volumes.len(), 2);
+    assert_eq!(container.networks[0].aliases, ["shop"]);
+    assert_eq!(
+        container.command.as_deref(),
+        Some(&["serve".to_owned(), "--port".into(), "8080".into()][..])
+    );
+    for (bad, field) in [
+        ("pull = \"sometimes\"", "service.pull"),
+        ("memory = \"lots\"", "service.memory"),
+        ("cpus = 0.0", "service.cpus"),
+        ("restart = \"maybe\"", "service.restart"),
+        ("volumes = [\"./data:/data\"]", "service.volumes"),
+        ("networks = [{ name = \"bad net\" }]", "service.networks"),
+        (
+            "labels = { \"switchyard.service\" = \"x\" }",
+            "service.labels",
+        ),
+        ("user = \"root:\"", "service.user"),
+        ("extra_hosts = [\"db\"]", "service.extra_hosts"),
+        ("stop_signal = \"TERM\"", "service.stop_signal"),
+    ] {
+        let text = GOOD.replace("port = 8080", &format!("port = 8080\n{bad}"));
+        let errors = errors(&text);
+        assert_eq!(errors[0].field, field, "{bad}: {errors:?}");
+        assert_eq!(errors[0].line, 11, "{bad}: {}", errors[0]);
+    }
+}
+
+#[test]
+fn container_options_a_process_cannot_honour_are_refused() {
+    let text = format!("[runtime]\nkind = \"process\"\n{GOOD}")
+        .replace("image =", "command = [\"./demo-app\"]\n#")
+        .replace("port = 8080", "port = 8080\nmemory = \"64m\"");
+    let errors = errors(&text);
+    assert_eq!(errors[0].field, "service.memory");
+    assert!(
+        errors[0].message.contains("docker runtime"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_registry_needs_every_field() {
+    let text = format!(
+        "{GOOD}\n[registry]\nserver = \"127.0.0.1:5000\"\nusername = \"ci\"\npassword_file = \"/etc/switchyard/registry.pw\"\n"
+    );
+    let c = Config::parse(&text, Path::new("switchyard.toml")).unwrap();
+    assert_eq!(c.registry.unwrap().username, "ci");
+    let text = text.replace("username = \"ci\"", "username = \"\"");
+    assert_eq!(errors(&text)[0].field, "registry");
+}

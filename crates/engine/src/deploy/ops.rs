@@ -35,6 +35,7 @@ impl Rollout<'_> {
             port: self.spec.port,
             env: self.spec.env.clone(),
             host_port,
+            container: self.spec.container.clone(),
         };
         let name = spec.instance_name();
         let step = Step::StartInstance {

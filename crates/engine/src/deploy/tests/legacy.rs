@@ -77,6 +77,7 @@ async fn start_v2(w: &World, id: DeploymentId) -> Vec<Instance> {
             port: w.spec.port,
             env: w.spec.env.clone(),
             host_port: None,
+            container: Default::default(),
         };
         let instance = w.runtime.start(&spec).await.unwrap();
         w.store
