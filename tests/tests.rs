@@ -12,4 +12,5 @@ mod e2e;
 mod nginx;
 mod rolling;
 mod routing;
+mod secrets;
 mod serve;

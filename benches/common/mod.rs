@@ -369,6 +369,7 @@ pub async fn naive_start(
                 env: spec.env.clone(),
                 host_port: None,
                 container: Default::default(),
+                secrets: Default::default(),
             })
             .await?;
         first_started.get_or_insert_with(Instant::now);

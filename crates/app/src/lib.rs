@@ -14,6 +14,7 @@ pub mod live;
 pub mod load;
 pub mod progress;
 pub mod sandbox;
+pub mod secrets;
 pub mod serve;
 pub mod settings;
 pub mod traffic;

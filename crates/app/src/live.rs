@@ -214,9 +214,12 @@ pub struct Live {
 }
 
 impl Live {
-    /// Live clients for a command that runs the service (`deploy`, `rollback`): fails with
-    /// exit 3 now, before anything is journaled, when the runtime does not answer.
-    pub async fn open(config: Config) -> Result<Live, AppError> {
+    /// Live clients for a command that runs the service (`deploy`, `rollback`): reads each
+    /// service's `env_file` and `secrets`, and fails with exit 3 now, before anything is
+    /// journaled, when the runtime does not answer.
+    pub async fn open(mut config: Config) -> Result<Live, AppError> {
+        // What a deploy hands its replicas: read now, at deploy time, never stored.
+        crate::secrets::read(&mut config)?;
         let live = Live::open_lazy(config)?;
         live.runtime.reachable().await.map_err(|e| {
             AppError::environment(format!(

@@ -45,6 +45,8 @@ pub struct SandboxOptions {
     pub rolling: String,
     /// `[proxy] routing`: "auto" (the default), "dynamic" or "reload".
     pub routing: String,
+    /// More lines of the `[[service]]` table (`secrets = {..}`, `volumes = [..]`).
+    pub service_lines: String,
 }
 
 impl SandboxOptions {
@@ -62,6 +64,7 @@ impl SandboxOptions {
             strategy: "blue-green".into(),
             rolling: String::new(),
             routing: "auto".into(),
+            service_lines: String::new(),
         }
     }
 
@@ -384,6 +387,7 @@ strategy = "{strategy}"
 stop_timeout = "5s"
 health = {{ {health} }}
 drain = {{ timeout = "{drain}" }}
+{service_lines}
 
 [service.canary]
 {canary}
@@ -396,6 +400,7 @@ drain = {{ timeout = "{drain}" }}
         canary = o.canary,
         rolling = o.rolling,
         routing = o.routing,
+        service_lines = o.service_lines,
         strategy = o.strategy,
         replicas = o.replicas,
         health = o.health,

@@ -48,6 +48,12 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         }
     }
     for service in &mut config.services {
+        if let Some(file) = &mut service.env_file {
+            resolve(file);
+        }
+        for file in service.secret_files.values_mut() {
+            resolve(file);
+        }
         if let Source::Command(argv) = &mut service.source {
             // A program named by a relative path (not a bare name found on PATH).
             if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {

@@ -113,6 +113,7 @@ impl DockerRuntime {
     ) -> Result<Instance, RuntimeError> {
         let container_port = format!("{}/tcp", spec.port);
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(spec.secrets.iter().map(|(k, v)| format!("{k}={v}")));
         env.push(format!("APP_VERSION={}", spec.version));
         env.push(format!("PORT={}", spec.port));
         let body = ContainerCreateBody {

@@ -147,6 +147,7 @@ fn spec(version: &str, deployment: i64, host_port: Option<u16>) -> InstanceSpec 
         env: BTreeMap::new(),
         host_port,
         container: Default::default(),
+        secrets: Default::default(),
     }
 }
 

@@ -145,6 +145,12 @@ pub struct ServiceSpec {
     pub rolling: RollingSpec,
     /// How its replicas run beyond image and port: pull, limits, volumes, networks, ….
     pub container: container::ContainerSpec,
+    /// `env_file`: `KEY=VALUE` lines read at deploy time.
+    pub env_file: Option<PathBuf>,
+    /// `secrets`: environment variables whose values are read from files at deploy time.
+    pub secret_files: BTreeMap<String, PathBuf>,
+    /// What `env_file` and `secret_files` held when the deploy began (empty until read).
+    pub secrets: crate::model::Secrets,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +225,14 @@ impl ServiceSpec {
     }
 
     /// The image (or argv) for one version, with `{version}` substituted.
+    /// `env` with `{version}` replaced in every value.
+    pub fn env_for(&self, version: &Version) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{version}", version.as_str())))
+            .collect()
+    }
+
     pub fn source_for(&self, version: &Version) -> Source {
         let sub = |s: &str| s.replace("{version}", version.as_str());
         match &self.source {

@@ -72,6 +72,36 @@ pub struct InstanceSpec {
     pub host_port: Option<u16>,
     /// Pull policy, limits, volumes, networks and the rest of the service's container options.
     pub container: crate::config::container::ContainerSpec,
+    /// Environment from `env_file` and `secrets`, added after `env`; never printed.
+    pub secrets: Secrets,
+}
+
+/// Environment values read at deploy time from `env_file` and `secrets` files. They reach the
+/// replica's environment and nothing else: `Debug` names only the keys, and there is no
+/// `Serialize`, so no journal, store row, label or output can carry a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn new(values: BTreeMap<String, String>) -> Secrets {
+        Secrets(values)
+    }
+
+    /// Key and value pairs, for a runtime to put in the environment.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        write!(f, "Secrets({keys:?}, values redacted)")
+    }
 }
 
 impl InstanceSpec {

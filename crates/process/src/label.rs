@@ -68,7 +68,11 @@ pub(crate) async fn write(dir: &Path, label: &Label) -> Result<(), RuntimeError>
     let io_err = |p: &Path, e: io::Error| {
         failed(name, format!("writing {}: {}", p.display(), io_message(&e)))
     };
-    tokio::fs::write(&tmp, bytes)
+    // The environment it records may hold secrets: readable by its owner only.
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(0o600);
+    let mut f = options.open(&tmp).await.map_err(|e| io_err(&tmp, e))?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, &bytes)
         .await
         .map_err(|e| io_err(&tmp, e))?;
     tokio::fs::rename(&tmp, &file)

@@ -170,6 +170,11 @@ impl Runtime for ProcessRuntime {
             .collect();
         let mut env = spec.env.clone();
         env.extend(
+            spec.secrets
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        env.extend(
             [
                 ("PORT", port_text),
                 ("BIND_ADDR", "127.0.0.1".to_owned()),

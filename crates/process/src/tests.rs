@@ -121,6 +121,7 @@ fn spec(service: &str, replica: u16, argv: &[&str]) -> InstanceSpec {
         env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
         host_port: None,
         container: Default::default(),
+        secrets: Default::default(),
     }
 }
 

@@ -112,6 +112,9 @@ pub(super) struct RawService {
     pub(super) volumes: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) networks: Vec<Spanned<RawNetwork>>,
+    pub(super) env_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) secrets: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Deserialize)]

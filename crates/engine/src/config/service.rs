@@ -4,6 +4,7 @@
 //! listen addresses).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -42,6 +43,7 @@ impl Checker<'_> {
         // Any service can be deployed with --strategy rolling (or in-place).
         let rolling = self.rolling(raw, strategy, replicas);
         let container = self.container(raw, runtime);
+        let secret_files = self.secret_files(s);
         Some(ServiceSpec {
             name: name?,
             listen: listen?,
@@ -57,6 +59,9 @@ impl Checker<'_> {
             canary,
             rolling,
             container,
+            env_file: s.env_file.as_ref().map(|f| f.get_ref().into()),
+            secret_files,
+            secrets: Default::default(),
         })
     }
 
@@ -91,6 +96,29 @@ impl Checker<'_> {
             .iter()
             .map(|(k, v)| (k.get_ref().clone(), v.clone()))
             .collect()
+    }
+
+    /// `secrets`: each key an environment variable name, each value a file path.
+    fn secret_files(&mut self, s: &RawService) -> BTreeMap<String, PathBuf> {
+        let mut files = BTreeMap::new();
+        for (key, path) in &s.secrets {
+            let key_ok = self
+                .check(key, "service.secrets", |k| check_env_key(k))
+                .is_some();
+            let path_ok = self
+                .check(path, "service.secrets", |p| {
+                    if p.is_empty() {
+                        Err(format!("the file of secret {} is empty", key.get_ref()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .is_some();
+            if key_ok && path_ok {
+                files.insert(key.get_ref().clone(), PathBuf::from(path.get_ref()));
+            }
+        }
+        files
     }
 
     /// `drain.timeout` (the preset's when unset) and `stop_timeout` (10s when unset).

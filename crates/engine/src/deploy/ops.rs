@@ -33,9 +33,10 @@ impl Rollout<'_> {
             replica,
             source: self.spec.source_for(&self.target),
             port: self.spec.port,
-            env: self.spec.env.clone(),
+            env: self.spec.env_for(&self.target),
             host_port,
             container: self.spec.container.clone(),
+            secrets: self.spec.secrets.clone(),
         };
         let name = spec.instance_name();
         let step = Step::StartInstance {

@@ -78,6 +78,7 @@ async fn start_v2(w: &World, id: DeploymentId) -> Vec<Instance> {
             env: w.spec.env.clone(),
             host_port: None,
             container: Default::default(),
+            secrets: Default::default(),
         };
         let instance = w.runtime.start(&spec).await.unwrap();
         w.store
