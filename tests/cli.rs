@@ -14,7 +14,9 @@ use switchyard_app::settings;
 use switchyard_engine::{Name, Store};
 use switchyard_store::SqliteStore;
 
-use crate::support::{assert_no_failures, free_port, require_demo_app, require_nginx, stop_nginx};
+use crate::support::{
+    assert_no_failures, free_port, require_demo_app, require_nginx, responses_from, stop_nginx,
+};
 
 /// A config directory used through the CLI; dropping it stops the nginx the CLI started and
 /// removes every process it deployed.
@@ -533,4 +535,47 @@ async fn a_rollout_killed_between_batches_is_finished_by_the_next_deploy_under_l
     let active = record.active.unwrap();
     assert_eq!((active.version.as_str(), active.instances.len()), ("v2", 2));
     assert_eq!(record.retained[0].version.as_str(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_retires_a_service_and_keeps_its_history() {
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
+    let project = Project::new(&app, "");
+    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    assert_exit(&project.run(&["deploy", "web", "--version", "v2"]), 0);
+    let removed = project.run(&["remove", "web"]);
+    assert_exit(&removed, 0);
+    let said = text(&removed.stdout);
+    assert!(
+        said.contains("web removed: out of nginx")
+            && said.contains("4 replica(s) stopped and removed"),
+        "{said}"
+    );
+    assert!(
+        std::net::TcpStream::connect(project.listen).is_err(),
+        "nginx no longer listens for web"
+    );
+    let conf = project.dir.path().join("nginx/conf/switchyard");
+    assert!(!conf.join("web.conf").exists());
+    let state = std::fs::read_to_string(conf.join("routing.json")).unwrap_or_default();
+    assert!(!state.contains("\"web\""), "{state}");
+    let live = Live::open(settings::load(&project.config()).unwrap())
+        .await
+        .unwrap();
+    let left = switchyard_engine::Runtime::list(&live.runtime, &Name::parse("web").unwrap())
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let history = project.store().history(None, 10).unwrap();
+    assert_eq!(history.len(), 2, "its deployments stay in the history");
+    let status = text(&project.run(&["status"]).stdout);
+    assert!(!status.contains("v2 (green"), "{status}");
+    // Again: nothing left, no error; and the service can come back.
+    assert_exit(&project.run(&["remove", "web"]), 0);
+    assert_exit(&project.run(&["deploy", "web", "--version", "v3"]), 0);
+    let load = project.load();
+    responses_from(&load, "v3", 100).await;
+    assert_no_failures(&load.stop().await);
 }

@@ -74,6 +74,9 @@ pub enum Command {
         #[arg(long)]
         strategy: Option<String>,
     },
+    /// Retire a service: out of nginx, then every replica stopped and removed (retained
+    /// ones too); its history is kept. Works after the service left the config.
+    Remove { service: String },
     /// Check the config file and report every problem with its line.
     Validate,
     /// v1 up, load running, blue-green to v2, and a summary of every request.

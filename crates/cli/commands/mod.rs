@@ -5,6 +5,7 @@ pub mod demo;
 mod deploy;
 mod history;
 mod plan;
+mod remove;
 pub mod serve;
 mod status;
 mod validate;
@@ -35,6 +36,7 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
             version,
             strategy,
         } => plan::run(cli, service, version, strategy.as_deref()).await,
+        Command::Remove { service } => remove::run(cli, service).await,
         Command::Validate => validate::run(cli),
         Command::Demo(args) => demo::run(args).await,
     }

@@ -14,6 +14,7 @@ pub mod canary;
 pub mod fold;
 mod health;
 mod ops;
+pub mod remove;
 mod resume;
 pub mod rolling;
 mod rollout;

@@ -171,6 +171,9 @@ pub trait Router {
     ) -> Result<Drained, RouterError>;
     /// The live file and what `apply(set)` would write in its place.
     fn preview(&self, set: &UpstreamSet) -> Result<ConfigDiff, RouterError>;
+    /// Takes `service` out of nginx (its server and its routing), validated and confirmed
+    /// like an apply; removing a service nginx does not have is not an error.
+    async fn remove(&self, service: &Name) -> Result<Reload, RouterError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,7 +23,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use switchyard_engine::config::RoutingChoice;
 use switchyard_engine::{
-    ConfigDiff, DrainHandle, Drained, Reload, Router, RouterError, UpstreamSet,
+    ConfigDiff, DrainHandle, Drained, Name, Reload, Router, RouterError, UpstreamSet,
 };
 
 use crate::routing::{self, DrainToken, Routing, StateFile};
@@ -242,7 +242,7 @@ impl NginxRouter {
         &self,
         set: &UpstreamSet,
         generation: u64,
-    ) -> Result<Vec<(String, String)>, RouterError> {
+    ) -> Result<Vec<(String, Option<String>)>, RouterError> {
         let service = self
             .templates
             .service(set, &self.layout.access_log)
@@ -251,8 +251,8 @@ impl NginxRouter {
             .control_file(generation)
             .map_err(RouterError::Unavailable)?;
         Ok(vec![
-            (format!("{}.conf", set.service), service),
-            (CONTROL_FILE.to_owned(), control),
+            (format!("{}.conf", set.service), Some(service)),
+            (CONTROL_FILE.to_owned(), Some(control)),
         ])
     }
 
@@ -363,13 +363,43 @@ impl NginxRouter {
         })
     }
 
-    /// Installs `files` (validated by the caller, who holds the lock), reloads and confirms
-    /// the new config generation (the one `files` hold: the disk's plus one). On failure the
-    /// previous files are put back and reloaded, `before_restore` having run first. The
-    /// generation, the workers of the previous config, and the time to confirm.
+    /// Takes `service`'s server and routing out: a validated, confirmed reload without its
+    /// file (and, for dynamic routing, its document gone from the state file first).
+    async fn remove_service(&self, service: &Name) -> Result<Reload, RouterError> {
+        let _lock = self.lock().await?;
+        let file = format!("{service}.conf");
+        let control = self
+            .control_file(self.disk_generation() + 1)
+            .map_err(RouterError::Unavailable)?;
+        let files = vec![(file, None), (CONTROL_FILE.to_owned(), Some(control))];
+        stage::validate(&self.layout, &files, service.as_str()).await?;
+        let state_file = self.state_file();
+        let mut state = state_file.read().map_err(RouterError::Unavailable)?;
+        let previous = state.remove(service.as_str());
+        if previous.is_some() {
+            state_file
+                .write(&state)
+                .and_then(|()| state_file.sync())
+                .map_err(RouterError::Unavailable)?;
+        }
+        let (generation, old_workers, confirm_ms) = self.reload(files, || {}).await?;
+        Ok(Reload {
+            generation,
+            drain: DrainHandle::new(DrainToken {
+                workers: old_workers,
+                ..DrainToken::default()
+            }),
+            confirm_ms,
+        })
+    }
+
+    /// Installs `files` (validated by the caller, who holds the lock; None removes one),
+    /// reloads and confirms the new config generation (the one `files` hold: the disk's plus
+    /// one). On failure the previous files are put back and reloaded, `before_restore` having
+    /// run first. The generation, the workers of the previous config, and the time to confirm.
     async fn reload(
         &self,
-        files: Vec<(String, String)>,
+        files: Vec<(String, Option<String>)>,
         before_restore: impl FnOnce(),
     ) -> Result<(u64, Vec<u32>, u64), RouterError> {
         let master = self.master()?;
@@ -383,12 +413,10 @@ impl NginxRouter {
                 )
             })
             .collect();
-        let new: Vec<(String, Option<String>)> =
-            files.into_iter().map(|(n, t)| (n, Some(t))).collect();
         let io = |e: std::io::Error| {
             RouterError::Unavailable(format!("writing {}: {e}", self.layout.conf_dir.display()))
         };
-        stage::install(&self.layout.conf_dir, &new).map_err(io)?;
+        stage::install(&self.layout.conf_dir, &files).map_err(io)?;
 
         let old_workers = procs::workers(master);
         let since = Instant::now();
@@ -465,6 +493,10 @@ impl Router for NginxRouter {
             };
             tokio::time::sleep(poll).await;
         }
+    }
+
+    async fn remove(&self, service: &Name) -> Result<Reload, RouterError> {
+        self.remove_service(service).await
     }
 
     fn preview(&self, set: &UpstreamSet) -> Result<ConfigDiff, RouterError> {

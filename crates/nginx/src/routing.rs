@@ -55,7 +55,7 @@ pub fn detect(layout: &Layout, control_file: &str) -> Result<(), String> {
     if layout.prefix.is_none() {
         let files = [(
             crate::router::CONTROL_FILE.to_owned(),
-            control_file.to_owned(),
+            Some(control_file.to_owned()),
         )];
         return stage::validate_blocking(layout, &files).map_err(|e| e.to_string());
     }

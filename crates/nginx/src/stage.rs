@@ -76,10 +76,11 @@ impl Layout {
     }
 }
 
-/// Validates the live tree with `files` (name, content) written into `conf_dir`.
+/// Validates the live tree with `files` (name, content; None: the file is removed) written
+/// into `conf_dir`.
 pub async fn validate(
     layout: &Layout,
-    files: &[(String, String)],
+    files: &[(String, Option<String>)],
     service: &str,
 ) -> Result<(), RouterError> {
     let (stage, main) = stage(layout, files)?;
@@ -99,7 +100,10 @@ pub async fn validate(
 }
 
 /// [`validate`], blocking the thread (a check made once, before any runtime is busy).
-pub fn validate_blocking(layout: &Layout, files: &[(String, String)]) -> Result<(), RouterError> {
+pub fn validate_blocking(
+    layout: &Layout,
+    files: &[(String, Option<String>)],
+) -> Result<(), RouterError> {
     let (stage, main) = stage(layout, files)?;
     let mut cmd = std::process::Command::new(&layout.nginx);
     if let Some(prefix) = &layout.prefix {
@@ -119,7 +123,7 @@ pub fn validate_blocking(layout: &Layout, files: &[(String, String)]) -> Result<
 /// `conf_dir`, and the copy's main config.
 fn stage(
     layout: &Layout,
-    files: &[(String, String)],
+    files: &[(String, Option<String>)],
 ) -> Result<(tempfile::TempDir, PathBuf), RouterError> {
     let unavailable =
         |what: &str, e: &dyn std::fmt::Display| RouterError::Unavailable(format!("{what}: {e}"));
@@ -143,8 +147,18 @@ fn stage(
     std::fs::create_dir_all(&staged_dir)
         .map_err(|e| unavailable("creating the staged conf_dir", &e))?;
     for (name, text) in files {
-        std::fs::write(staged_dir.join(name), text)
-            .map_err(|e| unavailable("writing a staged file", &e))?;
+        let path = staged_dir.join(name);
+        match text {
+            Some(text) => {
+                std::fs::write(path, text).map_err(|e| unavailable("writing a staged file", &e))?
+            }
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(unavailable("removing a staged file", &e))
+                }
+                _ => {}
+            },
+        }
     }
     let main_name = layout.main_conf.file_name().unwrap_or_default();
     let main = stage.path().join(main_name);

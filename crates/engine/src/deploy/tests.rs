@@ -497,3 +497,71 @@ mod killed;
 mod legacy;
 mod rolling;
 mod simulation;
+
+#[tokio::test(start_paused = true)]
+async fn remove_takes_the_service_out_of_nginx_before_removing_every_replica() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.deploy("v2").await.unwrap();
+    assert_eq!(w.retained_versions(), ["v1"]);
+    let before = w.shared.calls().len();
+    let drain = Duration::from_secs(30);
+    let report = w
+        .deployer()
+        .remove(&w.spec.name, drain, w.spec.stop_timeout)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.removed.len(),
+        4,
+        "both slots, retained included: {report:?}"
+    );
+    assert!(w.router.backends("web").is_empty(), "out of nginx");
+    assert!(w.runtime.existing().is_empty(), "every replica removed");
+    let calls = w.shared.calls()[before..].to_vec();
+    assert!(
+        position(&calls, "router.remove") < position(&calls, "runtime.stop"),
+        "out of nginx and drained before anything stops: {calls:#?}"
+    );
+    assert!(position(&calls, "router.wait_drained") < position(&calls, "runtime.stop"));
+    let record = w.store.service(&w.spec.name).unwrap();
+    assert_eq!(
+        record,
+        ServiceRecord::default(),
+        "nothing active or retained"
+    );
+    assert_eq!(
+        w.store.history(Some(&w.spec.name), 10).unwrap().len(),
+        2,
+        "history kept"
+    );
+    assert!(
+        w.store.lock(&w.spec.name).unwrap().is_none(),
+        "lock released"
+    );
+    // Again: nothing left to do, and no error.
+    let again = w
+        .deployer()
+        .remove(&w.spec.name, drain, w.spec.stop_timeout)
+        .await
+        .unwrap();
+    assert!(again.removed.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn remove_is_refused_while_a_deployment_is_unfinished() {
+    let w = World::new();
+    w.deploy("v1").await.unwrap();
+    w.killed_during(2, w.deploy("v2")).await;
+    let err = w
+        .deployer()
+        .remove(&w.spec.name, Duration::from_secs(1), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("unfinished"), "{err}");
+    assert!(
+        !w.router.backends("web").is_empty(),
+        "nothing was taken out"
+    );
+}

@@ -97,6 +97,20 @@ impl Router for FakeRouter {
         })
     }
 
+    async fn remove(&self, service: &Name) -> Result<Reload, RouterError> {
+        self.shared.alive().await;
+        self.shared.record(format!("router.remove {service}"));
+        self.live.borrow_mut().remove(service);
+        self.sets.borrow_mut().remove(service);
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        Ok(Reload {
+            generation,
+            drain: DrainHandle::new([generation * 100]),
+            confirm_ms: 3,
+        })
+    }
+
     fn preview(&self, set: &UpstreamSet) -> Result<ConfigDiff, RouterError> {
         Ok(ConfigDiff {
             path: format!("{}.conf", set.service),

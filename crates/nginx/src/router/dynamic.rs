@@ -123,7 +123,10 @@ impl NginxRouter {
 
     /// The files of `set`'s service and of the control server that differ from what is on
     /// disk, rendered (the control file under the next config generation).
-    fn structural_files(&self, set: &UpstreamSet) -> Result<Vec<(String, String)>, RouterError> {
+    fn structural_files(
+        &self,
+        set: &UpstreamSet,
+    ) -> Result<Vec<(String, Option<String>)>, RouterError> {
         let unavailable = RouterError::Unavailable;
         let read = |name: &str| std::fs::read_to_string(self.layout.conf_dir.join(name)).ok();
         let service_name = format!("{}.conf", set.service);
@@ -135,14 +138,14 @@ impl NginxRouter {
         let control_now = self.control_file(generation).map_err(unavailable)?;
         let mut files = Vec::new();
         if read(&service_name).as_deref() != Some(service.as_str()) {
-            files.push((service_name, service));
+            files.push((service_name, Some(service)));
         }
         if files.is_empty() && read(CONTROL_FILE).as_deref() == Some(control_now.as_str()) {
             return Ok(files);
         }
         // Any reload carries the next generation, so it can be confirmed.
         let control = self.control_file(generation + 1).map_err(unavailable)?;
-        files.push((CONTROL_FILE.to_owned(), control));
+        files.push((CONTROL_FILE.to_owned(), Some(control)));
         Ok(files)
     }
 
