@@ -579,3 +579,50 @@ async fn remove_retires_a_service_and_keeps_its_history() {
     responses_from(&load, "v3", 100).await;
     assert_no_failures(&load.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_shows_every_running_replica_prefixed_and_follows() {
+    let (Some(_), Some(app)) = (require_nginx(), require_demo_app()) else {
+        return;
+    };
+    let project = Project::new(&app, "");
+    assert_exit(&project.run(&["deploy", "web", "--version", "v1"]), 0);
+    let logs = project.run(&["logs", "web"]);
+    assert_exit(&logs, 0);
+    let out = text(&logs.stdout);
+    for replica in ["sy-web-blue-d1-r0", "sy-web-blue-d1-r1"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{replica} | demo-app v1 listening on"))),
+            "{out}"
+        );
+    }
+    let since = project.run(&["logs", "web", "--since", "5m"]);
+    assert_exit(&since, 2);
+    assert!(text(&since.stderr).contains("--since needs the docker runtime"));
+
+    // Following: a deploy's new replicas are not followed, but the old ones' shutdown is.
+    let log = project.dir.path().join("follow.log");
+    let mut follow = project
+        .command(&["logs", "web", "-f", "--tail", "0"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_exit(&project.run(&["deploy", "web", "--version", "v2"]), 0);
+    let stopped = |text: &str| text.contains("sy-web-blue-d1-r0 | demo-app v1 stopped on SIGTERM");
+    let since = std::time::Instant::now();
+    while !stopped(&std::fs::read_to_string(&log).unwrap_or_default())
+        && since.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let followed = std::fs::read_to_string(&log).unwrap();
+    assert!(stopped(&followed), "{followed}");
+    assert!(
+        !followed.contains("listening on"),
+        "--tail 0 showed old lines: {followed}"
+    );
+}

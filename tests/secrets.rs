@@ -117,6 +117,13 @@ async fn secrets_reach_the_container_and_nothing_else() {
     ] {
         assert_hidden(&args.join(" "), &cli(&sandbox, args));
     }
+    let logs = cli(&sandbox, &["logs", SERVICE, "--since", "10m"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" | demo-app v2 listening on")),
+        "the replicas' output, each line named: {logs}"
+    );
+    assert_hidden("logs", &logs);
     let root = sandbox.dir.path();
     for file in [
         "state/switchyard.db",

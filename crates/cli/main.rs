@@ -74,6 +74,19 @@ pub enum Command {
         #[arg(long)]
         strategy: Option<String>,
     },
+    /// The output of every running replica of a service, each line prefixed with its name.
+    Logs {
+        service: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines written in this last stretch, such as "10m" (Docker only).
+        #[arg(long)]
+        since: Option<String>,
+        /// Lines from before now, per replica.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
     /// Retire a service: out of nginx, then every replica stopped and removed (retained
     /// ones too); its history is kept. Works after the service left the config.
     Remove { service: String },

@@ -12,6 +12,7 @@
 pub mod demo;
 pub mod live;
 pub mod load;
+pub mod logs;
 pub mod progress;
 pub mod sandbox;
 pub mod secrets;

@@ -4,6 +4,7 @@ mod control;
 pub mod demo;
 mod deploy;
 mod history;
+mod logs;
 mod plan;
 mod remove;
 pub mod serve;
@@ -37,6 +38,12 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
             strategy,
         } => plan::run(cli, service, version, strategy.as_deref()).await,
         Command::Remove { service } => remove::run(cli, service).await,
+        Command::Logs {
+            service,
+            follow,
+            since,
+            tail,
+        } => logs::run(cli, service, *follow, since.as_deref(), *tail).await,
         Command::Validate => validate::run(cli),
         Command::Demo(args) => demo::run(args).await,
     }

@@ -10,6 +10,7 @@
 
 pub mod image;
 mod labels;
+mod logs;
 #[cfg(test)]
 mod tests;
 

@@ -10,6 +10,7 @@
 //!
 //! Linux only: liveness comes from `/proc/<pid>/stat`.
 
+mod follow;
 mod label;
 mod proc_table;
 mod spawn;
