@@ -31,8 +31,11 @@ impl ProcessRuntime {
                 return;
             }
         }
+        if !follow {
+            return;
+        }
         let mut partial = String::new();
-        while follow {
+        loop {
             tokio::time::sleep(FOLLOW_POLL).await;
             let Ok(mut file) = tokio::fs::File::open(&path).await else {
                 continue;
