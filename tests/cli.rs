@@ -572,6 +572,9 @@ async fn remove_retires_a_service_and_keeps_its_history() {
     assert_eq!(history.len(), 2, "its deployments stay in the history");
     let status = text(&project.run(&["status"]).stdout);
     assert!(!status.contains("v2 (green"), "{status}");
+    let prune = project.run(&["prune"]);
+    assert_exit(&prune, 2);
+    assert!(text(&prune.stderr).contains("prune removes Docker images"));
     // Again: nothing left, no error; and the service can come back.
     assert_exit(&project.run(&["remove", "web"]), 0);
     assert_exit(&project.run(&["deploy", "web", "--version", "v3"]), 0);

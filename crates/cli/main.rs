@@ -87,6 +87,8 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         tail: usize,
     },
+    /// Remove the local images of versions that neither serve nor are kept for rollback.
+    Prune { service: Option<String> },
     /// Retire a service: out of nginx, then every replica stopped and removed (retained
     /// ones too); its history is kept. Works after the service left the config.
     Remove { service: String },

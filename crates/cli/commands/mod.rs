@@ -6,6 +6,7 @@ mod deploy;
 mod history;
 mod logs;
 mod plan;
+mod prune;
 mod remove;
 pub mod serve;
 mod status;
@@ -38,6 +39,7 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
             strategy,
         } => plan::run(cli, service, version, strategy.as_deref()).await,
         Command::Remove { service } => remove::run(cli, service).await,
+        Command::Prune { service } => prune::run(cli, service.as_deref()).await,
         Command::Logs {
             service,
             follow,

@@ -11,6 +11,7 @@
 pub mod image;
 mod labels;
 mod logs;
+pub mod prune;
 #[cfg(test)]
 mod tests;
 

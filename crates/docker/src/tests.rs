@@ -312,3 +312,55 @@ async fn stop_honours_a_timeout_in_milliseconds() {
         "still running after the stop"
     );
 }
+
+#[tokio::test]
+async fn prune_removes_the_tags_of_unwanted_versions_and_keeps_images_in_use() {
+    let Some(f) = Fixture::new().await else {
+        return;
+    };
+    let repo = format!("switchyard-prune-test-{}", f.runtime.scope);
+    let binary = demo_app_binary();
+    for version in ["v1", "v2", "v3", "v4"] {
+        let tag = format!("{repo}:{version}");
+        let image = ScratchImage {
+            tag: &tag,
+            binary: &binary,
+            env: &[("APP_VERSION", version)],
+            healthcheck: None,
+        };
+        build_scratch_image(&f.runtime, &image).await.unwrap();
+    }
+    // v2 runs: its image stays although it is not wanted.
+    let running = f
+        .runtime
+        .start(&InstanceSpec {
+            source: Source::Image(format!("{repo}:v2")),
+            ..spec("v2", 1, None)
+        })
+        .await
+        .unwrap();
+    let template = format!("{repo}:{{version}}");
+    let pruned = f
+        .runtime
+        .prune_images(&template, &["v4".to_owned(), "v3".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(pruned.removed, [format!("{repo}:v1")]);
+    assert_eq!(pruned.kept.len(), 1, "{pruned:?}");
+    assert!(pruned.kept[0].0.ends_with(":v2"), "{pruned:?}");
+    f.runtime.remove(&running).await.unwrap();
+    let again = f
+        .runtime
+        .prune_images(&template, &["v4".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(again.removed, [format!("{repo}:v2"), format!("{repo}:v3")]);
+    f.runtime.prune_images(&template, &[]).await.unwrap();
+    assert!(f
+        .runtime
+        .prune_images("no-version-here:latest", &[])
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("no {version}"));
+}
