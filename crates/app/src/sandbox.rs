@@ -45,6 +45,9 @@ pub struct SandboxOptions {
     pub rolling: String,
     /// `[proxy] routing`: "auto" (the default), "dynamic" or "reload".
     pub routing: String,
+    /// Lines added to the `[[service]]` table: container options such as `volumes`,
+    /// `networks`, `user` or `memory`.
+    pub container: String,
 }
 
 impl SandboxOptions {
@@ -62,7 +65,14 @@ impl SandboxOptions {
             strategy: "blue-green".into(),
             rolling: String::new(),
             routing: "auto".into(),
+            container: String::new(),
         }
+    }
+
+    /// Lines added to the service's `[[service]]` table (container options).
+    pub fn container(mut self, lines: &str) -> SandboxOptions {
+        self.container = lines.to_owned();
+        self
     }
 
     /// How nginx moves traffic: "auto", "dynamic" or "reload".
@@ -384,6 +394,7 @@ strategy = "{strategy}"
 stop_timeout = "5s"
 health = {{ {health} }}
 drain = {{ timeout = "{drain}" }}
+{container}
 
 [service.canary]
 {canary}
@@ -393,6 +404,7 @@ drain = {{ timeout = "{drain}" }}
 
 [service.env]
 {env}"#,
+        container = o.container,
         canary = o.canary,
         rolling = o.rolling,
         routing = o.routing,
