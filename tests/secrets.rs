@@ -67,12 +67,7 @@ async fn secrets_reach_the_container_and_nothing_else() {
         env_file.display().to_string(),
         secret.display().to_string()
     );
-    let Some(sandbox) = sandbox(RuntimeChoice::Docker, |mut o| {
-        o.service_lines = lines.clone();
-        o
-    })
-    .await
-    else {
+    let Some(sandbox) = sandbox(RuntimeChoice::Docker, |o| o.container(&lines)).await else {
         return;
     };
     sandbox

@@ -25,9 +25,8 @@ use switchyard_engine::judge::{judge, Track, TrackWindow, Verdict};
 use switchyard_engine::{Control, Host, MetricSource, Name, Store, Version};
 use switchyard_prometheus::testing::start_or_skip;
 use switchyard_prometheus::{PromSource, QueryTemplates};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{assert_no_failures, eventually, free_port, require_e2e};
+use crate::support::{assert_no_failures, eventually, free_port, get, require_e2e};
 
 const REQUESTS: &str = "switchyard_proxy_requests_total";
 const LATENCY_COUNT: &str = "switchyard_proxy_request_duration_seconds_count";
@@ -37,20 +36,6 @@ const DEPLOYMENTS: &str = "switchyard_deployments_total";
 const DURATIONS: &str = "switchyard_deployment_duration_seconds_count";
 const ROLLBACKS: &str = "switchyard_rollbacks_total";
 const RELOADS: &str = "switchyard_reload_duration_seconds_count";
-
-/// A GET over a fresh connection: (status, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .expect("a complete response");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
-    (status, body.to_owned())
-}
 
 async fn scrape(addr: SocketAddr) -> String {
     let (status, body) = get(addr, "/metrics").await;

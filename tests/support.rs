@@ -18,6 +18,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A GET over a fresh connection: (status, body).
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, body.to_owned())
+}
+
 /// Fails under CI, skips loudly elsewhere. Returns whether the test may go on.
 pub fn require(available: bool, what: &str) -> bool {
     if available {

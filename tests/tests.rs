@@ -6,6 +6,7 @@ mod support;
 
 mod canary;
 mod cli;
+mod container;
 mod docker_down;
 mod dynamic;
 mod e2e;

@@ -45,8 +45,9 @@ pub struct SandboxOptions {
     pub rolling: String,
     /// `[proxy] routing`: "auto" (the default), "dynamic" or "reload".
     pub routing: String,
-    /// More lines of the `[[service]]` table (`secrets = {..}`, `volumes = [..]`).
-    pub service_lines: String,
+    /// Lines added to the `[[service]]` table: container options such as `volumes`,
+    /// `networks`, `user` or `memory`.
+    pub container: String,
 }
 
 impl SandboxOptions {
@@ -64,8 +65,14 @@ impl SandboxOptions {
             strategy: "blue-green".into(),
             rolling: String::new(),
             routing: "auto".into(),
-            service_lines: String::new(),
+            container: String::new(),
         }
+    }
+
+    /// Lines added to the service's `[[service]]` table (container options).
+    pub fn container(mut self, lines: &str) -> SandboxOptions {
+        self.container = lines.to_owned();
+        self
     }
 
     /// How nginx moves traffic: "auto", "dynamic" or "reload".
@@ -387,7 +394,7 @@ strategy = "{strategy}"
 stop_timeout = "5s"
 health = {{ {health} }}
 drain = {{ timeout = "{drain}" }}
-{service_lines}
+{container}
 
 [service.canary]
 {canary}
@@ -397,10 +404,10 @@ drain = {{ timeout = "{drain}" }}
 
 [service.env]
 {env}"#,
+        container = o.container,
         canary = o.canary,
         rolling = o.rolling,
         routing = o.routing,
-        service_lines = o.service_lines,
         strategy = o.strategy,
         replicas = o.replicas,
         health = o.health,

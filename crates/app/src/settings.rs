@@ -1,5 +1,8 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
-//! validation (no IO) and resolves relative paths against the file's directory.
+//! validation (no IO), resolves relative paths against the file's directory and checks
+//! what needs the host (bind volumes' sources, in `container`).
+
+mod container;
 
 use std::path::{Path, PathBuf};
 
@@ -61,5 +64,6 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
             }
         }
     }
+    container::check_bind_sources(&config, path)?;
     Ok(config)
 }

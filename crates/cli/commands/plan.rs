@@ -1,4 +1,5 @@
-//! `switchyard plan`: the steps a deploy would take and the nginx diff; changes nothing.
+//! `switchyard plan`: the steps a deploy would take, its warnings (a writable volume two
+//! versions share while both run) and the nginx diff; changes nothing.
 
 use serde::Serialize;
 use similar::TextDiff;
@@ -54,6 +55,9 @@ pub async fn run(
     );
     for (i, step) in out.plan.steps.iter().enumerate() {
         println!("  {}. {step}", i + 1);
+    }
+    for warning in &out.plan.warnings {
+        println!("warning: {warning}");
     }
     println!(
         "\nnginx ({}; host ports shown as :0 are allocated when replicas start):",

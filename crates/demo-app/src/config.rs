@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,6 +38,10 @@ pub struct Config {
     /// connection close first. `0` exits at once on the signal, so a request in flight then
     /// fails unless the proxy waited for it before stopping the app.
     pub shutdown_grace: Duration,
+    /// `DATA_DIRS`: comma-separated absolute directories (volumes, in the tests). At start
+    /// the app writes a file named after its version into each, and `GET /data` lists them
+    /// (see `data`), so a test can see what earlier versions left behind.
+    pub data_dirs: Vec<PathBuf>,
 }
 
 /// An environment variable whose value could not be used.
@@ -112,6 +117,7 @@ impl Config {
                 || get("UNHEALTHY_VERSIONS")
                     .is_some_and(|list| list.split(',').any(|v| v.trim() == version)),
             shutdown_grace: millis(get("SHUTDOWN_GRACE_MS"), "SHUTDOWN_GRACE_MS", 10_000)?,
+            data_dirs: dirs(get("DATA_DIRS"), "DATA_DIRS")?,
         })
     }
 }
@@ -143,6 +149,26 @@ fn parse<T: FromStr>(
 
 fn millis(value: Option<String>, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
     parse(value, var, default, "a whole number of milliseconds").map(Duration::from_millis)
+}
+
+fn dirs(value: Option<String>, var: &'static str) -> Result<Vec<PathBuf>, ConfigError> {
+    let Some(list) = value else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(|dir| {
+            let dir = dir.trim();
+            if dir.starts_with('/') {
+                Ok(PathBuf::from(dir))
+            } else {
+                Err(ConfigError {
+                    var,
+                    value: list.clone(),
+                    expected: "comma-separated absolute directories such as /data,/cache",
+                })
+            }
+        })
+        .collect()
 }
 
 fn flag(value: Option<String>, var: &'static str) -> Result<bool, ConfigError> {
@@ -182,6 +208,7 @@ mod tests {
         assert_eq!(config.fail_rate, 0.0);
         assert!(!config.health_fail);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert!(config.data_dirs.is_empty());
     }
 
     #[test]
@@ -195,6 +222,7 @@ mod tests {
             ("FAIL_RATE", "0.25"),
             ("HEALTH_FAIL", "TRUE"),
             ("SHUTDOWN_GRACE_MS", "250"),
+            ("DATA_DIRS", "/data, /cache"),
         ])
         .unwrap();
         assert_eq!(config.addr, "127.0.0.1:9001".parse().unwrap());
@@ -204,6 +232,10 @@ mod tests {
         assert_eq!(config.fail_rate, 0.25);
         assert!(config.health_fail);
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(
+            config.data_dirs,
+            [PathBuf::from("/data"), PathBuf::from("/cache")]
+        );
     }
 
     #[test]
@@ -234,6 +266,8 @@ mod tests {
             ("FAIL_RATE", "half"),
             ("HEALTH_FAIL", "maybe"),
             ("SHUTDOWN_GRACE_MS", "10s"),
+            ("DATA_DIRS", "/data,cache"),
+            ("DATA_DIRS", "/data,"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).expect_err(value);

@@ -1,9 +1,11 @@
 //! `demo-app healthcheck`: the Docker `HEALTHCHECK` for a scratch image, which has no curl.
 //! [`check`] asks the local server's `/health` and passes only on a 200; it is built on
 //! [`http_get`], a blocking HTTP/1.0 GET over a std [`TcpStream`] that the tests use too.
+//! `demo-app get URL` is the scratch image's curl: [`get_url`] resolves the URL's host (a
+//! container name or network alias, through Docker's DNS) and GETs it.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Longest response read; `/health` answers a few bytes.
@@ -55,6 +57,33 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// `GET url` (`http://host[:port][/path]`, port 80 by default), the host resolved by name;
+/// the error says which part failed.
+pub fn get_url(url: &str, timeout: Duration) -> Result<RawResponse, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("bad port {port:?} in {url:?}"))?,
+        ),
+        None => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolving {host}: no address"))?;
+    http_get(addr, path, timeout).map_err(|e| format!("GET {url} ({addr}) failed: {e}"))
+}
+
 /// One HTTP/1.0 GET; the server closes the connection after answering, so the response
 /// ends at end of stream. `timeout` bounds the whole exchange.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<RawResponse> {
@@ -67,7 +96,8 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<R
     };
     let mut stream = TcpStream::connect_timeout(&addr, remaining()?)?;
     stream.set_write_timeout(Some(remaining()?))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: `write!` on a socket sends each piece on its own.
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -131,6 +161,33 @@ mod tests {
         assert_eq!(target("0.0.0.0:8080"), "127.0.0.1:8080");
         assert_eq!(target("[::]:8080"), "[::1]:8080");
         assert_eq!(target("127.0.0.2:9000"), "127.0.0.2:9000");
+    }
+
+    #[test]
+    fn get_url_reads_host_port_and_path_and_names_what_is_wrong() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello").unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let url = format!("http://localhost:{port}/version");
+        let response = get_url(&url, Duration::from_secs(5)).unwrap();
+        assert_eq!((response.status, response.body.as_str()), (200, "hello"));
+        assert!(server.join().unwrap().starts_with("GET /version HTTP/1.0"));
+        assert!(get_url("https://x/", Duration::from_secs(1))
+            .unwrap_err()
+            .contains("not an http:// URL"));
+        assert!(get_url("http://x:port/", Duration::from_secs(1))
+            .unwrap_err()
+            .contains("bad port"));
     }
 
     #[test]

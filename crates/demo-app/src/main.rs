@@ -3,12 +3,15 @@
 //! purpose, and drains in-flight requests on SIGTERM/SIGINT for at most `SHUTDOWN_GRACE_MS`.
 //!
 //! Built as a fully static binary so it runs in a `FROM scratch` image: no libc to load,
-//! no shell, no resolver (it binds IP literals only). `demo-app healthcheck` is that image's
-//! `HEALTHCHECK`, since there is no curl. Settings come from environment variables, see
-//! [`config::Config`]; routes live in [`server`].
+//! no shell (it binds IP literals only). `demo-app healthcheck` is that image's
+//! `HEALTHCHECK`, since there is no curl, and `demo-app get URL` prints what a URL answers
+//! (a test's client on a Docker network). `demo-app serve` is the server, as with no
+//! arguments, so a service can set a `command`. Settings come from environment variables,
+//! see [`config::Config`]; routes live in [`server`], files kept on volumes in [`data`].
 
 mod config;
 mod connections;
+mod data;
 mod healthcheck;
 mod server;
 
@@ -26,13 +29,9 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [] => match Config::from_env() {
-            Ok(config) => run(config),
-            Err(err) => {
-                eprintln!("demo-app: {err}");
-                ExitCode::from(2)
-            }
-        },
+        [] => serve(),
+        [command] if command == "serve" => serve(),
+        [command, url] if command == "get" => get(url),
         // Docker reserves exit code 2 for health checks, so every failure here is 1.
         [command] if command == "healthcheck" => match Config::from_env() {
             Ok(config) => {
@@ -51,7 +50,36 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: demo-app [healthcheck]  (settings come from environment variables)");
+            eprintln!("usage: demo-app [serve | healthcheck | get URL]  (settings come from environment variables)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `demo-app get URL`: prints the body and exits 0 on a 200, else says why and exits 1.
+fn get(url: &str) -> ExitCode {
+    match healthcheck::get_url(url, HEALTHCHECK_TIMEOUT) {
+        Ok(response) if response.status == 200 => {
+            print!("{}", response.body);
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            let body = response.body.trim();
+            eprintln!("demo-app get: {url} answered {}: {body}", response.status);
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("demo-app get: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    match Config::from_env() {
+        Ok(config) => run(config),
+        Err(err) => {
+            eprintln!("demo-app: {err}");
             ExitCode::from(2)
         }
     }
@@ -87,6 +115,10 @@ async fn serve_until_signalled(config: Config) -> ExitCode {
             eprintln!("demo-app {version} stopped on {signal} before listening");
             return ExitCode::SUCCESS;
         }
+    }
+    if let Err(err) = data::write_marker(&config.data_dirs, &version) {
+        eprintln!("demo-app: {err}");
+        return ExitCode::FAILURE;
     }
     let listener = match TcpListener::bind(config.addr).await {
         Ok(listener) => listener,

@@ -4,6 +4,7 @@
 //! [`Stopped`]. [`InFlight`] counts `/` and `/slow` requests being answered.
 
 use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +54,10 @@ struct AppState {
     fail_rate: f64,
     health_fail: bool,
     in_flight: InFlight,
+    data_dirs: Arc<[PathBuf]>,
 }
 
-/// The routes: `GET /`, `GET /slow?ms=N`, `GET /health`, `GET /version`.
+/// The routes: `GET /`, `GET /slow?ms=N`, `GET /health`, `GET /version`, `GET /data`.
 pub fn router(config: &Config, in_flight: InFlight) -> Router {
     let state = AppState {
         version: HeaderValue::from_str(&config.version)
@@ -64,12 +66,14 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
         fail_rate: config.fail_rate,
         health_fail: config.health_fail,
         in_flight,
+        data_dirs: config.data_dirs.clone().into(),
     };
     Router::new()
         .route("/", get(root).post(posted))
         .route("/slow", get(slow))
         .route("/health", get(health))
         .route("/version", get(version))
+        .route("/data", get(data))
         .with_state(state)
 }
 
@@ -156,6 +160,23 @@ async fn version(State(state): State<AppState>) -> Response {
         .unwrap_or("dev")
         .to_string()
         .into_response()
+}
+
+/// The files in `DATA_DIRS` (see [`crate::data`]); 404 when it is not set.
+async fn data(State(state): State<AppState>) -> Response {
+    if state.data_dirs.is_empty() {
+        return (StatusCode::NOT_FOUND, "DATA_DIRS is not set\n").into_response();
+    }
+    let dirs = Arc::clone(&state.data_dirs);
+    match tokio::task::spawn_blocking(move || crate::data::listing(&dirs)).await {
+        Ok(Ok(text)) => text.into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing DATA_DIRS: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// How [`serve`] ended.
@@ -292,6 +313,20 @@ mod tests {
         assert_eq!(response.header("content-type"), Some("application/json"));
         assert_eq!(response.body, "{\"version\":\"v7\"}\n");
         assert_eq!(get(app.addr, "/version").await.body, "v7");
+    }
+
+    #[tokio::test]
+    async fn data_lists_what_every_version_wrote_and_is_absent_without_data_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = dir.path().display().to_string();
+        crate::data::write_marker(&[dir.path().to_owned()], "v1").unwrap();
+        crate::data::write_marker(&[dir.path().to_owned()], "v2").unwrap();
+        let app = start(&[("DATA_DIRS", &dirs)]).await;
+        let response = get(app.addr, "/data").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, format!("{dirs}: v1 v2\n"));
+        let without = start(&[]).await;
+        assert_eq!(get(without.addr, "/data").await.status, 404);
     }
 
     #[tokio::test]

@@ -5,12 +5,15 @@
 //! port and a *scope* (one per state database), so two switchyard installations, or two
 //! tests, on one engine never see each other's containers. Ports are published on
 //! 127.0.0.1 only: on the host port the spec names (freed by the replica it replaces, for an
-//! in-place deploy), else on one switchyard allocates. [`image`] builds `FROM scratch`
-//! images from a static binary, for the demo and the tests (no registry can be reached).
+//! in-place deploy), else on one switchyard allocates. A service's container options
+//! (command, user, limits, log driver, restart policy, volumes, networks, …) are applied at
+//! create by `options`. [`image`] builds `FROM scratch` images from a static binary, for the
+//! demo and the tests (no registry can be reached).
 
 pub mod image;
 mod labels;
 mod logs;
+mod options;
 pub mod prune;
 #[cfg(test)]
 mod tests;
@@ -19,10 +22,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, HealthStatusEnum, HostConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerStateStatusEnum, ContainerSummary, HealthStatusEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -104,8 +104,9 @@ impl DockerRuntime {
         }
     }
 
-    /// Creates the container publishing on 127.0.0.1:`host_port` and starts it; if the start
-    /// fails, the container is removed again.
+    /// Creates the container publishing on 127.0.0.1:`host_port` with the service's
+    /// container options, joins its other networks and starts it; if any of that fails, the
+    /// container is removed again.
     async fn create_and_start(
         &self,
         spec: &InstanceSpec,
@@ -113,39 +114,17 @@ impl DockerRuntime {
         name: &str,
         host_port: u16,
     ) -> Result<Instance, RuntimeError> {
-        let container_port = format!("{}/tcp", spec.port);
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.extend(spec.secrets.iter().map(|(k, v)| format!("{k}={v}")));
-        env.push(format!("APP_VERSION={}", spec.version));
-        env.push(format!("PORT={}", spec.port));
-        let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
-            env: Some(env),
-            labels: Some(labels::for_instance(spec, &self.scope, host_port)),
-            exposed_ports: Some(vec![container_port.clone()]),
-            host_config: Some(HostConfig {
-                port_bindings: Some(HashMap::from([(
-                    container_port,
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(host_port.to_string()),
-                    }]),
-                )])),
-                // Back after a dockerd restart or a reboot; `docker stop` (ours) is respected.
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let body = options::create_body(spec, image, &self.scope, host_port);
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = self
             .docker
             .create_container(Some(options), body)
             .await
             .map_err(|e| failed(&format!("creating container {name} from {image}"), e))?;
+        if let Err(e) = self.join_networks(spec, &created.id, name).await {
+            self.remove_id(&created.id).await?;
+            return Err(e);
+        }
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             self.remove_id(&created.id).await?;
             return Err(failed(
@@ -218,6 +197,7 @@ impl Runtime for DockerRuntime {
             });
         };
         let name = format!("{}-{}", self.scope, spec.instance_name());
+        self.prepare(spec).await?;
         match spec.host_port {
             Some(port) => self.start_on(spec, image, &name, port).await,
             None => self.start_allocating(spec, image, &name).await,
@@ -269,8 +249,9 @@ impl Runtime for DockerRuntime {
     }
 
     /// Docker's stop API counts whole seconds, so it is asked for the timeout rounded up
-    /// (it keeps its own semantics: the image's stop signal, and a restart policy that does
-    /// not bring the container back) and a SIGKILL from here ends it at the exact timeout.
+    /// (it keeps its own semantics: the container's stop signal, the service's
+    /// `stop_signal` or else the image's, and a restart policy that does not bring the
+    /// container back) and a SIGKILL from here ends it at the exact timeout.
     async fn stop(&self, instance: &Instance, timeout: Duration) -> Result<(), RuntimeError> {
         let what = format!("stopping container {}", instance.name);
         let seconds = i32::try_from(timeout.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);

@@ -3,6 +3,8 @@
 //!
 //! `switchyard plan` prints these with the nginx diff from [`crate::Router::preview`].
 //! Host ports are allocated when replicas start, so the previewed upstream shows port 0.
+//! A plan also warns ([`Plan::warnings`]) when the old and the new version will run at once
+//! on a writable volume they share ([`shared_volumes`]).
 //! The golden tests in `plan/tests.rs` pin each preset's plan (`plan/golden/`).
 
 mod canary;
@@ -15,6 +17,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
 
+use crate::config::container::VolumeSource;
 use crate::config::{RollingSpec, ServiceSpec, Source, StrategyKind};
 use crate::deploy::rolling::batches::{self, Batch, Counts, Limits};
 use crate::model::{Color, ServiceRecord};
@@ -29,6 +32,8 @@ pub struct Plan {
     pub to: String,
     pub color: Color,
     pub steps: Vec<String>,
+    /// What the user should know before deploying (a writable volume two versions share).
+    pub warnings: Vec<String>,
     /// The upstream to preview: the new replicas, with port 0 standing for "allocated later".
     #[serde(skip)]
     pub upstream: UpstreamSet,
@@ -53,9 +58,64 @@ impl Plan {
             to: version.to_string(),
             color: old.map_or(Color::Blue, |s| s.color.other()),
             steps,
+            warnings: shared_volumes(spec, record, version, kind),
             upstream,
         }
     }
+}
+
+/// A warning per writable volume of `spec` when the live version and `version` will both
+/// run during the deploy: always for blue-green and canary (the new replicas start beside
+/// the old), and for rolling and in-place when a batch starts new replicas while old ones
+/// still run (not in place with one replica, or `max_unavailable = replicas`, where every
+/// old replica stops first).
+fn shared_volumes(
+    spec: &ServiceSpec,
+    record: &ServiceRecord,
+    version: &Version,
+    kind: StrategyKind,
+) -> Vec<String> {
+    let Some(old) = record.active.as_ref() else {
+        return Vec::new();
+    };
+    let stale = old.instances.len() as u16;
+    let overlap = match kind {
+        StrategyKind::BlueGreen | StrategyKind::Canary => stale > 0,
+        StrategyKind::Rolling | StrategyKind::InPlace => {
+            let r = spec.rolling.for_kind(kind);
+            let limits = Limits {
+                replicas: spec.replicas,
+                max_surge: r.max_surge,
+                max_unavailable: r.max_unavailable,
+            };
+            let mut running_old = stale;
+            batches::plan(limits, stale).iter().any(|b| {
+                let both = b.add > 0 && running_old > 0;
+                running_old -= b.remove;
+                both
+            })
+        }
+    };
+    if !overlap {
+        return Vec::new();
+    }
+    spec.container
+        .volumes
+        .iter()
+        .filter(|v| !v.read_only)
+        .map(|v| {
+            let source = match &v.source {
+                VolumeSource::Bind(path) => format!("bind {}", path.display()),
+                VolumeSource::Named(name) => format!("volume {name}"),
+            };
+            format!(
+                "{source} (at {}) is writable and shared: {} and {version} both run during this {} deploy and may write to it at once; mount it read-only (:ro) if they only read, or deploy in place with max_unavailable = replicas and allow_downtime = true, which stops every old replica before a new one starts (a gap in service)",
+                v.target,
+                old.version,
+                kind.as_str()
+            )
+        })
+        .collect()
 }
 
 /// The stable track alone, on `backends`.
@@ -185,11 +245,12 @@ fn retire(spec: &ServiceSpec, record: &ServiceRecord, by: RouteBy) -> Vec<String
     let mut steps = vec![format!("{} (at most {:?})", by.drain(), spec.drain_timeout)];
     match old {
         Some(slot) => steps.push(format!(
-            "stop {} {} ({} slot, {} instance(s)): SIGTERM, SIGKILL after {:?}; keep it stopped for rollback",
+            "stop {} {} ({} slot, {} instance(s)): {}, SIGKILL after {:?}; keep it stopped for rollback",
             spec.name,
             slot.version,
             slot.color.as_str(),
             slot.instances.len(),
+            spec.container.stop_signal.as_deref().unwrap_or("SIGTERM"),
             spec.stop_timeout
         )),
         None => steps.push(format!("{} has no live version: nothing to stop", spec.name)),

@@ -5,8 +5,13 @@ use crate::config::Config;
 use crate::model::{Instance, Slot};
 
 fn spec(strategy: &str, replicas: u16) -> ServiceSpec {
+    spec_with(strategy, replicas, "")
+}
+
+/// A service with `lines` added to its `[[service]]` table.
+fn spec_with(strategy: &str, replicas: u16, lines: &str) -> ServiceSpec {
     let text = format!(
-        "[proxy]\nprefix = \"nginx\"\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:8000\"\nimage = \"demo:{{version}}\"\nreplicas = {replicas}\nstrategy = \"{strategy}\"\n[service.rolling]\nallow_downtime = true\n"
+        "[proxy]\nprefix = \"nginx\"\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:8000\"\nimage = \"demo:{{version}}\"\nreplicas = {replicas}\nstrategy = \"{strategy}\"\n{lines}\n[service.rolling]\nallow_downtime = true\n"
     );
     Config::parse(&text, Path::new("t.toml")).unwrap().services[0].clone()
 }
@@ -132,6 +137,71 @@ fn a_first_canary_goes_live_whole() {
     assert_eq!(plan.upstream.canary, None);
 }
 
+const VOLUMES: &str =
+    r#"volumes = ["/srv/shop/data:/data", "shop-cache:/cache", "/etc/shop:/etc/shop:ro"]"#;
+
+#[test]
+fn two_versions_at_once_on_a_writable_volume_are_warned_of() {
+    let v2 = Version::parse("v2").unwrap();
+    for kind in [StrategyKind::BlueGreen, StrategyKind::Canary] {
+        let plan = for_strategy(
+            &spec_with(kind.as_str(), 2, VOLUMES),
+            &live(2),
+            &v2,
+            kind,
+            RouteBy::Dynamic,
+        );
+        assert_eq!(plan.warnings.len(), 2, "{kind:?}: {:#?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with(
+                "bind /srv/shop/data (at /data) is writable and shared: v1 and v2 both run"
+            ),
+            "{}",
+            plan.warnings[0]
+        );
+        assert!(plan.warnings[1].starts_with("volume shop-cache (at /cache)"));
+        assert!(
+            !plan.warnings.iter().any(|w| w.contains("/etc/shop")),
+            "read-only is fine"
+        );
+    }
+}
+
+#[test]
+fn no_shared_volume_warning_when_the_versions_never_run_together() {
+    let v2 = Version::parse("v2").unwrap();
+    // In place with one replica: the old one stops before the new one starts.
+    let one = spec_with("in-place", 1, VOLUMES);
+    let plan = for_strategy(&one, &live(1), &v2, StrategyKind::InPlace, RouteBy::Dynamic);
+    assert_eq!(plan.warnings, Vec::<String>::new());
+    // Nothing live yet.
+    let bg = spec_with("blue-green", 2, VOLUMES);
+    let plan = for_strategy(
+        &bg,
+        &ServiceRecord::default(),
+        &v2,
+        StrategyKind::BlueGreen,
+        RouteBy::Dynamic,
+    );
+    assert_eq!(plan.warnings, Vec::<String>::new());
+}
+
+#[test]
+fn in_place_batches_that_overlap_are_warned_of_too() {
+    // Three replicas in place: a v2 replica starts while two v1 replicas still serve.
+    let v2 = Version::parse("v2").unwrap();
+    let three = spec_with("in-place", 3, VOLUMES);
+    let plan = for_strategy(
+        &three,
+        &live(3),
+        &v2,
+        StrategyKind::InPlace,
+        RouteBy::Dynamic,
+    );
+    assert_eq!(plan.warnings.len(), 2, "{:#?}", plan.warnings);
+    assert!(plan.warnings[0].contains("during this in-place deploy"));
+}
+
 /// Every `golden/<case>.toml` (a config with one service, `web`) planned from v1 live to v2
 /// and from nothing live to v1, compared with `golden/<case>.plan`. Refresh the goldens
 /// with `UPDATE_EXPECT=1 cargo test -p switchyard-engine plan`, never by hand, and read the
@@ -194,6 +264,9 @@ fn render(plan: &Plan) -> String {
     );
     for (i, step) in plan.steps.iter().enumerate() {
         out.push_str(&format!("  {}. {step}\n", i + 1));
+    }
+    for warning in &plan.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
     }
     let addrs = |a: &[SocketAddr]| {
         a.iter()
