@@ -27,6 +27,9 @@ pub(crate) struct Label {
     pub argv: Vec<String>,
     /// What the runtime adds to the inherited environment.
     pub env: BTreeMap<String, String>,
+    /// `service.workdir`; None runs it where the runtime runs.
+    #[serde(default)]
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 /// `<dir>/<name>.<ext>`, refusing names that would leave `dir`.

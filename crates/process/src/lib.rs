@@ -120,10 +120,11 @@ impl ProcessRuntime {
         instance: Instance,
         argv: Vec<String>,
         env: BTreeMap<String, String>,
+        workdir: Option<PathBuf>,
     ) -> Result<Instance, RuntimeError> {
         let name = instance.name.clone();
         let log = label::path(&self.dir, &name, "log")?;
-        let spawned = match spawn::spawn(&argv, &env, &log) {
+        let spawned = match spawn::spawn(&argv, &env, workdir.as_deref(), &log) {
             Ok(spawned) => spawned,
             Err(message) => {
                 // Don't leave an empty log behind a program that never ran.
@@ -139,6 +140,7 @@ impl ProcessRuntime {
             start_time: spawned.start_time,
             argv,
             env,
+            workdir,
         };
         if let Err(e) = label::write(&self.dir, &label).await {
             // Best effort: the write error is the one worth reporting.
@@ -186,7 +188,8 @@ impl Runtime for ProcessRuntime {
             .map(|(k, v)| (k.to_owned(), v)),
         );
         let instance = spec.instance(name.clone(), name, port);
-        self.launch(instance, argv, env).await
+        let workdir = spec.container.workdir.as_ref().map(PathBuf::from);
+        self.launch(instance, argv, env, workdir).await
     }
 
     async fn restart(&self, instance: &Instance) -> Result<Instance, RuntimeError> {
@@ -211,7 +214,8 @@ impl Runtime for ProcessRuntime {
                 format!("port 127.0.0.1:{port} is taken by another process"),
             ));
         }
-        self.launch(label.instance, label.argv, label.env).await
+        self.launch(label.instance, label.argv, label.env, label.workdir)
+            .await
     }
 
     async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError> {

@@ -20,12 +20,14 @@ pub(crate) struct Spawned {
     pub start_time: u64,
 }
 
-/// Starts `argv` with `env` added to the inherited environment. The child handle is dropped:
+/// Starts `argv` with `env` added to the inherited environment, in `workdir` (else ours).
+/// The child handle is dropped:
 /// the replica outlives this process (the CLI exits, the service keeps running), and tokio
 /// reaps dropped children in the background.
 pub(crate) fn spawn(
     argv: &[String],
     env: &BTreeMap<String, String>,
+    workdir: Option<&Path>,
     log: &Path,
 ) -> Result<Spawned, String> {
     let (program, args) = argv.split_first().ok_or("the command is empty")?;
@@ -36,7 +38,11 @@ pub(crate) fn spawn(
         .open(log)
         .map_err(open_err)?;
     let stderr = stdout.try_clone().map_err(open_err)?;
-    let child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    if let Some(dir) = workdir {
+        command.current_dir(dir);
+    }
+    let child = command
         .args(args)
         .envs(env)
         .stdin(Stdio::null())
@@ -44,7 +50,10 @@ pub(crate) fn spawn(
         .stderr(stderr)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("{program}: {}", io_message(&e)))?;
+        .map_err(|e| match workdir {
+            Some(dir) => format!("{program} in {}: {}", dir.display(), io_message(&e)),
+            None => format!("{program}: {}", io_message(&e)),
+        })?;
     // Not yet reaped while we hold `child`, so its /proc entry is there even if it has exited.
     let pid = child
         .id()

@@ -491,3 +491,36 @@ async fn start_waits_for_a_requested_host_port_to_free() {
         "the replica never answered on {port}"
     );
 }
+
+#[tokio::test]
+async fn the_replica_runs_in_its_workdir_and_gets_its_secrets_and_does_so_again_on_restart() {
+    let fx = Fixture::new();
+    let workdir = tempfile::tempdir().unwrap();
+    let mut spec = spec("web", 0, &["sh", "-c", r#"echo "$(pwd) $TOKEN"; sleep 30"#]);
+    spec.container.workdir = Some(workdir.path().display().to_string());
+    spec.secrets = switchyard_engine::Secrets::new(BTreeMap::from([(
+        "TOKEN".to_owned(),
+        "s3cr3t".to_owned(),
+    )]));
+    let web = fx.start(&spec).await.unwrap();
+    let want = format!("{} s3cr3t\n", workdir.path().display());
+    assert_eventually!(
+        fx.runtime.logs(&web, 1).await == want,
+        "logs: {:?}",
+        fx.runtime.logs(&web, 1).await
+    );
+    fx.runtime.stop(&web, Duration::from_secs(1)).await.unwrap();
+    fx.runtime.restart(&web).await.unwrap();
+    assert_eventually!(
+        fx.runtime.logs(&web, 2).await == format!("{want}{want}"),
+        "after a restart: {:?}",
+        fx.runtime.logs(&web, 2).await
+    );
+    let label = std::fs::metadata(fx.runtime.dir.join(format!("{}.json", web.name))).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        label.permissions().mode() & 0o777,
+        0o600,
+        "the env it keeps is private"
+    );
+}
