@@ -77,6 +77,9 @@ macro_rules! delegate {
 }
 
 impl Runtime for AnyRuntime {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        delegate!(self, r => r.prepare(spec).await)
+    }
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         delegate!(self, r => r.start(spec).await)
     }

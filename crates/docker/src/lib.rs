@@ -5,15 +5,18 @@
 //! port and a *scope* (one per state database), so two switchyard installations, or two
 //! tests, on one engine never see each other's containers. Ports are published on
 //! 127.0.0.1 only: on the host port the spec names (freed by the replica it replaces, for an
-//! in-place deploy), else on one switchyard allocates. [`image`] builds `FROM scratch`
-//! images from a static binary, for the demo and the tests (no registry can be reached).
+//! in-place deploy), else on one switchyard allocates. [`pull`] brings a service's image onto
+//! the host before its replicas start (`Runtime::prepare`), logged in to its registry.
+//! [`image`] builds `FROM scratch` images from a static binary, for the demo and the tests.
 
 pub mod image;
 mod labels;
+pub mod pull;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -49,6 +52,8 @@ pub struct DockerRuntime {
     scope: String,
     /// [`PORT_WAIT`], shorter in tests.
     port_wait: Duration,
+    /// Credentials and progress for pulls.
+    pull: Arc<pull::PullSettings>,
 }
 
 impl DockerRuntime {
@@ -67,7 +72,16 @@ impl DockerRuntime {
             docker,
             scope: scope.to_owned(),
             port_wait: PORT_WAIT,
+            pull: Arc::default(),
         })
+    }
+
+    /// The same client, pulling with `settings` (`[registry]`, Docker's config, progress).
+    pub fn with_pull(self, settings: Arc<pull::PullSettings>) -> DockerRuntime {
+        DockerRuntime {
+            pull: settings,
+            ..self
+        }
     }
 
     pub fn scope(&self) -> &str {
@@ -207,6 +221,10 @@ impl DockerRuntime {
 }
 
 impl Runtime for DockerRuntime {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        pull::prepare(self, spec).await
+    }
+
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let Source::Image(image) = &spec.source else {
             return Err(RuntimeError::Failed {
