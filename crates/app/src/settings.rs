@@ -1,5 +1,8 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
-//! validation (no IO) and resolves relative paths against the file's directory.
+//! validation (no IO) and resolves relative paths against the file's directory
+//! (`[registry]`'s password file in [`registry`]).
+
+mod registry;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,7 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         }
     };
     resolve(&mut config.state_path);
+    registry::resolve(&mut config, base, path)?;
     match &mut config.proxy.mode {
         ProxyMode::Managed { prefix } => resolve(prefix),
         ProxyMode::System {
