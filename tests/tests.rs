@@ -10,6 +10,7 @@ mod docker_down;
 mod dynamic;
 mod e2e;
 mod nginx;
+mod registry;
 mod rolling;
 mod routing;
 mod serve;

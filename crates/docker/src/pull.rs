@@ -284,9 +284,13 @@ pub async fn image_present(runtime: &DockerRuntime, image: &str) -> Result<bool,
     }
 }
 
-/// Removes `image` from the host (a missing one is not an error).
+/// Removes `image` from the host (a missing one is not an error). Its untagged parents stay:
+/// a build running meanwhile may be using them as its cache.
 pub async fn remove_image(runtime: &DockerRuntime, image: &str) -> Result<(), RuntimeError> {
-    let options = RemoveImageOptionsBuilder::new().force(true).build();
+    let options = RemoveImageOptionsBuilder::new()
+        .force(true)
+        .noprune(true)
+        .build();
     match runtime
         .docker
         .remove_image(image, Some(options), None)
