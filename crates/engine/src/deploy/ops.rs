@@ -1,7 +1,7 @@
 //! The operations every move is made of, one copy each, each journaled before it acts:
 //! prepare the runtime for the target (once, not journaled), start a replica (or restart a
-//! retained one), route (one validated, confirmed change of the
-//! serve set), drain, retire what left the set, and discard what never served.
+//! retained one), route (one validated, confirmed change of the serve set), drain, retire
+//! what left the set, and discard what never served.
 
 use futures_util::stream::{self, StreamExt};
 

@@ -8,10 +8,10 @@
 //! the old workers drain, and only then are the removed replicas stopped.
 //! [`Rollout::converge`] takes its moves from the batch planner ([`batches::next`]):
 //! blue-green is the one batch that surges by `replicas`, rolling and in-place are bounded
-//! by `max_surge` and `max_unavailable`. A canary ([`super::canary`]) adds a second track to the same serve set
-//! and moves its weight between gates. The same loop restores the previous version after a
-//! failed move, rolls back, and finishes an interrupted rollout, so all of them respect the
-//! same bounds.
+//! by `max_surge` and `max_unavailable`. A canary ([`super::canary`]) adds a second track to
+//! the same serve set and moves its weight between gates. The same loop restores the previous
+//! version after a failed move, rolls back, and finishes an interrupted rollout, so all of
+//! them respect the same bounds.
 //!
 //! Store: the old slot stays `active` and the new replicas `starting` until the last move;
 //! then one `activate` flips them. Until then the journal's `serve` steps say what nginx
