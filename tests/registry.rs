@@ -17,7 +17,7 @@ use switchyard_app::progress::Progress;
 use switchyard_app::sandbox::{Sandbox, SandboxOptions, SERVICE};
 use switchyard_docker::image::{build_scratch_image, push_image, ScratchImage};
 use switchyard_docker::pull::{
-    image_present, pull_image, remove_image, PullSettings, RegistryLogin,
+    image_present, pull_image, remove_image, remove_repository, PullSettings, RegistryLogin,
 };
 use switchyard_docker::DockerRuntime;
 use switchyard_engine::config::RuntimeChoice;
@@ -37,8 +37,6 @@ struct TestRegistry {
     child: Child,
     dir: tempfile::TempDir,
     addr: SocketAddr,
-    /// Local images the test made, removed when it ends.
-    images: Vec<String>,
 }
 
 impl TestRegistry {
@@ -76,12 +74,7 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .expect("docker-registry starts");
-        let registry = TestRegistry {
-            child,
-            dir,
-            addr,
-            images: Vec::new(),
-        };
+        let registry = TestRegistry { child, dir, addr };
         // Up when /v2/ asks for a login.
         eventually(
             Duration::from_secs(10),
@@ -123,7 +116,7 @@ impl TestRegistry {
 
     /// Builds the demo-app as `<host>/demo:<tag>` with `APP_BUILD=<build>` baked in, pushes
     /// it with the login, and removes the local copy.
-    async fn push(&mut self, docker: &DockerRuntime, app: &Path, tag: &str, build: &str) {
+    async fn push(&self, docker: &DockerRuntime, app: &Path, tag: &str, build: &str) {
         let image = self.build(docker, app, tag, build).await;
         push_image(docker, &image, Some(&self.login()))
             .await
@@ -136,13 +129,7 @@ impl TestRegistry {
     }
 
     /// Builds `<host>/demo:<tag>` locally with `APP_BUILD=<build>`.
-    async fn build(
-        &mut self,
-        docker: &DockerRuntime,
-        app: &Path,
-        tag: &str,
-        build: &str,
-    ) -> String {
+    async fn build(&self, docker: &DockerRuntime, app: &Path, tag: &str, build: &str) -> String {
         let image = format!("{}/demo:{tag}", self.host());
         // Images of this test only: another test removing its own never removes these.
         let host = self.host();
@@ -154,7 +141,6 @@ impl TestRegistry {
             healthcheck: None,
         };
         build_scratch_image(docker, &scratch).await.unwrap();
-        self.images.push(image.clone());
         image
     }
 }
@@ -163,8 +149,9 @@ impl Drop for TestRegistry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let images = std::mem::take(&mut self.images);
-        // Our own runtime: the test's may be gone.
+        let repository = format!("{}/demo", self.host());
+        // Every image of this registry, built or pulled; on our own runtime, since the
+        // test's may be gone.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -172,8 +159,8 @@ impl Drop for TestRegistry {
                 .unwrap();
             runtime.block_on(async {
                 if let Ok(docker) = DockerRuntime::connect("registry-test").await {
-                    for image in images {
-                        let _ = remove_image(&docker, &image).await;
+                    if let Err(e) = remove_repository(&docker, &repository).await {
+                        eprintln!("registry test cleanup: {e}");
                     }
                 }
             });
@@ -298,7 +285,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_pushed_to_a_registry_is_pulled_with_credentials_and_deployed() {
-    let Some(mut registry) = TestRegistry::start().await else {
+    let Some(registry) = TestRegistry::start().await else {
         return;
     };
     let pw = registry.password_file(PASSWORD, 0o600);
@@ -333,7 +320,7 @@ async fn an_image_pushed_to_a_registry_is_pulled_with_credentials_and_deployed()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_fail_the_deploy_before_anything_changes() {
-    let Some(mut registry) = TestRegistry::start().await else {
+    let Some(registry) = TestRegistry::start().await else {
         return;
     };
     let pw = registry.password_file(PASSWORD, 0o600);
@@ -416,7 +403,7 @@ async fn wrong_credentials_fail_the_deploy_before_anything_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_always_picks_up_a_re_pushed_tag() {
-    let Some(mut registry) = TestRegistry::start().await else {
+    let Some(registry) = TestRegistry::start().await else {
         return;
     };
     let pw = registry.password_file(PASSWORD, 0o600);
@@ -508,7 +495,7 @@ async fn docker_config_json_auths_log_in_where_there_is_no_registry_table() {
     if !crate::support::require_docker().await {
         return;
     }
-    let Some(mut registry) = TestRegistry::start().await else {
+    let Some(registry) = TestRegistry::start().await else {
         return;
     };
     let docker = DockerRuntime::connect("registry-test").await.unwrap();

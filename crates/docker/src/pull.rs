@@ -18,7 +18,9 @@ use std::time::Instant;
 use base64::Engine;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{CreateImageOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+};
 use futures_util::StreamExt;
 use switchyard_engine::config::container::Pull;
 use switchyard_engine::config::RegistryConfig;
@@ -302,6 +304,25 @@ pub async fn remove_image(runtime: &DockerRuntime, image: &str) -> Result<(), Ru
         }) => Ok(()),
         Err(e) => Err(failed(&format!("removing image {image}"), e)),
     }
+}
+
+/// Removes every image of `repository` (`127.0.0.1:5000/demo`), by id: tagged ones and
+/// those a pull left known only by digest.
+pub async fn remove_repository(
+    runtime: &DockerRuntime,
+    repository: &str,
+) -> Result<(), RuntimeError> {
+    let filters = std::collections::HashMap::from([("reference", vec![repository.to_owned()])]);
+    let options = ListImagesOptionsBuilder::new().filters(&filters).build();
+    let images = runtime
+        .docker
+        .list_images(Some(options))
+        .await
+        .map_err(|e| failed(&format!("listing images of {repository}"), e))?;
+    for image in images {
+        remove_image(runtime, &image.id).await?;
+    }
+    Ok(())
 }
 
 /// Brings `spec`'s image onto the host as its pull policy says, before a replica starts.
