@@ -16,6 +16,11 @@ use switchyard_engine::RuntimeError;
 use crate::pull::{redact, ImageRef, RegistryLogin};
 use crate::DockerRuntime;
 
+/// Held while this process builds or removes an image. The engine's classic builder looks
+/// for its cache among all images, and one removed meanwhile fails the build (`failed to get
+/// digest …: no such file`), so a test removing its images never breaks another's build.
+pub(crate) static IMAGE_STORE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What goes into a scratch image.
 pub struct ScratchImage<'a> {
     pub tag: &'a str,
@@ -36,6 +41,7 @@ pub async fn build_scratch_image(
     };
     let context =
         tar_context(image).map_err(|e| fail(format!("packing {}: {e}", image.binary.display())))?;
+    let _store = IMAGE_STORE.lock().await;
     let options = BuildImageOptionsBuilder::new()
         .t(image.tag)
         .rm(true)

@@ -26,6 +26,7 @@ use switchyard_engine::config::container::Pull;
 use switchyard_engine::config::RegistryConfig;
 use switchyard_engine::{InstanceSpec, RuntimeError, Source};
 
+use crate::image::IMAGE_STORE;
 use crate::{failed, DockerRuntime};
 
 /// Docker Hub, as the registry host of a reference that names none.
@@ -289,6 +290,11 @@ pub async fn image_present(runtime: &DockerRuntime, image: &str) -> Result<bool,
 /// Removes `image` from the host (a missing one is not an error). Its untagged parents stay:
 /// a build running meanwhile may be using them as its cache.
 pub async fn remove_image(runtime: &DockerRuntime, image: &str) -> Result<(), RuntimeError> {
+    let _store = IMAGE_STORE.lock().await;
+    remove_one(runtime, image).await
+}
+
+async fn remove_one(runtime: &DockerRuntime, image: &str) -> Result<(), RuntimeError> {
     let options = RemoveImageOptionsBuilder::new()
         .force(true)
         .noprune(true)
@@ -319,8 +325,9 @@ pub async fn remove_repository(
         .list_images(Some(options))
         .await
         .map_err(|e| failed(&format!("listing images of {repository}"), e))?;
+    let _store = IMAGE_STORE.lock().await;
     for image in images {
-        remove_image(runtime, &image.id).await?;
+        remove_one(runtime, &image.id).await?;
     }
     Ok(())
 }
