@@ -4,8 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use switchyard_docker::pull::PullSettings;
 use switchyard_docker::DockerRuntime;
 use switchyard_engine::config::{ProxyMode, RuntimeChoice};
 use switchyard_engine::deploy::Deployer;
@@ -31,13 +33,16 @@ pub enum AnyRuntime {
 /// come back.
 pub struct LazyDocker {
     scope: String,
+    /// How the client pulls images: `[registry]`, Docker's config.json, progress.
+    pull: Arc<PullSettings>,
     client: tokio::sync::OnceCell<DockerRuntime>,
 }
 
 impl LazyDocker {
-    pub fn new(scope: &str) -> LazyDocker {
+    pub fn new(scope: &str, pull: PullSettings) -> LazyDocker {
         LazyDocker {
             scope: scope.to_owned(),
+            pull: Arc::new(pull),
             client: tokio::sync::OnceCell::new(),
         }
     }
@@ -45,7 +50,10 @@ impl LazyDocker {
     /// The connected client, connecting now if this is the first use.
     pub async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
         self.client
-            .get_or_try_init(|| DockerRuntime::connect(&self.scope))
+            .get_or_try_init(|| async {
+                let docker = DockerRuntime::connect(&self.scope).await?;
+                Ok(docker.with_pull(self.pull.clone()))
+            })
             .await
     }
 
@@ -77,6 +85,9 @@ macro_rules! delegate {
 }
 
 impl Runtime for AnyRuntime {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        delegate!(self, r => r.prepare(spec).await)
+    }
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         delegate!(self, r => r.start(spec).await)
     }
@@ -243,7 +254,12 @@ impl Live {
             .map_err(|e| AppError::environment(e.to_string()))?;
         let runtime = match config.runtime {
             RuntimeChoice::Docker => {
-                AnyRuntime::Docker(LazyDocker::new(&scope(&config.state_path)))
+                let pull = PullSettings {
+                    // A pull's progress line is for a person watching a terminal.
+                    progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    ..PullSettings::new(config.registry.clone())
+                };
+                AnyRuntime::Docker(LazyDocker::new(&scope(&config.state_path), pull))
             }
             RuntimeChoice::Process => {
                 move_nested_process_dir(&state_dir)?;

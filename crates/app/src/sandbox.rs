@@ -2,10 +2,10 @@
 //!
 //! A temp directory with a generated `switchyard.toml`, a managed nginx on free loopback
 //! ports, and one service `web` running the static demo-app, either as Docker containers
-//! (scratch images built on demand) or as local processes. The demo, the end-to-end tests
-//! and the benchmarks all use it. [`Sandbox::shutdown`] removes every instance and stops
-//! nginx; dropping a sandbox that was not shut down does the same, so a failing test
-//! leaves nothing behind.
+//! (scratch images built on demand, or the test's own: `SandboxOptions::image`) or as local
+//! processes. The demo, the end-to-end tests and the benchmarks all use it.
+//! [`Sandbox::shutdown`] removes every instance and stops nginx; dropping a sandbox that was
+//! not shut down does the same, so a failing test leaves nothing behind.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
@@ -48,6 +48,13 @@ pub struct SandboxOptions {
     /// Lines added to the `[[service]]` table: container options such as `volumes`,
     /// `networks`, `user` or `memory`.
     pub container: String,
+    /// The service's `image` (with `{version}`) when the test supplies its images (pushed
+    /// to a registry, say); the sandbox then builds none. Docker only.
+    pub image: Option<String>,
+    /// More keys of the `[[service]]` table (`pull = "always"`).
+    pub service_keys: String,
+    /// More top-level tables (`[registry]`).
+    pub tables: String,
 }
 
 impl SandboxOptions {
@@ -66,6 +73,9 @@ impl SandboxOptions {
             rolling: String::new(),
             routing: "auto".into(),
             container: String::new(),
+            image: None,
+            service_keys: String::new(),
+            tables: String::new(),
         }
     }
 
@@ -119,6 +129,8 @@ pub struct Sandbox {
     nginx: Option<ManagedNginx>,
     app_binary: PathBuf,
     docker_healthcheck: bool,
+    /// The test supplies the images ([`SandboxOptions::image`]): none is built here.
+    own_images: bool,
 }
 
 /// Image tags this process has built, so each is built once.
@@ -156,6 +168,7 @@ impl Sandbox {
             nginx: Some(nginx),
             app_binary: options.app_binary.clone(),
             docker_healthcheck: options.docker_healthcheck,
+            own_images: options.image.is_some(),
         })
     }
 
@@ -179,11 +192,15 @@ impl Sandbox {
         self.nginx.as_ref().map(|n| n.master)
     }
 
-    /// Builds `switchyard-demo:<version>` from the demo-app binary when Docker is the runtime.
+    /// Builds `switchyard-demo:<version>` from the demo-app binary when Docker is the runtime
+    /// and the test supplies no images of its own.
     pub async fn ensure_image(&self, version: &str) -> Result<(), AppError> {
         let AnyRuntime::Docker(docker) = &self.live().runtime else {
             return Ok(());
         };
+        if self.own_images {
+            return Ok(());
+        }
         let docker = docker
             .get()
             .await
@@ -357,8 +374,10 @@ fn config_text(o: &SandboxOptions, listen: SocketAddr, control: u16) -> String {
         RuntimeChoice::Docker => (
             "docker",
             format!(
-                "image = \"{}:{{version}}\"",
-                image_name(o.docker_healthcheck)
+                "image = {:?}",
+                o.image
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{{version}}", image_name(o.docker_healthcheck)))
             ),
         ),
         RuntimeChoice::Process => (
@@ -395,6 +414,7 @@ stop_timeout = "5s"
 health = {{ {health} }}
 drain = {{ timeout = "{drain}" }}
 {container}
+{service_keys}
 
 [service.canary]
 {canary}
@@ -403,7 +423,8 @@ drain = {{ timeout = "{drain}" }}
 {rolling}
 
 [service.env]
-{env}"#,
+{env}
+{tables}"#,
         container = o.container,
         canary = o.canary,
         rolling = o.rolling,
@@ -412,5 +433,7 @@ drain = {{ timeout = "{drain}" }}
         replicas = o.replicas,
         health = o.health,
         drain = o.drain_timeout,
+        service_keys = o.service_keys,
+        tables = o.tables,
     )
 }

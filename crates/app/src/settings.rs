@@ -1,8 +1,10 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
 //! validation (no IO), resolves relative paths against the file's directory and checks
-//! what needs the host (bind volumes' sources, in `container`).
+//! what needs the host: bind volumes' sources (in `container`), `[registry]`'s password file
+//! (in [`registry`]).
 
 mod container;
+mod registry;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,7 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         }
     };
     resolve(&mut config.state_path);
+    registry::resolve(&mut config, base, path)?;
     match &mut config.proxy.mode {
         ProxyMode::Managed { prefix } => resolve(prefix),
         ProxyMode::System {

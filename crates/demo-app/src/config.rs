@@ -21,6 +21,10 @@ pub struct Config {
     /// `APP_VERSION` (default `dev`): printable ASCII without `"` or `\`, so it is a valid
     /// header value and needs no escaping in the JSON body.
     pub version: String,
+    /// `APP_BUILD`: which build of the image this is, as baked into it (the same charset as
+    /// `APP_VERSION`), echoed in an `x-build` header; the container's `APP_VERSION` is the
+    /// deployed version, so two builds pushed under one tag are told apart by this.
+    pub build: Option<String>,
     /// `START_DELAY_MS`: wait this long before binding the listener.
     pub start_delay: Duration,
     /// `LATENCY_MS`: delay every `/` response by this much.
@@ -93,6 +97,16 @@ impl Config {
                 })
             }
         };
+        let build = match get("APP_BUILD") {
+            Some(value) if !is_valid_version(&value) => {
+                return Err(ConfigError {
+                    var: "APP_BUILD",
+                    value,
+                    expected: "1-128 printable ASCII characters without '\"' or '\\'",
+                })
+            }
+            build => build,
+        };
         let fail_rate: f64 = parse(get("FAIL_RATE"), "FAIL_RATE", 0.0, FAIL_RATE_EXPECTED)?;
         if !(0.0..=1.0).contains(&fail_rate) {
             return Err(ConfigError {
@@ -110,6 +124,7 @@ impl Config {
         Ok(Config {
             addr: SocketAddr::new(ip, port),
             version: version.clone(),
+            build,
             start_delay: millis(get("START_DELAY_MS"), "START_DELAY_MS", 0)?,
             latency: millis(get("LATENCY_MS"), "LATENCY_MS", 0)?,
             fail_rate,
@@ -203,6 +218,7 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(config.version, "dev");
+        assert_eq!(config.build, None);
         assert_eq!(config.start_delay, Duration::ZERO);
         assert_eq!(config.latency, Duration::ZERO);
         assert_eq!(config.fail_rate, 0.0);
@@ -217,6 +233,7 @@ mod tests {
             ("BIND_ADDR", "127.0.0.1"),
             ("PORT", "9001"),
             ("APP_VERSION", "v2.1-blue"),
+            ("APP_BUILD", "build-2"),
             ("START_DELAY_MS", "1500"),
             ("LATENCY_MS", " 20 "),
             ("FAIL_RATE", "0.25"),
@@ -227,6 +244,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(config.version, "v2.1-blue");
+        assert_eq!(config.build.as_deref(), Some("build-2"));
         assert_eq!(config.start_delay, Duration::from_millis(1500));
         assert_eq!(config.latency, Duration::from_millis(20));
         assert_eq!(config.fail_rate, 0.25);
@@ -259,6 +277,7 @@ mod tests {
             ("BIND_ADDR", "localhost"),
             ("APP_VERSION", "has space"),
             ("APP_VERSION", "quote\"d"),
+            ("APP_BUILD", "has space"),
             ("START_DELAY_MS", "-1"),
             ("LATENCY_MS", "2.5"),
             ("FAIL_RATE", "1.5"),

@@ -50,6 +50,7 @@ impl Drop for InFlightGuard {
 #[derive(Clone)]
 struct AppState {
     version: HeaderValue,
+    build: Option<HeaderValue>,
     latency: std::time::Duration,
     fail_rate: f64,
     health_fail: bool,
@@ -62,6 +63,9 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
     let state = AppState {
         version: HeaderValue::from_str(&config.version)
             .expect("Config checks that APP_VERSION is a valid header value"),
+        build: config.build.as_deref().map(|b| {
+            HeaderValue::from_str(b).expect("Config checks that APP_BUILD is a valid header value")
+        }),
         latency: config.latency,
         fail_rate: config.fail_rate,
         health_fail: config.health_fail,
@@ -128,7 +132,7 @@ fn slow_delay(query: Option<&str>) -> Option<Duration> {
 fn version_response(state: &AppState) -> Response {
     let version = state.version.to_str().unwrap_or("dev");
     let body = format!("{{\"version\":\"{version}\"}}\n");
-    (
+    let mut response = (
         [
             ("x-version", state.version.clone()),
             (
@@ -138,7 +142,11 @@ fn version_response(state: &AppState) -> Response {
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if let Some(build) = &state.build {
+        response.headers_mut().insert("x-build", build.clone());
+    }
+    response
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -313,6 +321,15 @@ mod tests {
         assert_eq!(response.header("content-type"), Some("application/json"));
         assert_eq!(response.body, "{\"version\":\"v7\"}\n");
         assert_eq!(get(app.addr, "/version").await.body, "v7");
+        assert_eq!(response.header("x-build"), None, "no APP_BUILD, no header");
+    }
+
+    #[tokio::test]
+    async fn root_reports_the_build_baked_into_the_image() {
+        let app = start(&[("APP_VERSION", "v1"), ("APP_BUILD", "second")]).await;
+        let response = get(app.addr, "/").await;
+        assert_eq!(response.header("x-version"), Some("v1"));
+        assert_eq!(response.header("x-build"), Some("second"));
     }
 
     #[tokio::test]

@@ -1,16 +1,25 @@
-//! Building `FROM scratch` images from a static binary: [`build_scratch_image`].
+//! Building `FROM scratch` images from a static binary: [`build_scratch_image`], and
+//! pushing one to a registry: [`push_image`].
 //!
-//! No registry can be reached where switchyard is tested, so the demo and the tests build
-//! their images locally: a tar context holding the binary and a Dockerfile with the
+//! No public registry can be reached where switchyard is tested, so the demo and the tests
+//! build their images locally: a tar context holding the binary and a Dockerfile with the
 //! given environment baked in and, optionally, a HEALTHCHECK that runs the binary itself.
+//! The registry tests push them to a local registry.
 
 use std::path::Path;
 
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
 use futures_util::StreamExt;
 use switchyard_engine::RuntimeError;
 
+use crate::pull::{redact, ImageRef, RegistryLogin};
 use crate::DockerRuntime;
+
+/// Held while this process builds or removes an image. The engine's classic builder looks
+/// for its cache among all images, and one removed meanwhile fails the build (`failed to get
+/// digest …: no such file`), so a test removing its images never breaks another's build.
+pub(crate) static IMAGE_STORE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What goes into a scratch image.
 pub struct ScratchImage<'a> {
@@ -32,6 +41,7 @@ pub async fn build_scratch_image(
     };
     let context =
         tar_context(image).map_err(|e| fail(format!("packing {}: {e}", image.binary.display())))?;
+    let _store = IMAGE_STORE.lock().await;
     let options = BuildImageOptionsBuilder::new()
         .t(image.tag)
         .rm(true)
@@ -45,6 +55,35 @@ pub async fn build_scratch_image(
         let info = item.map_err(|e| fail(e.to_string()))?;
         if let Some(detail) = info.error_detail {
             return Err(fail(detail.message.unwrap_or_default()));
+        }
+    }
+    Ok(())
+}
+
+/// Pushes `image` (`host/name:tag`) to its registry, logged in as `login` where given.
+pub async fn push_image(
+    runtime: &DockerRuntime,
+    image: &str,
+    login: Option<&RegistryLogin>,
+) -> Result<(), RuntimeError> {
+    let fail = |message: String| RuntimeError::Failed {
+        what: format!("pushing image {image}"),
+        message: redact(login, &message),
+    };
+    let reference = ImageRef::parse(image);
+    let options = PushImageOptionsBuilder::new().tag(reference.tag).build();
+    let credentials = login.map(RegistryLogin::docker_credentials);
+    let mut stream = runtime
+        .docker
+        .push_image(reference.repository, Some(options), credentials);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => {}
+            Err(BollardError::DockerStreamError { error }) => return Err(fail(error)),
+            Err(BollardError::DockerResponseServerError { message, .. }) => {
+                return Err(fail(message))
+            }
+            Err(e) => return Err(fail(e.to_string())),
         }
     }
     Ok(())

@@ -5,20 +5,23 @@
 //! port and a *scope* (one per state database), so two switchyard installations, or two
 //! tests, on one engine never see each other's containers. Ports are published on
 //! 127.0.0.1 only: on the host port the spec names (freed by the replica it replaces, for an
-//! in-place deploy), else on one switchyard allocates. A service's container options
-//! (command, user, limits, log driver, restart policy, volumes, networks, …) are applied at
-//! create by `options`. [`image`] builds `FROM scratch` images from a static binary, for the
-//! demo and the tests (no registry can be reached).
+//! in-place deploy), else on one switchyard allocates. [`pull`] brings a service's image onto
+//! the host before its replicas start (`Runtime::prepare`), logged in to its registry. A
+//! service's container options (command, user, limits, log driver, restart policy, volumes,
+//! networks, …) are applied at create by `options`. [`image`] builds `FROM scratch` images
+//! from a static binary, for the demo and the tests (no registry can be reached).
 
 pub mod image;
 mod labels;
 mod logs;
 mod options;
 pub mod prune;
+pub mod pull;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -51,6 +54,8 @@ pub struct DockerRuntime {
     scope: String,
     /// [`PORT_WAIT`], shorter in tests.
     port_wait: Duration,
+    /// Credentials and progress for pulls.
+    pull: Arc<pull::PullSettings>,
 }
 
 impl DockerRuntime {
@@ -69,7 +74,16 @@ impl DockerRuntime {
             docker,
             scope: scope.to_owned(),
             port_wait: PORT_WAIT,
+            pull: Arc::default(),
         })
+    }
+
+    /// The same client, pulling with `settings` (`[registry]`, Docker's config, progress).
+    pub fn with_pull(self, settings: Arc<pull::PullSettings>) -> DockerRuntime {
+        DockerRuntime {
+            pull: settings,
+            ..self
+        }
     }
 
     pub fn scope(&self) -> &str {
@@ -189,6 +203,10 @@ impl DockerRuntime {
 }
 
 impl Runtime for DockerRuntime {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        pull::prepare(self, spec).await
+    }
+
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let Source::Image(image) = &spec.source else {
             return Err(RuntimeError::Failed {

@@ -426,6 +426,9 @@ pub struct ServedCanary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
+    /// The runtime could not ready the version before its first replica started (Docker:
+    /// the image could not be pulled, or is missing with `pull = "never"`).
+    Prepare,
     /// A replica would not start (or restart).
     Start,
     /// A replica did not pass its health check in time, exited, or stopped being healthy.
@@ -443,7 +446,8 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 7] = [
+    pub const ALL: [Cause; 8] = [
+        Cause::Prepare,
         Cause::Start,
         Cause::Unhealthy,
         Cause::Nginx,
@@ -455,6 +459,7 @@ impl Cause {
 }
 
 words!(Cause {
+    Prepare => "prepare",
     Start => "start",
     Unhealthy => "unhealthy",
     Nginx => "nginx",

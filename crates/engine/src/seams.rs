@@ -47,6 +47,11 @@ pub enum RuntimeHealth {
 }
 
 pub trait Runtime {
+    /// Readies the runtime for the replicas of `spec`'s version before the first of them
+    /// starts (Docker: pulls the image as `spec.container.pull` says). Called once per
+    /// deploy or rollback that starts fresh replicas; an error fails it before anything
+    /// started.
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<(), RuntimeError>;
     /// Creates and starts one replica, published on 127.0.0.1: on `spec.host_port` when given
     /// (the port the replica it replaces just freed; the runtime waits up to 5 s for it to be
     /// released, then fails naming it), else on a port the runtime allocates.

@@ -152,6 +152,11 @@ impl ProcessRuntime {
 }
 
 impl Runtime for ProcessRuntime {
+    /// Nothing to fetch: the program is on this host.
+    async fn prepare(&self, _spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let name = spec.instance_name();
         let Source::Command(argv) = &spec.source else {

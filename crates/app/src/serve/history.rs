@@ -56,7 +56,7 @@ pub const RELOAD_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 /// - `manual`: a `switchyard rollback` (kind `rollback`), whatever its outcome;
 /// - for a failed canary, or a failed deployment that had moved traffic (a confirmed route
 ///   change before it failed: a rolling batch, a resumed flip), the [`Cause`] its journal
-///   recorded in `failing`: `start`, `unhealthy`, `nginx`, `threshold`, `no_data`,
+///   recorded in `failing`: `prepare`, `start`, `unhealthy`, `nginx`, `threshold`, `no_data`,
 ///   `aborted`, `interrupted`; `other` for a journal written before causes were recorded.
 ///
 /// A failed blue-green deploy that never moved traffic is not a rollback. Nothing here reads

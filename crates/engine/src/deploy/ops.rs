@@ -1,6 +1,7 @@
 //! The operations every move is made of, one copy each, each journaled before it acts:
-//! start a replica (or restart a retained one), route (one validated, confirmed change of the
-//! serve set), drain, retire what left the set, and discard what never served.
+//! prepare the runtime for the target (once, not journaled), start a replica (or restart a
+//! retained one), route (one validated, confirmed change of the serve set), drain, retire
+//! what left the set, and discard what never served.
 
 use futures_util::stream::{self, StreamExt};
 
@@ -21,23 +22,7 @@ impl Rollout<'_> {
         if let Some(old) = self.reuse.iter().find(|i| i.replica == replica) {
             return self.restart_replica(d, old).await;
         }
-        let host_port = match self.kind {
-            StrategyKind::InPlace => self.port_of(replica),
-            _ => None,
-        };
-        let spec = InstanceSpec {
-            service: self.spec.name.clone(),
-            version: self.target.clone(),
-            color: self.color,
-            deployment: self.id,
-            replica,
-            source: self.spec.source_for(&self.target),
-            port: self.spec.port,
-            env: self.spec.env_for(&self.target),
-            host_port,
-            container: self.spec.container.clone(),
-            secrets: self.spec.secrets.clone(),
-        };
+        let spec = self.instance_spec(replica);
         let name = spec.instance_name();
         let step = Step::StartInstance {
             replica,
@@ -50,6 +35,50 @@ impl Rollout<'_> {
             })?;
         self.note_started(d, &instance, false)?;
         Ok(instance)
+    }
+
+    /// What the runtime is given to start replica `replica` of the target fresh.
+    fn instance_spec(&self, replica: u16) -> InstanceSpec {
+        let host_port = match self.kind {
+            StrategyKind::InPlace => self.port_of(replica),
+            _ => None,
+        };
+        InstanceSpec {
+            service: self.spec.name.clone(),
+            version: self.target.clone(),
+            color: self.color,
+            deployment: self.id,
+            replica,
+            source: self.spec.source_for(&self.target),
+            port: self.spec.port,
+            env: self.spec.env_for(&self.target),
+            host_port,
+            container: self.spec.container.clone(),
+            secrets: self.spec.secrets.clone(),
+        }
+    }
+
+    /// Readies the runtime for the target (Docker: pulls its image) once per rollout, before
+    /// the first fresh replica `replica` of it starts, so a failed pull fails the move with
+    /// nothing started and traffic untouched. Not journaled: it changes nothing a resume
+    /// would have to undo, and a resume that goes forward prepares again. A restore skips it:
+    /// the version it brings back was live a moment ago, and a registry that just failed
+    /// the deploy must not keep the old version from coming back.
+    pub(super) async fn prepare<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+        &mut self,
+        d: &Deployer<'_, R, P, N, S, H>,
+        replica: u16,
+    ) -> Result<(), Halt> {
+        if !self.own || self.prepared.as_ref() == Some(&self.target) {
+            return Ok(());
+        }
+        let spec = self.instance_spec(replica);
+        d.runtime
+            .prepare(&spec)
+            .await
+            .map_err(|e| Halt::Move(Failure::new(Cause::Prepare, e.to_string())))?;
+        self.prepared = Some(self.target.clone());
+        Ok(())
     }
 
     /// Restarts a stopped instance. In a deploy or rollback it joins this deployment; in a

@@ -2,15 +2,16 @@
 //! towards a target version.
 //!
 //! Each move starts the replicas it needs (restarting retained ones of the target where they
-//! exist, all of one move concurrently) and waits until they are healthy; then one journaled,
-//! validated, confirmed route change adds them and takes old replicas out; then the old
-//! workers drain, and only then are the removed replicas stopped. [`Rollout::converge`] takes
-//! its moves from the batch planner ([`batches::next`]): blue-green is the one batch that
-//! surges by `replicas`, rolling and in-place are bounded by `max_surge` and
-//! `max_unavailable`. A canary ([`super::canary`]) adds a second track to the same serve set
-//! and moves its weight between gates. The same loop restores the previous version after a
-//! failed move, rolls back, and finishes an interrupted rollout, so all of them respect the
-//! same bounds.
+//! exist, all of one move concurrently; before the first fresh one the runtime is readied
+//! for the target, once: Docker pulls its image) and waits until they are healthy; then one
+//! journaled, validated, confirmed route change adds them and takes old replicas out; then
+//! the old workers drain, and only then are the removed replicas stopped.
+//! [`Rollout::converge`] takes its moves from the batch planner ([`batches::next`]):
+//! blue-green is the one batch that surges by `replicas`, rolling and in-place are bounded
+//! by `max_surge` and `max_unavailable`. A canary ([`super::canary`]) adds a second track to
+//! the same serve set and moves its weight between gates. The same loop restores the previous
+//! version after a failed move, rolls back, and finishes an interrupted rollout, so all of
+//! them respect the same bounds.
 //!
 //! Store: the old slot stays `active` and the new replicas `starting` until the last move;
 //! then one `activate` flips them. Until then the journal's `serve` steps say what nginx
@@ -82,6 +83,8 @@ pub(super) struct Rollout<'r> {
     pub(super) warnings: RefCell<Vec<String>>,
     pub(super) last_reload: Option<Reload>,
     gap_from: Option<Instant>,
+    /// The version the runtime was readied for ([`Runtime::prepare`]), once per target.
+    pub(super) prepared: Option<Version>,
 }
 
 impl<'r> Rollout<'r> {
@@ -115,6 +118,7 @@ impl<'r> Rollout<'r> {
             warnings: RefCell::default(),
             last_reload: None,
             gap_from: None,
+            prepared: None,
         }
     }
 
@@ -230,8 +234,16 @@ impl<'r> Rollout<'r> {
             .filter(|r| !fresh.iter().any(|f| f.replica == *r))
             .collect();
         missing.sort_by_key(|r| stale.iter().any(|s| s.replica == *r));
+        let missing = &missing[..usize::from(count)];
+        // Before anything starts: a pull that fails leaves nothing to take away.
+        let fresh_replica = missing
+            .iter()
+            .find(|r| !self.reuse.iter().any(|i| i.replica == **r));
+        if let Some(&replica) = fresh_replica {
+            self.prepare(d, replica).await?;
+        }
         let this = &*self;
-        let started: Vec<Result<Instance, Halt>> = stream::iter(&missing[..usize::from(count)])
+        let started: Vec<Result<Instance, Halt>> = stream::iter(missing)
             .map(|&replica| this.start_replica(d, replica))
             .buffered(PARALLEL)
             .collect()

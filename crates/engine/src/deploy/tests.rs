@@ -495,6 +495,7 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
 mod canary;
 mod killed;
 mod legacy;
+mod prepare;
 mod rolling;
 mod simulation;
 

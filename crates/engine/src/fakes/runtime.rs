@@ -1,5 +1,6 @@
 //! [`FakeRuntime`]: containers in memory, which is also the health [`Prober`]; tests pick
-//! versions or instances that fail to start, crash, stay unhealthy or refuse to stop.
+//! versions that cannot be prepared (a failed pull), and versions or instances that fail to
+//! start, crash, stay unhealthy or refuse to stop.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +19,8 @@ struct FakeInstance {
 }
 
 /// Containers in memory. Versions listed in `unhealthy` never pass a probe; versions in
-/// `crashing` exit right after start; versions in `unstartable` fail to start.
+/// `crashing` exit right after start; versions in `unstartable` fail to start; versions in
+/// `unpreparable` fail `prepare` (a pull the registry refused).
 pub struct FakeRuntime {
     shared: Rc<Shared>,
     instances: RefCell<BTreeMap<String, FakeInstance>>,
@@ -26,6 +28,7 @@ pub struct FakeRuntime {
     pub unhealthy: RefCell<BTreeSet<String>>,
     pub crashing: RefCell<BTreeSet<String>>,
     pub unstartable: RefCell<BTreeSet<String>>,
+    pub unpreparable: RefCell<BTreeSet<String>>,
     /// Instance ids whose restart fails (a retained container whose port was taken).
     pub unrestartable: RefCell<BTreeSet<String>>,
     /// Instance names that never pass a probe (one replica of a version).
@@ -53,6 +56,7 @@ impl FakeRuntime {
             unhealthy: RefCell::default(),
             crashing: RefCell::default(),
             unstartable: RefCell::default(),
+            unpreparable: RefCell::default(),
             docker_health: RefCell::default(),
             unrestartable: RefCell::default(),
             unhealthy_names: RefCell::default(),
@@ -107,6 +111,19 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        self.shared.alive().await;
+        self.shared
+            .record(format!("runtime.prepare {} {}", spec.service, spec.version));
+        if self.unpreparable.borrow().contains(spec.version.as_str()) {
+            return Err(RuntimeError::Failed {
+                what: format!("pulling image {}:{}", spec.service, spec.version),
+                message: "unauthorized: authentication required".into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         self.shared.alive().await;
         let name = spec.instance_name();
