@@ -1,12 +1,12 @@
 //! [`NginxRouter`]: the engine's `Router` over a real nginx, in one of two [`Routing`]s.
 //!
-//! Reload routing is the cutover protocol's steps 3 and 4: render, validate a staged copy of
+//! Reload routing (`router/reload.rs`) is the cutover protocol's steps 3 and 4: render, validate a staged copy of
 //! the whole tree, rename into place, signal the master, and poll the control server on fresh
 //! connections until the new generation answers. If the reload is not confirmed the previous
 //! files are put back, so the files on disk always describe what nginx serves. Its drain
 //! waits for the old workers to exit.
 //!
-//! Dynamic routing (see [`crate::routing`]) writes the service's routing document to the
+//! Dynamic routing (`router/dynamic.rs`, see [`crate::routing`]) writes the service's routing document to the
 //! state file and posts it to the control server, then reads the live generation back on a
 //! fresh connection; nginx is reloaded only when a file changes (the first deploy of a
 //! service, a changed listen). Its drain waits until no peer outside the new routing has a
@@ -346,107 +346,6 @@ pub fn old_workers(reload: &Reload) -> Vec<u32> {
     drain_token(&reload.drain).workers
 }
 
-impl NginxRouter {
-    /// Reload routing: the whole route change is a confirmed reload.
-    async fn apply_reload(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
-        let _lock = self.lock().await?;
-        let files = self.render(set, self.disk_generation() + 1)?;
-        stage::validate(&self.layout, &files, set.service.as_str()).await?;
-        let (generation, old_workers, confirm_ms) = self.reload(files, || {}).await?;
-        Ok(Reload {
-            generation,
-            drain: DrainHandle::new(DrainToken {
-                workers: old_workers,
-                ..DrainToken::default()
-            }),
-            confirm_ms,
-        })
-    }
-
-    /// Takes `service`'s server and routing out: a validated, confirmed reload without its
-    /// file (and, for dynamic routing, its document gone from the state file first).
-    async fn remove_service(&self, service: &Name) -> Result<Reload, RouterError> {
-        let _lock = self.lock().await?;
-        let file = format!("{service}.conf");
-        let control = self
-            .control_file(self.disk_generation() + 1)
-            .map_err(RouterError::Unavailable)?;
-        let files = vec![(file, None), (CONTROL_FILE.to_owned(), Some(control))];
-        stage::validate(&self.layout, &files, service.as_str()).await?;
-        let state_file = self.state_file();
-        let mut state = state_file.read().map_err(RouterError::Unavailable)?;
-        let previous = state.remove(service.as_str());
-        if previous.is_some() {
-            state_file
-                .write(&state)
-                .and_then(|()| state_file.sync())
-                .map_err(RouterError::Unavailable)?;
-        }
-        let (generation, old_workers, confirm_ms) = self.reload(files, || {}).await?;
-        Ok(Reload {
-            generation,
-            drain: DrainHandle::new(DrainToken {
-                workers: old_workers,
-                ..DrainToken::default()
-            }),
-            confirm_ms,
-        })
-    }
-
-    /// Installs `files` (validated by the caller, who holds the lock; None removes one),
-    /// reloads and confirms the new config generation (the one `files` hold: the disk's plus
-    /// one). On failure the previous files are put back and reloaded, `before_restore` having
-    /// run first. The generation, the workers of the previous config, and the time to confirm.
-    async fn reload(
-        &self,
-        files: Vec<(String, Option<String>)>,
-        before_restore: impl FnOnce(),
-    ) -> Result<(u64, Vec<u32>, u64), RouterError> {
-        let master = self.master()?;
-        let generation = self.disk_generation() + 1;
-        let previous: Vec<(String, Option<String>)> = files
-            .iter()
-            .map(|(name, _)| {
-                (
-                    name.clone(),
-                    std::fs::read_to_string(self.layout.conf_dir.join(name)).ok(),
-                )
-            })
-            .collect();
-        let io = |e: std::io::Error| {
-            RouterError::Unavailable(format!("writing {}: {e}", self.layout.conf_dir.display()))
-        };
-        stage::install(&self.layout.conf_dir, &files).map_err(io)?;
-
-        let old_workers = procs::workers(master);
-        let since = Instant::now();
-        let outcome = match kill(Pid::from_raw(master as i32), Signal::SIGHUP) {
-            Ok(()) => self.confirm(generation, master, &old_workers, since).await,
-            Err(e) => Err(format!("signalling nginx master {master}: {e}")),
-        };
-        match outcome {
-            Ok(confirm_ms) => Ok((generation, old_workers, confirm_ms)),
-            Err(why) => {
-                before_restore();
-                let restored = self.restore(previous, generation + 1, master).await;
-                Err(RouterError::NotConfirmed(match restored {
-                    Ok(()) => format!("{why}; the previous config is live again"),
-                    Err(e) => format!("{why}; restoring the previous config also failed: {e}"),
-                }))
-            }
-        }
-    }
-
-    /// Waits until none of `workers` is still a worker of the master.
-    fn lingering_workers(&self, master: u32, workers: &[u32]) -> Vec<u32> {
-        workers
-            .iter()
-            .copied()
-            .filter(|&p| procs::is_worker(master, p))
-            .collect()
-    }
-}
-
 impl Router for NginxRouter {
     async fn apply(&self, set: &UpstreamSet) -> Result<Reload, RouterError> {
         match self.routing() {
@@ -516,3 +415,4 @@ impl Router for NginxRouter {
 }
 
 mod dynamic;
+mod reload;

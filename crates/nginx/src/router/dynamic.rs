@@ -54,8 +54,8 @@ impl NginxRouter {
                 let _ = self.write_state(service, back.clone());
             };
             match self.reload(structural, undo).await {
-                Ok((_, old_workers, _)) => {
-                    workers = old_workers;
+                Ok(reload) => {
+                    workers = super::drain_token(&reload.drain).workers;
                     Ok(())
                 }
                 Err(e) => {
