@@ -1,16 +1,16 @@
 //! [`NginxRouter`]: the engine's `Router` over a real nginx, in one of two [`Routing`]s.
 //!
-//! Reload routing (`router/reload.rs`) is the cutover protocol's steps 3 and 4: render, validate a staged copy of
-//! the whole tree, rename into place, signal the master, and poll the control server on fresh
-//! connections until the new generation answers. If the reload is not confirmed the previous
-//! files are put back, so the files on disk always describe what nginx serves. Its drain
-//! waits for the old workers to exit.
+//! Reload routing (`router/reload.rs`) is the cutover protocol's steps 3 and 4: render,
+//! validate a staged copy of the whole tree, rename into place, signal the master, and poll
+//! the control server on fresh connections until the new generation answers. If the reload
+//! is not confirmed the previous files are put back, so the files on disk always describe
+//! what nginx serves. Its drain waits for the old workers to exit.
 //!
-//! Dynamic routing (`router/dynamic.rs`, see [`crate::routing`]) writes the service's routing document to the
-//! state file and posts it to the control server, then reads the live generation back on a
-//! fresh connection; nginx is reloaded only when a file changes (the first deploy of a
-//! service, a changed listen). Its drain waits until no peer outside the new routing has a
-//! request in flight.
+//! Dynamic routing (`router/dynamic.rs`, see [`crate::routing`]) writes the service's routing
+//! document to the state file and posts it to the control server, then reads the live
+//! generation back on a fresh connection; nginx is reloaded only when a file changes (the
+//! first deploy of a service, a changed listen). Its drain waits until no peer outside the
+//! new routing has a request in flight.
 //!
 //! One apply at a time, across processes (an advisory lock on `conf_dir/.switchyard.lock`).
 
