@@ -15,7 +15,8 @@ use switchyard_engine::{Name, Store};
 use switchyard_store::SqliteStore;
 
 use crate::support::{
-    assert_no_failures, free_port, require_demo_app, require_nginx, responses_from, stop_nginx,
+    assert_exit, assert_no_failures, free_port, require_demo_app, require_nginx, responses_from,
+    stop_nginx, text,
 };
 
 /// A config directory used through the CLI; dropping it stops the nginx the CLI started and
@@ -142,21 +143,6 @@ impl Drop for Project {
         let _ = cleanup.join();
         stop_nginx(&self.dir.path().join("nginx/logs/nginx.pid"));
     }
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use switchyard_engine::{
 };
 use switchyard_store::SqliteStore;
 
-use crate::support::{eventually, free_port};
+use crate::support::{assert_exit, eventually, free_port, text};
 
 /// A docker-runtime installation whose store says v1 is live on two replicas.
 struct DockerDown {
@@ -100,20 +100,6 @@ fn seed(store: &SqliteStore) {
     store
         .finish(id, 1_700_000_005_000, Outcome::Succeeded, "live")
         .unwrap();
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
-
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 // Regression (issue 8): plan, history and serve exited 3 when Docker was unreachable,

@@ -104,20 +104,26 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_image_pushed_to_a_registry_is_pulled_with_credentials_and_deployed() {
-    let Some(registry) = TestRegistry::start().await else {
-        return;
-    };
+/// A registry with v1 (build "one") and v2 (build "two") pushed, its password file, and a
+/// sandbox that pulls from it with the right login. None after a loud skip.
+async fn pushed_v1_and_v2() -> Option<(TestRegistry, std::path::PathBuf, Sandbox)> {
+    let registry = TestRegistry::start().await?;
     let pw = registry.password_file(PASSWORD, 0o600);
     let image = format!("{}/demo:{{version}}", registry.host());
-    let Some(sandbox) = sandbox(&image, "", &registry.table(&pw)).await else {
-        return;
-    };
+    let sandbox = sandbox(&image, "", &registry.table(&pw)).await?;
     let app = switchyard_app::sandbox::demo_app_binary();
     let docker = docker(&sandbox).await;
     registry.push(docker, &app, "v1", "one").await;
     registry.push(docker, &app, "v2", "two").await;
+    Some((registry, pw, sandbox))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pushed_to_a_registry_is_pulled_with_credentials_and_deployed() {
+    let Some((registry, _, sandbox)) = pushed_v1_and_v2().await else {
+        return;
+    };
+    let docker = docker(&sandbox).await;
     sandbox
         .deploy("v1", &Progress::new(false))
         .await
@@ -141,18 +147,10 @@ async fn an_image_pushed_to_a_registry_is_pulled_with_credentials_and_deployed()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_fail_the_deploy_before_anything_changes() {
-    let Some(registry) = TestRegistry::start().await else {
+    let Some((registry, pw, sandbox)) = pushed_v1_and_v2().await else {
         return;
     };
-    let pw = registry.password_file(PASSWORD, 0o600);
-    let image = format!("{}/demo:{{version}}", registry.host());
-    let Some(sandbox) = sandbox(&image, "", &registry.table(&pw)).await else {
-        return;
-    };
-    let app = switchyard_app::sandbox::demo_app_binary();
     let docker = docker(&sandbox).await;
-    registry.push(docker, &app, "v1", "one").await;
-    registry.push(docker, &app, "v2", "two").await;
     sandbox
         .deploy("v1", &Progress::new(false))
         .await

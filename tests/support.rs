@@ -163,3 +163,20 @@ pub fn require_dynamic(router: &switchyard_nginx::NginxRouter) -> bool {
         &format!("dynamic routing: {}", router.routing_note()),
     )
 }
+
+/// A command's output as text.
+pub fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// Asserts a command's exit code, showing what it printed otherwise.
+#[track_caller]
+pub fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
