@@ -73,6 +73,9 @@ pub struct ProxyConfig {
     pub control: SocketAddr,
     /// How traffic moves: `proxy.routing`.
     pub routing: RoutingChoice,
+    /// `proxy.access_log_max`: `serve` rotates the access log to `<log>.1` past this many
+    /// bytes (100 MiB by default).
+    pub access_log_max: u64,
 }
 
 /// `[proxy] routing`: how a deploy moves traffic.

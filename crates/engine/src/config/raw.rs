@@ -59,6 +59,7 @@ pub(super) struct RawProxy {
     pub(super) access_log: Option<String>,
     pub(super) control: Option<Spanned<String>>,
     pub(super) routing: Option<Spanned<String>>,
+    pub(super) access_log_max: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -156,11 +156,96 @@ impl Checker<'_> {
                 .check(r, "proxy.routing", |r| RoutingChoice::parse(r))
                 .unwrap_or(RoutingChoice::Auto),
         };
+        let access_log_max = match &raw.access_log_max {
+            None => DEFAULT_ACCESS_LOG_MAX,
+            Some(m) => self
+                .check(m, "proxy.access_log_max", |m| parse_log_size(m))
+                .unwrap_or(DEFAULT_ACCESS_LOG_MAX),
+        };
         ProxyConfig {
             nginx,
             mode,
             control,
             routing,
+            access_log_max,
+        }
+    }
+}
+
+/// `proxy.access_log_max` when unset: 100 MiB.
+pub const DEFAULT_ACCESS_LOG_MAX: u64 = 100 << 20;
+
+/// `"100m"`, `"512k"`, `"1g"` or a byte count (at least 1k: a smaller cap would rotate at
+/// every line).
+fn parse_log_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size: use a number with k, m or g, such as \"100m\"");
+    let t = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes < 1 << 10 {
+        return Err(format!("{text:?} is below the minimum of 1k"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::DEFAULT_ACCESS_LOG_MAX;
+
+    const PROXY: &str = "[proxy]\nprefix = \"nginx\"\n";
+    const SERVICE: &str = "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:8000\"\n\
+                           image = \"demo-app:{version}\"\nport = 8080\n";
+
+    fn parse(max: &str) -> Result<Config, super::super::ConfigErrors> {
+        let text = format!("{PROXY}access_log_max = {max:?}\n{SERVICE}");
+        Config::parse(&text, Path::new("switchyard.toml"))
+    }
+
+    #[test]
+    fn access_log_max_defaults_to_100m_and_reads_k_m_g_and_bytes() {
+        let text = format!("{PROXY}{SERVICE}");
+        let c = Config::parse(&text, Path::new("switchyard.toml")).unwrap();
+        assert_eq!(c.proxy.access_log_max, DEFAULT_ACCESS_LOG_MAX);
+        assert_eq!(DEFAULT_ACCESS_LOG_MAX, 100 * 1024 * 1024);
+        for (text, bytes) in [
+            ("100m", 100 << 20),
+            ("512k", 512 << 10),
+            ("1g", 1 << 30),
+            ("2G", 2 << 30),
+            ("4096", 4096),
+        ] {
+            assert_eq!(parse(text).unwrap().proxy.access_log_max, bytes, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_access_log_max_is_located_by_file_line_column_and_field() {
+        for bad in ["ten", "100mb", "-1m", "", "12", "99999999999999g"] {
+            let errors = parse(bad).expect_err(bad).0;
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(
+                (e.file.as_path(), e.line, e.column, e.field.as_str()),
+                (Path::new("switchyard.toml"), 3, 18, "proxy.access_log_max"),
+                "{bad}"
+            );
+            assert!(e.to_string().contains("switchyard.toml:3:18"), "{e}");
         }
     }
 }
