@@ -4,6 +4,11 @@
 //! system nginx can use it too. The main config comes from `templates/nginx.conf.tera`
 //! (with `worker_shutdown_timeout` set); the control server answers generation 0 until the
 //! first deploy. Dropping a [`ManagedNginx`] that was started (not adopted) stops it.
+//!
+//! Supervision (`switchyard serve`, `switchyard proxy`): [`ManagedNginx::restart`] starts it
+//! again after a crash, under the router's apply lock and after stopping the orphaned workers
+//! of a killed master ([`reap_orphans`]); [`stop_running`] stops it gracefully;
+//! [`reopen_logs`] asks the master to reopen its logs after a rotation.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +22,13 @@ use crate::router::{NginxRouter, CONTROL_FILE};
 use crate::routing::Routing;
 use crate::stage::install;
 use crate::{control, procs};
+
+/// The router's advisory apply lock in `conf_dir` (`router.rs`): a restart or a stop takes
+/// it too, so it never runs in the middle of an apply.
+const LOCK_FILE: &str = ".switchyard.lock";
+/// How long the orphans of a killed master get to close their listening sockets after
+/// SIGQUIT before they are killed.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a starting nginx may take to write its pid and answer its control endpoint: generous,
 /// since a loaded 2-core machine starting several at once is slow, and a healthy start is fast.
@@ -101,6 +113,45 @@ impl ManagedNginx {
         Ok(nginx)
     }
 
+    /// Starts nginx again when its master is gone, holding the apply lock: the orphaned
+    /// workers of a killed master are stopped first (they hold the listening sockets), then
+    /// nginx starts from the files on disk, which are always the last confirmed config (and,
+    /// with dynamic routing, `init_by_lua` restores the routing from the state file). A
+    /// master that someone else started meanwhile is adopted. nginx is left running.
+    pub async fn restart(
+        router: &NginxRouter,
+        worker_shutdown_timeout: Duration,
+    ) -> Result<Restarted, RouterError> {
+        let _lock = apply_lock(&router.layout.conf_dir).await?;
+        if let Ok(master) = router.master() {
+            return Ok(Restarted {
+                master,
+                adopted: true,
+                orphans: Vec::new(),
+            });
+        }
+        let orphans = reap_orphans(router.control).await;
+        let nginx = ManagedNginx::start(router, worker_shutdown_timeout).await?;
+        let master = nginx.master;
+        nginx.detach();
+        Ok(Restarted {
+            master,
+            adopted: false,
+            orphans,
+        })
+    }
+
+    /// A handle that owns the master running under the router's prefix now (whoever started
+    /// it), so dropping it stops that nginx: for a test whose nginx was restarted by `serve`.
+    pub fn take_over(router: &NginxRouter) -> Option<ManagedNginx> {
+        router.layout.prefix.as_ref()?;
+        let master = router.master().ok()?;
+        Some(ManagedNginx {
+            master,
+            owned: true,
+        })
+    }
+
     /// Leaves nginx running when this handle is dropped (the CLI starts it for later runs).
     pub fn detach(mut self) {
         self.owned = false;
@@ -126,6 +177,128 @@ impl ManagedNginx {
 impl Drop for ManagedNginx {
     fn drop(&mut self) {
         self.terminate();
+    }
+}
+
+/// What [`ManagedNginx::restart`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restarted {
+    pub master: u32,
+    /// A master was already running (started by someone else meanwhile).
+    pub adopted: bool,
+    /// The orphaned workers of the dead master that were stopped first.
+    pub orphans: Vec<u32>,
+}
+
+/// Takes the router's apply lock on `conf_dir` (created if missing), waiting for an apply
+/// in progress; released when the file is dropped.
+pub async fn apply_lock(conf_dir: &Path) -> Result<std::fs::File, RouterError> {
+    let dir = conf_dir.to_owned();
+    let open = move || -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(&dir)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        f.lock()?;
+        Ok(f)
+    };
+    tokio::task::spawn_blocking(open)
+        .await
+        .map_err(|e| RouterError::Unavailable(e.to_string()))?
+        .map_err(|e| RouterError::Unavailable(format!("locking {}: {e}", conf_dir.display())))
+}
+
+/// Stops the nginx processes still listening on `control` (the address only this nginx
+/// listens on) once their master is gone: SIGQUIT, so they close their listening sockets
+/// at once and finish the requests they hold, then SIGKILL for any still there after
+/// [`ORPHAN_GRACE`]. Returns the pids it found.
+pub async fn reap_orphans(control: SocketAddr) -> Vec<u32> {
+    let orphans = tokio::task::spawn_blocking(move || procs::listen_holders(control))
+        .await
+        .unwrap_or_default();
+    if orphans.is_empty() {
+        return orphans;
+    }
+    signal_all(&orphans, Signal::SIGQUIT);
+    let since = Instant::now();
+    loop {
+        let holding = tokio::task::spawn_blocking(move || procs::listen_holders(control))
+            .await
+            .unwrap_or_default();
+        if holding.is_empty() {
+            break;
+        }
+        if since.elapsed() >= ORPHAN_GRACE {
+            signal_all(&holding, Signal::SIGKILL);
+            wait_gone(&holding, Duration::from_secs(2)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    orphans
+}
+
+/// Stops the nginx whose master is in the router's pid file, under the apply lock: SIGQUIT
+/// (graceful: requests in flight finish), SIGTERM after `grace`, SIGKILL (with its workers)
+/// 5 s later; waits for the master to exit. Returns its pid, or `None` if none was running.
+pub async fn stop_running(
+    router: &NginxRouter,
+    grace: Duration,
+) -> Result<Option<u32>, RouterError> {
+    let _lock = apply_lock(&router.layout.conf_dir).await?;
+    let Ok(master) = router.master() else {
+        return Ok(None);
+    };
+    let workers = procs::workers(master);
+    for (signal, wait) in [
+        (Signal::SIGQUIT, grace),
+        (Signal::SIGTERM, Duration::from_secs(5)),
+    ] {
+        signal_all(&[master], signal);
+        if wait_gone(&[master], wait).await {
+            return Ok(Some(master));
+        }
+    }
+    signal_all(&[master], Signal::SIGKILL);
+    signal_all(&workers, Signal::SIGKILL);
+    if wait_gone(&[master], Duration::from_secs(2)).await {
+        return Ok(Some(master));
+    }
+    Err(RouterError::Unavailable(format!(
+        "nginx master {master} did not exit after SIGQUIT, SIGTERM and SIGKILL"
+    )))
+}
+
+/// SIGUSR1 to the master: it reopens its log files (after the access log was renamed).
+pub fn reopen_logs(router: &NginxRouter) -> Result<u32, RouterError> {
+    let master = router.master()?;
+    kill(Pid::from_raw(master as i32), Signal::SIGUSR1).map_err(|e| {
+        RouterError::Unavailable(format!("signalling nginx master {master} (USR1): {e}"))
+    })?;
+    Ok(master)
+}
+
+fn signal_all(pids: &[u32], signal: Signal) {
+    for &pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// Waits until none of `pids` is alive, at most `timeout`; returns whether they are gone.
+async fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
+    let since = Instant::now();
+    loop {
+        if !pids.iter().any(|&p| procs::running(p)) {
+            return true;
+        }
+        if since.elapsed() >= timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

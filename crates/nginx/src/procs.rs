@@ -1,9 +1,11 @@
 //! The nginx master and its workers, read from `/proc`: [`read_pid`], [`workers`],
-//! [`is_worker`], [`alive`].
+//! [`is_worker`], [`alive`], and [`listen_holders`], the nginx processes that hold a
+//! listening socket (the orphaned workers of a master that was killed).
 //!
 //! Old workers are "the master's children that existed before the reload"; a reload is
 //! drained when none of them is still a live child of the master.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use nix::sys::signal::kill;
@@ -17,6 +19,17 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 /// Whether a process with `pid` exists (zombies included).
 pub fn alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}
+
+/// Whether `pid` exists and has not exited (a zombie waiting for its parent has).
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    state.is_some_and(|s| s != "Z")
 }
 
 /// The live (non-zombie) children of `master`.
@@ -65,6 +78,88 @@ pub fn accepting(master: u32, pid: u32) -> bool {
     !String::from_utf8_lossy(&title).contains("shutting down")
 }
 
+/// The nginx processes (any title starting `nginx:`) that hold a socket listening on `addr`.
+/// A master killed with SIGKILL leaves its workers running, reparented, still holding every
+/// listening socket, so a new master cannot bind until they are gone. Only processes this
+/// user may inspect are seen, which are the only ones it could signal anyway.
+pub fn listen_holders(addr: SocketAddr) -> Vec<u32> {
+    let inodes = listening_inodes(addr);
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid: &u32| {
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            title.starts_with(b"nginx:") && holds_socket(pid, &inodes)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The inodes of the TCP sockets in LISTEN state bound to `addr` (or to its port on the
+/// unspecified address), from `/proc/net/tcp` and `/proc/net/tcp6`.
+fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let Some(bound) = parse_proc_addr(local) else {
+                continue;
+            };
+            let ip_matches = bound.ip() == addr.ip() || bound.ip().is_unspecified();
+            if bound.port() == addr.port() && ip_matches {
+                out.extend(inode.parse::<u64>().ok().filter(|&i| i != 0));
+            }
+        }
+    }
+    out
+}
+
+/// `0100007F:1F90` (127.0.0.1:8080) or the 32-digit IPv6 form: each 32-bit word is printed
+/// in host byte order, the port in network order.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn holds_socket(pid: u32, inodes: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+    })
+}
+
 /// The version `nginx -v` printed (`nginx version: nginx/1.22.1`), as numbers.
 pub fn nginx_version(text: &str) -> Option<(u32, u32, u32)> {
     let version = text.split("nginx/").nth(1)?.split_whitespace().next()?;
@@ -93,6 +188,32 @@ mod tests {
         assert!(nginx_version("nginx version: nginx/1.27.4").unwrap() >= (1, 27, 4));
         assert!(nginx_version("nginx version: nginx/1.27.3").unwrap() < (1, 27, 4));
         assert_eq!(nginx_version("openresty"), None);
+    }
+
+    #[test]
+    fn proc_net_addresses_are_read_in_their_byte_order() {
+        assert_eq!(
+            parse_proc_addr("0100007F:1F90"),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(parse_proc_addr("zz:1"), None);
+    }
+
+    #[test]
+    fn a_listening_socket_is_found_by_its_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inodes = listening_inodes(addr);
+        assert_eq!(inodes.len(), 1, "{addr}");
+        assert!(holds_socket(std::process::id(), &inodes));
+        // This test binary is not nginx: it is not an nginx holder.
+        assert!(listen_holders(addr).is_empty());
+        drop(listener);
+        assert!(listening_inodes(addr).is_empty());
     }
 
     #[test]

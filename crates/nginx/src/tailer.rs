@@ -18,10 +18,12 @@
 //! - [`parse`]: the line format and its parser.
 //! - [`follow`]: the [`Tailer`].
 //! - [`counters`]: the [`TrafficCounters`].
+//! - [`rotate`]: [`rotate_if_over`], rotation at a size cap that loses no line.
 
 pub mod counters;
 pub mod follow;
 pub mod parse;
+pub mod rotate;
 
 pub use counters::{
     LatencyHistogram, TrafficCounters, WindowCounts, LATENCY_BUCKETS, NO_TRACK, WINDOW_SECONDS,
@@ -30,6 +32,7 @@ pub use follow::{PollStats, Position, Start, Tailer, MAX_LINE};
 pub use parse::{
     log_format_directive, parse_line, Attempt, ParseError, ProxyRecord, LOG_FORMAT, LOG_FORMAT_NAME,
 };
+pub use rotate::{rotate_if_over, rotated_path, Rotation};
 
 #[cfg(test)]
 mod tests;

@@ -283,3 +283,73 @@ async fn run_polls_on_an_interval() {
     task.abort();
     assert_eq!(*seen.lock().unwrap(), [1, 2]);
 }
+
+#[test]
+fn rotation_at_a_size_cap_loses_no_line_across_many_rotations() {
+    use crate::tailer::{rotate_if_over, rotated_path};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let cap = 3 * numbered(1).len() as u64;
+    // The writer holds its file open as nginx does, and reopens the path only when told.
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap()
+    };
+    let mut writer = open();
+    let mut tailer = Tailer::open(&log, Start::End).unwrap();
+    let mut seen = Vec::new();
+    let mut rotations = 0;
+    let mut reopen_pending = false;
+    for n in 1..=200 {
+        writer.write_all(numbered(n).as_bytes()).unwrap();
+        // Polls and rotations interleave with writes; nginx reopens one write late.
+        if n % 2 == 0 {
+            seen.extend(poll(&mut tailer).0);
+            if reopen_pending {
+                writer = open();
+                reopen_pending = false;
+            }
+            if let Some(r) = rotate_if_over(&tailer, cap).unwrap() {
+                assert_eq!(r.to, rotated_path(&log));
+                assert!(r.size > cap);
+                rotations += 1;
+                reopen_pending = true;
+            }
+        }
+    }
+    writer = open();
+    drop(writer);
+    seen.extend(poll(&mut tailer).0);
+    seen.extend(poll(&mut tailer).0);
+    assert!(rotations > 10, "rotated {rotations} times");
+    assert_eq!(seen, (1..=200).collect::<Vec<u32>>());
+    assert!(dir.path().join("access.log.1").exists());
+}
+
+#[test]
+fn no_rotation_under_the_cap_or_while_the_tailer_is_behind() {
+    use crate::tailer::rotate_if_over;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let tailer = Tailer::open(&log, Start::End).unwrap();
+    // No file yet, and the tailer has not opened one.
+    assert_eq!(rotate_if_over(&tailer, 1).unwrap(), None);
+    append(&log, &lines(1..=3));
+    assert_eq!(
+        rotate_if_over(&tailer, 1).unwrap(),
+        None,
+        "not yet followed"
+    );
+    let mut tailer = tailer;
+    assert_eq!(poll(&mut tailer).0, [1, 2, 3]);
+    assert_eq!(
+        rotate_if_over(&tailer, 1 << 20).unwrap(),
+        None,
+        "under the cap"
+    );
+    assert!(rotate_if_over(&tailer, 1).unwrap().is_some());
+    assert!(!log.exists());
+}
