@@ -57,6 +57,11 @@ pub enum Command {
     Abort { service: String },
     /// The long-running daemon: `/metrics` for Prometheus and the HTTP API.
     Serve(commands::serve::ServeArgs),
+    /// The managed nginx without `serve`: start, stop, or whether it runs and answers.
+    Proxy {
+        #[command(subcommand)]
+        command: commands::proxy::ProxyCommand,
+    },
     /// Active version, colour, instances, ports, health, lock and any interrupted deploy.
     Status { service: Option<String> },
     /// Past deployments, newest first.
@@ -98,10 +103,21 @@ pub enum Command {
     Demo(commands::demo::DemoArgs),
 }
 
+/// `SWITCHYARD_LOG`, else errors only; `serve` also says what it does (nginx restarted,
+/// the access log rotated).
+fn log_filter(command: &Command) -> tracing_subscriber::EnvFilter {
+    let default = match command {
+        Command::Serve(_) => "warn,switchyard_app=info,switchyard_nginx=info",
+        _ => "error",
+    };
+    tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SWITCHYARD_LOG"))
+        .with_env_filter(log_filter(&cli.command))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -17,19 +17,27 @@
 //!     version on the stable track mid-rollout, `serve/tracks.rs`).
 //!   - From serve's own probes of the active instances (`serve/health.rs`):
 //!     `switchyard_health_check_duration_seconds` and `switchyard_instance_healthy`.
+//!   - `switchyard_proxy_up`: whether the nginx master runs (`serve/supervise.rs`).
 //! - `GET /api/status`: JSON, see `serve/status.rs`.
 //! - `GET /healthz`: 200 `ok`.
 //!
 //! Every series exists at 0 before it counts anything, and counters never go down. The
 //! store is SQLite, read synchronously: handlers and the background loops read it on
-//! tokio's blocking pool. Background loops: the access-log attribution every
-//! [`ATTRIBUTE_EVERY`] and a health probe round every [`ServeOptions::health_every`].
+//! tokio's blocking pool. Background loops: the access log read (and rotated at
+//! `[proxy] access_log_max`, `serve/accesslog.rs`), the attribution every
+//! [`ATTRIBUTE_EVERY`], a health probe round every [`ServeOptions::health_every`], and the
+//! supervision of nginx every [`ServeOptions::proxy_every`] (`serve/supervise.rs`: a managed
+//! nginx that is down is started again).
 
+mod accesslog;
 mod exposition;
 mod health;
 mod history;
+mod listen;
+mod nginx;
 mod proxy;
 mod status;
+mod supervise;
 #[cfg(test)]
 mod tests;
 mod tracks;
@@ -46,24 +54,31 @@ use axum::routing::get;
 use prometheus::proto::MetricFamily;
 use switchyard_engine::{Config, Instance, Store, StoreError};
 use switchyard_store::SqliteStore;
-use tokio::sync::oneshot;
+use switchyard_nginx::NginxRouter;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::live::{HttpProber, Live};
-use crate::traffic::TrafficWatch;
 use crate::AppError;
 
 pub use health::LastProbe;
 pub use history::{rollback_reason, ROLLBACK_REASONS};
-pub use status::StatusReport;
+pub use listen::{probe_listen, ListenCheck};
+pub use nginx::{start_nginx, stop_nginx, worker_shutdown_timeout, ProxyState};
+pub use switchyard_nginx::managed::Restarted;
+pub use status::{ListenReport, StatusReport};
 pub use tracks::{TrackState, NONE};
 
 /// How often what the tailer counted is attributed to the versions the tracks serve.
 pub const ATTRIBUTE_EVERY: Duration = Duration::from_millis(250);
 /// How often the active instances are probed by default.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// How often serve looks at the nginx master by default.
+pub const PROXY_EVERY: Duration = Duration::from_millis(250);
 /// How long [`Server::shutdown`] lets requests in flight finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long [`Server::shutdown`] lets an nginx start in progress finish (its own bound is 20 s).
+const SUPERVISOR_GRACE: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
@@ -73,6 +88,10 @@ pub struct ServeOptions {
     pub allow_remote: bool,
     /// How often the active instances' health paths are probed.
     pub health_every: Duration,
+    /// Whether serve starts a managed nginx that is down (at start and when it dies).
+    pub supervise: bool,
+    /// How often the nginx master is looked at.
+    pub proxy_every: Duration,
 }
 
 impl ServeOptions {
@@ -81,6 +100,8 @@ impl ServeOptions {
             listen,
             allow_remote: false,
             health_every: HEALTH_EVERY,
+            supervise: true,
+            proxy_every: PROXY_EVERY,
         }
     }
 }
@@ -125,14 +146,20 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
     });
     let background = vec![
         tokio::spawn(attribute_loop(Arc::clone(&daemon))),
-        tokio::spawn(health_loop(daemon, options.health_every)),
+        tokio::spawn(health_loop(Arc::clone(&daemon), options.health_every)),
     ];
+    let (stop_supervisor, stopped) = watch::channel(false);
+    let supervisor = options.supervise.then(|| {
+        tokio::spawn(supervise::supervise(daemon, options.proxy_every, stopped))
+    });
     tracing::info!("serving /metrics, /api/status and /healthz on http://{addr}");
     Ok(Server {
         addr,
         stop: Some(stop),
         http: Some(http),
         background,
+        stop_supervisor,
+        supervisor,
     })
 }
 
@@ -143,6 +170,9 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
+    stop_supervisor: watch::Sender<bool>,
+    /// Stopped between looks, never in the middle of starting nginx.
+    supervisor: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -151,9 +181,19 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting, lets requests in flight finish (at most 5 s), stops the loops.
+    /// Stops accepting, lets requests in flight finish (at most 5 s), stops the loops (an
+    /// nginx start in progress is let finish: nginx outlives serve).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
         self.background.iter().for_each(JoinHandle::abort);
+        let _ = self.stop_supervisor.send(true);
+        if let Some(mut supervisor) = self.supervisor.take() {
+            if tokio::time::timeout(SUPERVISOR_GRACE, &mut supervisor)
+                .await
+                .is_err()
+            {
+                supervisor.abort();
+            }
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -176,6 +216,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.background.iter().for_each(JoinHandle::abort);
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.abort();
+        }
         if let Some(http) = &self.http {
             http.abort();
         }
@@ -188,7 +231,10 @@ struct Daemon {
     services: Vec<String>,
     store: Mutex<SqliteStore>,
     prober: HttpProber,
-    watch: TrafficWatch,
+    router: NginxRouter,
+    /// The `worker_shutdown_timeout` a restarted nginx gets: the longest drain timeout.
+    worker_shutdown_timeout: Duration,
+    access_log: accesslog::AccessLog,
     /// Per service, the canary version its canary track last had.
     last_canary: Mutex<BTreeMap<String, Option<String>>>,
     proxy: Mutex<proxy::ProxySeries>,
@@ -208,8 +254,10 @@ impl Daemon {
         let services: Vec<String> = config.services.iter().map(|s| s.name.to_string()).collect();
         let names: Vec<&str> = services.iter().map(String::as_str).collect();
         let log = &router.layout.access_log;
-        let watch = TrafficWatch::start(log, &names)
-            .map_err(|e| AppError::environment(format!("tailing {}: {e}", log.display())))?;
+        let access_log =
+            accesslog::AccessLog::start(&router.layout, &names, config.proxy.access_log_max)
+                .map_err(|e| AppError::environment(format!("tailing {}: {e}", log.display())))?;
+        let worker_shutdown_timeout = worker_shutdown_timeout(&config);
         let history = store
             .history(None, usize::MAX)
             .map_err(|e| AppError::environment(e.to_string()))?;
@@ -224,7 +272,9 @@ impl Daemon {
             services,
             store: Mutex::new(store),
             prober,
-            watch,
+            router,
+            worker_shutdown_timeout,
+            access_log,
             last_canary: Mutex::new(last_canary),
             proxy: Mutex::new(proxy::ProxySeries::default()),
             history: Mutex::new(history::HistoryMetrics::default()),
@@ -246,7 +296,7 @@ impl Daemon {
     }
 
     fn attribute(&self, tracks: &BTreeMap<String, TrackState>) {
-        let counters = self.watch.counters();
+        let counters = self.access_log.counters();
         let counters = counters.lock().expect("traffic counters lock");
         self.proxy
             .lock()
@@ -266,6 +316,7 @@ impl Daemon {
         families.extend(self.proxy.lock().expect("proxy series lock").expose());
         families.push(weights(&tracks));
         families.extend(self.health.families());
+        families.push(supervise::proxy_up(&self.router));
         Ok(exposition::encode(families))
     }
 
@@ -281,7 +332,8 @@ impl Daemon {
                 status::service_status(&store, spec, state, &self.health)
             })
             .collect::<Result<_, _>>()?;
-        Ok(StatusReport { services })
+        let proxy = ProxyState::read(&self.router, &self.config.proxy.mode);
+        Ok(StatusReport { proxy, services })
     }
 
     /// The active instances of every configured service.
@@ -349,7 +401,8 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
 
 async fn api_status(State(daemon): State<Arc<Daemon>>) -> Response {
     match blocking(&daemon, Daemon::status).await {
-        Ok(report) => {
+        Ok(mut report) => {
+            status::check_listens(&mut report, &daemon.config).await;
             let body = serde_json::to_string_pretty(&report).expect("the report serializes");
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }

@@ -7,6 +7,7 @@ mod history;
 mod logs;
 mod plan;
 mod prune;
+pub mod proxy;
 mod remove;
 pub mod serve;
 mod status;
@@ -31,6 +32,7 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
         Command::Promote { service } => control::run(cli, service, Control::Promote),
         Command::Abort { service } => control::run(cli, service, Control::Abort),
         Command::Serve(args) => serve::run(cli, args).await,
+        Command::Proxy { command } => proxy::run(cli, command).await,
         Command::Status { service } => status::run(cli, service.as_deref()).await,
         Command::History { service, limit } => history::run(cli, service.as_deref(), *limit).await,
         Command::Plan {

@@ -1,9 +1,12 @@
-//! `switchyard status`: per service, the live version and colour, each instance with its
-//! port, runtime state and a health probe, the retained versions, the deploy lock, and an
-//! interrupted deployment if there is one (with what the next run will do about it).
+//! `switchyard status`: whether nginx runs; per service, whether its listen answers (a TCP
+//! connect, then an HTTP request: a service is not reported as serving while nginx is dead),
+//! the live version and colour, each instance with its port, runtime state and a health
+//! probe, the retained versions, the deploy lock, and an interrupted deployment if there is
+//! one (with what the next run will do about it).
 
 use serde::Serialize;
-use switchyard_app::live::{AnyRuntime, HttpProber, SystemHost};
+use switchyard_app::live::{AnyRuntime, HttpProber, Live, SystemHost};
+use switchyard_app::serve::{ListenReport, ProxyState};
 use switchyard_app::AppError;
 use switchyard_engine::deploy::lock_is_stale;
 use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Step, Store};
@@ -16,6 +19,8 @@ use crate::Cli;
 struct ServiceStatus {
     service: String,
     listen: String,
+    /// Whether the listen answers; None while nothing is deployed.
+    listen_check: Option<ListenReport>,
     version: Option<String>,
     color: Option<String>,
     deployment: Option<i64>,
@@ -76,9 +81,12 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
             .ok_or_else(|| AppError::input(format!("no service {name:?} in the config")))?],
         None => config.services.iter().collect(),
     };
+    let proxy = ProxyState::read(&live.router, &config.proxy.mode);
     let mut all = Vec::new();
     for spec in specs {
-        all.push(service_status(&sources, spec).await?);
+        let mut status = service_status(&sources, spec).await?;
+        status.listen_check = listen_check(&live, spec, &proxy).await?;
+        all.push(status);
     }
     let down = unreachable.map(|e| format!("runtime: {e}; instance states are unknown"));
     if json(cli, &all) {
@@ -91,6 +99,7 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
     if let Some(down) = &down {
         println!("{down}");
     }
+    println!("{}", proxy.line());
     let routing = live.router.routing();
     println!(
         "routing: {}: {}",
@@ -101,6 +110,14 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
         print_human(s);
     }
     Ok(())
+}
+
+async fn listen_check(
+    live: &Live,
+    spec: &ServiceSpec,
+    proxy: &ProxyState,
+) -> Result<Option<ListenReport>, AppError> {
+    super::proxy::listen_report(live, spec, proxy).await
 }
 
 async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<ServiceStatus, AppError> {
@@ -196,6 +213,7 @@ async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<Servic
     Ok(ServiceStatus {
         service: spec.name.to_string(),
         listen: spec.listen.to_string(),
+        listen_check: None,
         version: active.map(|s| s.version.to_string()),
         color: active.map(|s| s.color.as_str().to_owned()),
         deployment: active.map(|s| s.deployment),
@@ -245,6 +263,9 @@ fn print_human(s: &ServiceStatus) {
             "{}  nothing deployed yet  listening on {}",
             s.service, s.listen
         ),
+    }
+    if let Some(check) = &s.listen_check {
+        println!("  {}", check.sentence);
     }
     for i in &s.instances {
         let state = match &i.state {

@@ -20,12 +20,14 @@ use switchyard_engine::RouterError;
 
 use crate::router::{NginxRouter, CONTROL_FILE};
 use crate::routing::Routing;
-use crate::stage::install;
+use crate::stage::{install, Layout};
 use crate::{control, procs};
 
 /// The router's advisory apply lock in `conf_dir` (`router.rs`): a restart or a stop takes
 /// it too, so it never runs in the middle of an apply.
 const LOCK_FILE: &str = ".switchyard.lock";
+/// Left by [`stop_running`]: a supervisor does not start this nginx again.
+const HELD_DOWN_FILE: &str = ".stopped";
 /// How long the orphans of a killed master get to close their listening sockets after
 /// SIGQUIT before they are killed.
 const ORPHAN_GRACE: Duration = Duration::from_secs(2);
@@ -118,27 +120,50 @@ impl ManagedNginx {
     /// nginx starts from the files on disk, which are always the last confirmed config (and,
     /// with dynamic routing, `init_by_lua` restores the routing from the state file). A
     /// master that someone else started meanwhile is adopted. nginx is left running.
+    ///
+    /// An nginx stopped with [`stop_running`] stays down for a [`StartBy::Supervisor`]
+    /// (`None`) until a [`StartBy::Operator`] starts it.
     pub async fn restart(
         router: &NginxRouter,
         worker_shutdown_timeout: Duration,
-    ) -> Result<Restarted, RouterError> {
+        by: StartBy,
+    ) -> Result<Option<Restarted>, RouterError> {
         let _lock = apply_lock(&router.layout.conf_dir).await?;
+        let held = held_down_file(&router.layout);
+        match by {
+            StartBy::Supervisor if held.exists() => return Ok(None),
+            StartBy::Supervisor => {}
+            StartBy::Operator => match std::fs::remove_file(&held) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RouterError::Unavailable(format!(
+                        "removing {}: {e}",
+                        held.display()
+                    )))
+                }
+                _ => {}
+            },
+        }
         if let Ok(master) = router.master() {
-            return Ok(Restarted {
+            return Ok(Some(Restarted {
                 master,
                 adopted: true,
                 orphans: Vec::new(),
-            });
+            }));
         }
         let orphans = reap_orphans(router.control).await;
         let nginx = ManagedNginx::start(router, worker_shutdown_timeout).await?;
         let master = nginx.master;
         nginx.detach();
-        Ok(Restarted {
+        Ok(Some(Restarted {
             master,
             adopted: false,
             orphans,
-        })
+        }))
+    }
+
+    /// Whether nginx was stopped on purpose ([`stop_running`]) and not started since.
+    pub fn held_down(layout: &Layout) -> bool {
+        held_down_file(layout).exists()
     }
 
     /// A handle that owns the master running under the router's prefix now (whoever started
@@ -178,6 +203,19 @@ impl Drop for ManagedNginx {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Who asks [`ManagedNginx::restart`]: a supervisor leaves an nginx that was stopped on
+/// purpose alone; an operator (`switchyard proxy start`) starts it regardless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartBy {
+    Supervisor,
+    Operator,
+}
+
+/// The marker [`stop_running`] leaves in `conf_dir` (no include pattern matches it).
+fn held_down_file(layout: &Layout) -> std::path::PathBuf {
+    layout.conf_dir.join(HELD_DOWN_FILE)
 }
 
 /// What [`ManagedNginx::restart`] did.
@@ -243,11 +281,15 @@ pub async fn reap_orphans(control: SocketAddr) -> Vec<u32> {
 /// Stops the nginx whose master is in the router's pid file, under the apply lock: SIGQUIT
 /// (graceful: requests in flight finish), SIGTERM after `grace`, SIGKILL (with its workers)
 /// 5 s later; waits for the master to exit. Returns its pid, or `None` if none was running.
+/// Either way it stays down: a supervisor does not start it again (see [`StartBy`]).
 pub async fn stop_running(
     router: &NginxRouter,
     grace: Duration,
 ) -> Result<Option<u32>, RouterError> {
     let _lock = apply_lock(&router.layout.conf_dir).await?;
+    let held = held_down_file(&router.layout);
+    std::fs::write(&held, "stopped by `switchyard proxy stop`\n")
+        .map_err(|e| RouterError::Unavailable(format!("writing {}: {e}", held.display())))?;
     let Ok(master) = router.master() else {
         return Ok(None);
     };
@@ -271,9 +313,17 @@ pub async fn stop_running(
     )))
 }
 
-/// SIGUSR1 to the master: it reopens its log files (after the access log was renamed).
-pub fn reopen_logs(router: &NginxRouter) -> Result<u32, RouterError> {
-    let master = router.master()?;
+/// SIGUSR1 to the master in `layout`'s pid file: it reopens its log files (after the access
+/// log was renamed).
+pub fn reopen_logs(layout: &Layout) -> Result<u32, RouterError> {
+    let master = procs::read_pid(&layout.pid_file)
+        .filter(|&p| procs::is_nginx_master(p))
+        .ok_or_else(|| {
+            RouterError::Unavailable(format!(
+                "nginx is not running (no live pid in {})",
+                layout.pid_file.display()
+            ))
+        })?;
     kill(Pid::from_raw(master as i32), Signal::SIGUSR1).map_err(|e| {
         RouterError::Unavailable(format!("signalling nginx master {master} (USR1): {e}"))
     })?;

@@ -1,9 +1,14 @@
-//! `GET /api/status`: [`StatusReport`], per service the active version, colour and
-//! instances (with their last health probe), the running deployment if any (its current
-//! canary weight, last step and last analysis), and the deploy lock.
+//! `GET /api/status`: [`StatusReport`], whether nginx runs, and per service whether its
+//! listen answers (checked at each request, once something is deployed), the active version,
+//! colour and instances (with their last health probe), the running deployment if any (its
+//! current canary weight, last step and last analysis), and the deploy lock.
 //!
 //! ```json
-//! {"services": [{"service": "web", "listen": "127.0.0.1:8080",
+//! {"proxy": {"up": true, "master": 4242, "mode": "managed", "routing": "dynamic",
+//!            "detail": "master 4242"},
+//!  "services": [{"service": "web", "listen": "127.0.0.1:8080",
+//!   "listen_check": {"listen": "127.0.0.1:8080", "answering": true, "detail": "HTTP 200",
+//!                    "sentence": "listen 127.0.0.1:8080 answers (HTTP 200)"},
 //!   "active": {"version": "v1", "color": "blue", "deployment": 1,
 //!              "instances": [{"name": "sy-web-blue-d1-r0", "addr": "127.0.0.1:40001",
 //!                             "health": {"ok": true, "summary": "200 ok", "latency_ms": 0.8, "at_ms": 0}}]},
@@ -17,15 +22,18 @@
 
 use serde::Serialize;
 use switchyard_engine::deploy::lock_is_stale;
-use switchyard_engine::{Host, Lock, ServiceSpec, Step, Store, StoreError};
+use switchyard_engine::{Config, Host, Lock, ServiceSpec, Step, Store, StoreError};
 use switchyard_store::SqliteStore;
 
 use super::health::{HealthBoard, LastProbe};
+use super::listen::{probe_listen, ListenCheck};
+use super::nginx::ProxyState;
 use super::tracks::TrackState;
 use crate::live::SystemHost;
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
+    pub proxy: ProxyState,
     pub services: Vec<ServiceStatus>,
 }
 
@@ -33,6 +41,8 @@ pub struct StatusReport {
 pub struct ServiceStatus {
     pub service: String,
     pub listen: String,
+    /// None until something is deployed (nginx has no server for it before).
+    pub listen_check: Option<ListenReport>,
     pub active: Option<ActiveSlot>,
     pub deployment: Option<RunningDeployment>,
     pub lock: Option<LockStatus>,
@@ -89,6 +99,30 @@ pub struct LockStatus {
     pub stale: bool,
 }
 
+/// A [`ListenCheck`] with the sentence `status` prints.
+#[derive(Debug, Serialize)]
+pub struct ListenReport {
+    #[serde(flatten)]
+    pub check: ListenCheck,
+    pub sentence: String,
+}
+
+/// Checks the listen of every service that has an active version, concurrently.
+pub async fn check_listens(report: &mut StatusReport, config: &Config) {
+    let checks = report.services.iter().map(|s| async {
+        let spec = config.service(&s.service)?;
+        s.active.as_ref()?;
+        Some(probe_listen(spec.listen, &spec.health.path).await)
+    });
+    let checks = futures_util::future::join_all(checks).await;
+    for (service, check) in report.services.iter_mut().zip(checks) {
+        service.listen_check = check.map(|check| ListenReport {
+            sentence: check.sentence(&report.proxy),
+            check,
+        });
+    }
+}
+
 pub fn service_status(
     store: &SqliteStore,
     spec: &ServiceSpec,
@@ -118,6 +152,7 @@ pub fn service_status(
     Ok(ServiceStatus {
         service: service.to_owned(),
         listen: spec.listen.to_string(),
+        listen_check: None,
         active,
         deployment: running(tracks),
         lock,
