@@ -64,6 +64,13 @@ replicas = 2
     }
 }
 
+impl Drop for DockerDown {
+    /// `serve` starts the managed nginx, which outlives it.
+    fn drop(&mut self) {
+        crate::support::stop_nginx(&self.dir.path().join("nginx/logs/nginx.pid"));
+    }
+}
+
 /// A finished deployment #1 of web v1 with two active replicas, as a deploy leaves it.
 fn seed(store: &SqliteStore) {
     let web = Name::parse("web").unwrap();

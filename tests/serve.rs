@@ -426,6 +426,8 @@ async fn the_serve_command_refuses_a_remote_listen_and_stops_on_sigterm() {
         free_port()
     );
     std::fs::write(&config, text).unwrap();
+    // serve starts the managed nginx, which outlives it.
+    let _nginx = crate::proxy::StopsNginx(dir.path().join("nginx/logs/nginx.pid"));
     let switchyard = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("--config").arg(&config).arg("serve");

@@ -11,6 +11,7 @@ mod docker_down;
 mod dynamic;
 mod e2e;
 mod nginx;
+mod proxy;
 mod registry;
 mod rolling;
 mod routing;

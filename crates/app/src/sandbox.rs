@@ -317,6 +317,15 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Takes over the nginx running under the sandbox's prefix now (started again by `serve`
+    /// or `switchyard proxy start`), so that shutdown and drop stop it.
+    pub fn adopt_nginx(&mut self) {
+        let current = ManagedNginx::take_over(&self.live().router);
+        if let Some(old) = std::mem::replace(&mut self.nginx, current) {
+            old.detach();
+        }
+    }
+
     /// Removes every instance and stops nginx.
     pub async fn shutdown(mut self) -> Result<(), AppError> {
         let removed = match self.live.take() {

@@ -53,8 +53,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::proto::MetricFamily;
 use switchyard_engine::{Config, Instance, Store, StoreError};
-use switchyard_store::SqliteStore;
 use switchyard_nginx::NginxRouter;
+use switchyard_store::SqliteStore;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -65,8 +65,8 @@ pub use health::LastProbe;
 pub use history::{rollback_reason, ROLLBACK_REASONS};
 pub use listen::{probe_listen, ListenCheck};
 pub use nginx::{start_nginx, stop_nginx, worker_shutdown_timeout, ProxyState};
-pub use switchyard_nginx::managed::Restarted;
 pub use status::{ListenReport, StatusReport};
+pub use switchyard_nginx::managed::Restarted;
 pub use tracks::{TrackState, NONE};
 
 /// How often what the tailer counted is attributed to the versions the tracks serve.
@@ -149,9 +149,9 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         tokio::spawn(health_loop(Arc::clone(&daemon), options.health_every)),
     ];
     let (stop_supervisor, stopped) = watch::channel(false);
-    let supervisor = options.supervise.then(|| {
-        tokio::spawn(supervise::supervise(daemon, options.proxy_every, stopped))
-    });
+    let supervisor = options
+        .supervise
+        .then(|| tokio::spawn(supervise::supervise(daemon, options.proxy_every, stopped)));
     tracing::info!("serving /metrics, /api/status and /healthz on http://{addr}");
     Ok(Server {
         addr,

@@ -59,8 +59,7 @@ pub async fn probe_listen(listen: SocketAddr, path: &str) -> ListenCheck {
 
 async fn ask(listen: SocketAddr, path: &str) -> Result<String, String> {
     let mut stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(listen)).await
-        {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(listen)).await {
             Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return Err("connection refused".into())
@@ -89,7 +88,10 @@ async fn ask(listen: SocketAddr, path: &str) -> Result<String, String> {
     };
     let line = String::from_utf8_lossy(&head);
     let line = line.lines().next().unwrap_or_default();
-    match line.strip_prefix("HTTP/").and_then(|l| l.split_whitespace().nth(1)) {
+    match line
+        .strip_prefix("HTTP/")
+        .and_then(|l| l.split_whitespace().nth(1))
+    {
         Some(code) => Ok(format!("HTTP {code}")),
         None if head.is_empty() => Err("the connection closed without an answer".into()),
         None => Err(format!(

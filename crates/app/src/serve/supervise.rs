@@ -32,7 +32,11 @@ struct Seen {
     held_down: bool,
 }
 
-pub(super) async fn supervise(daemon: Arc<Daemon>, every: Duration, mut stop: watch::Receiver<bool>) {
+pub(super) async fn supervise(
+    daemon: Arc<Daemon>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let managed = matches!(daemon.config.proxy.mode, ProxyMode::Managed { .. });
     let mut seen = Seen::default();
     loop {
@@ -105,7 +109,10 @@ async fn restart(daemon: &Daemon, seen: &mut Seen) {
             }
         }
         Ok(Some(r)) if r.adopted => {
-            tracing::info!("nginx was started meanwhile by someone else (master {})", r.master);
+            tracing::info!(
+                "nginx was started meanwhile by someone else (master {})",
+                r.master
+            );
             seen.running(r.master);
         }
         Ok(Some(r)) => {
