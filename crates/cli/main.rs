@@ -119,6 +119,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(&cli.command))
         .with_writer(std::io::stderr)
+        // No colour codes in a journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -254,11 +254,15 @@ fn thresholds(spec: &ServiceSpec) -> String {
 }
 
 fn print_human(s: &ServiceStatus) {
+    // Not "listening" while nothing answers there (nginx down, say).
+    let listening = match &s.listen_check {
+        Some(c) if !c.check.answering => format!("listen {} not answering", s.listen),
+        _ => format!("listening on {}", s.listen),
+    };
     match (&s.version, &s.color, s.deployment) {
-        (Some(v), Some(c), Some(d)) => println!(
-            "{}  {v} ({c})  deployment #{d}  listening on {}",
-            s.service, s.listen
-        ),
+        (Some(v), Some(c), Some(d)) => {
+            println!("{}  {v} ({c})  deployment #{d}  {listening}", s.service)
+        }
         _ => println!(
             "{}  nothing deployed yet  listening on {}",
             s.service, s.listen

@@ -112,6 +112,8 @@ impl ManagedNginx {
             owned: true,
         };
         wait_for_generation(router.control, generation).await?;
+        // Started (by a deploy, say): no longer held down by an earlier `proxy stop`.
+        let _ = std::fs::remove_file(held_down_file(layout));
         Ok(nginx)
     }
 

@@ -100,3 +100,71 @@ async fn ask(listen: SocketAddr, path: &str) -> Result<String, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that answers every connection with `reply` (after reading the request).
+    async fn answering(reply: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    fn down() -> ProxyState {
+        ProxyState {
+            up: false,
+            master: None,
+            mode: "managed",
+            routing: "dynamic",
+            detail: "nginx is not running (no live pid in logs/nginx.pid)".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn any_http_answer_counts_even_an_error() {
+        let addr = answering("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await;
+        let check = probe_listen(addr, "/health").await;
+        assert!(check.answering, "{check:?}");
+        assert_eq!(check.detail, "HTTP 502");
+        assert_eq!(
+            check.sentence(&down()),
+            format!("listen {addr} answers (HTTP 502)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_or_a_non_http_answer_is_not_answering() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let check = probe_listen(addr, "/").await;
+        assert!(!check.answering);
+        assert_eq!(
+            check.sentence(&down()),
+            format!(
+                "listen {addr} is not answering: connection refused; nginx is down (nginx is \
+                 not running (no live pid in logs/nginx.pid))"
+            )
+        );
+        let garbage = answering("SSH-2.0-OpenSSH\r\n").await;
+        let check = probe_listen(garbage, "/").await;
+        assert!(!check.answering);
+        assert!(check.detail.starts_with("not an HTTP answer"), "{check:?}");
+        let closed = answering("").await;
+        let check = probe_listen(closed, "/").await;
+        assert_eq!(
+            (check.answering, check.detail.as_str()),
+            (false, "the connection closed without an answer")
+        );
+    }
+}

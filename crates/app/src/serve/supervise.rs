@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::proto::MetricFamily;
 use switchyard_engine::config::ProxyMode;
+use switchyard_engine::RouterError;
 use switchyard_nginx::managed::StartBy;
 use switchyard_nginx::{ManagedNginx, NginxRouter, Routing};
 use tokio::sync::watch;
@@ -43,6 +44,7 @@ pub(super) async fn supervise(
         match daemon.router.master() {
             Ok(master) => seen.running(master),
             Err(e) if !managed => {
+                let e = why(&e);
                 if seen.up != Some(false) {
                     tracing::warn!(
                         "the system nginx is down ({e}); systemd owns it, so serve does not \
@@ -51,12 +53,17 @@ pub(super) async fn supervise(
                 }
                 seen.up = Some(false);
             }
+            Err(_) if ManagedNginx::held_down(&daemon.router.layout) => {
+                seen.up = Some(false);
+                seen.stopped_on_purpose();
+            }
             Err(e) => {
+                let e = why(&e);
                 match (seen.up, seen.master) {
                     (Some(true), Some(old)) => {
-                        tracing::warn!("nginx master {old} is gone ({e}); restarting nginx")
+                        tracing::warn!("nginx master {old} is gone; restarting nginx")
                     }
-                    (None, _) => tracing::info!("nginx is not running ({e}); starting it"),
+                    (None, _) => tracing::info!("{e}; starting it"),
                     _ => {}
                 }
                 seen.up = Some(false);
@@ -76,6 +83,16 @@ pub(super) async fn supervise(
 }
 
 impl Seen {
+    fn stopped_on_purpose(&mut self) {
+        if !self.held_down {
+            tracing::info!(
+                "nginx was stopped with `switchyard proxy stop`; leaving it down until \
+                 `switchyard proxy start`"
+            );
+            self.held_down = true;
+        }
+    }
+
     fn running(&mut self, master: u32) {
         match (self.up, self.master) {
             (Some(true), Some(old)) if old != master => {
@@ -88,6 +105,7 @@ impl Seen {
         self.up = Some(true);
         self.master = Some(master);
         self.failures = 0;
+        self.held_down = false;
     }
 }
 
@@ -99,15 +117,8 @@ async fn restart(daemon: &Daemon, seen: &mut Seen) {
         seen.held_down = false;
     }
     match restarted {
-        Ok(None) => {
-            if !seen.held_down {
-                tracing::info!(
-                    "nginx was stopped with `switchyard proxy stop`; leaving it down until \
-                     `switchyard proxy start`"
-                );
-                seen.held_down = true;
-            }
-        }
+        // Stopped on purpose while this restart waited for the lock.
+        Ok(None) => seen.stopped_on_purpose(),
         Ok(Some(r)) if r.adopted => {
             tracing::info!(
                 "nginx was started meanwhile by someone else (master {})",
@@ -141,6 +152,14 @@ async fn restart(daemon: &Daemon, seen: &mut Seen) {
                 tracing::error!("starting nginx failed (attempt {}): {e}", seen.failures);
             }
         }
+    }
+}
+
+/// A router error without its `nginx: ` prefix (the sentences here name nginx already).
+fn why(e: &RouterError) -> String {
+    match e {
+        RouterError::Unavailable(why) => why.clone(),
+        other => other.to_string(),
     }
 }
 
