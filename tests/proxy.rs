@@ -25,7 +25,8 @@ use switchyard_nginx::procs;
 
 use crate::e2e::sandbox;
 use crate::support::{
-    assert_exit, assert_no_failures, eventually, get, require, responses_from, text,
+    assert_exit, assert_no_failures, eventually, free_port, get, require, require_nginx,
+    responses_from, text,
 };
 
 const PROXY_UP: &str = "switchyard_proxy_up";
@@ -117,6 +118,8 @@ async fn a_killed_nginx_is_restarted_by_serve_and_status_tells_the_truth_meanwhi
         return;
     };
     sandbox.deploy("v1", &quiet()).await.expect("v1 deploys");
+    // If the test fails: whatever nginx serve started last is stopped, after serve.
+    let _nginx = StopsNginx(sandbox.live().router.layout.pid_file.clone());
     let server = serve_for(&sandbox.config_path).await;
     let listen = sandbox.listen;
     let (human, check) = status(&sandbox);
@@ -219,6 +222,8 @@ async fn proxy_stop_status_and_start_through_the_cli_and_proxy_up_on_metrics() {
         return;
     };
     sandbox.deploy("v1", &quiet()).await.expect("v1 deploys");
+    // If the test fails: whatever nginx serve started last is stopped, after serve.
+    let _nginx = StopsNginx(sandbox.live().router.layout.pid_file.clone());
     let server = serve_for(&sandbox.config_path).await;
     let listen = sandbox.listen;
     assert_eq!(value(&scrape(server.addr()).await, PROXY_UP), Some(1.0));
@@ -378,6 +383,7 @@ async fn the_access_log_rotated_at_its_size_cap_loses_no_line() {
     let capped = config.replacen("[proxy]\n", "[proxy]\naccess_log_max = \"4k\"\n", 1);
     assert_ne!(config, capped);
     std::fs::write(&sandbox.config_path, capped).unwrap();
+    let _nginx = StopsNginx(sandbox.live().router.layout.pid_file.clone());
     let server = serve_for(&sandbox.config_path).await;
     let requests = |text: &str| {
         text.lines().find_map(|l| {
@@ -417,12 +423,156 @@ async fn the_access_log_rotated_at_its_size_cap_loses_no_line() {
     sandbox.shutdown().await.unwrap();
 }
 
-/// Stops (SIGTERM) the nginx whose pid is in the file when dropped: for a test that runs the
-/// `serve` binary, which starts the managed nginx and leaves it running when it exits.
+/// Stops (SIGTERM) the nginx whose pid is in the file when dropped: for a test that runs
+/// `serve`, which starts the managed nginx and leaves it running when it exits.
 pub(crate) struct StopsNginx(pub PathBuf);
 
 impl Drop for StopsNginx {
     fn drop(&mut self) {
         crate::support::stop_nginx(&self.0);
     }
+}
+
+/// A system nginx (`[proxy] main_conf`) in a temp dir, which the test starts and stops
+/// itself as systemd would: serve and `proxy` only report it.
+struct SystemNginx {
+    dir: tempfile::TempDir,
+    nginx: PathBuf,
+}
+
+impl SystemNginx {
+    fn new(nginx: PathBuf) -> SystemNginx {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["etc/switchyard", "run", "log", "tmp", "state"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let conf = format!(
+            "pid {root}/run/nginx.pid;\nerror_log {root}/log/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {root}/tmp;\n  \
+             proxy_temp_path {root}/tmp;\n  fastcgi_temp_path {root}/tmp;\n  \
+             uwsgi_temp_path {root}/tmp;\n  scgi_temp_path {root}/tmp;\n  \
+             server {{ listen 127.0.0.1:{port}; return 200; }}\n}}\n",
+            root = root.display(),
+            port = free_port(),
+        );
+        std::fs::write(root.join("etc/nginx.conf"), conf).unwrap();
+        let config = format!(
+            "[proxy]\nnginx = {nginx:?}\nmain_conf = \"{root}/etc/nginx.conf\"\n\
+             conf_dir = \"{root}/etc/switchyard\"\npid_file = \"{root}/run/nginx.pid\"\n\
+             access_log = \"{root}/log/switchyard.json.log\"\ncontrol = \"127.0.0.1:{control}\"\n\
+             routing = \"reload\"\n[state]\npath = \"state/switchyard.db\"\n\
+             [runtime]\nkind = \"process\"\n[[service]]\nname = \"web\"\n\
+             listen = \"127.0.0.1:{listen}\"\ncommand = [\"/bin/true\"]\n",
+            nginx = nginx.display().to_string(),
+            root = root.display(),
+            control = free_port(),
+            listen = free_port(),
+        );
+        std::fs::write(root.join("switchyard.toml"), config).unwrap();
+        SystemNginx { dir, nginx }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("run/nginx.pid")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// What systemd's nginx.service does: the master daemonizes and writes its pid file.
+    fn start(&self) -> u32 {
+        let conf = self.dir.path().join("etc/nginx.conf");
+        let out = Command::new(&self.nginx)
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let since = Instant::now();
+        loop {
+            if let Some(pid) =
+                procs::read_pid(&self.pid_file()).filter(|&p| procs::is_nginx_master(p))
+            {
+                return pid;
+            }
+            assert!(since.elapsed() < Duration::from_secs(10), "no pid file");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for SystemNginx {
+    fn drop(&mut self) {
+        crate::support::stop_nginx(&self.pid_file());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_nginx_is_only_reported_never_started_or_stopped() {
+    let Some(nginx) = require_nginx() else {
+        return;
+    };
+    let system = SystemNginx::new(nginx);
+    let server = serve_for(&system.config()).await;
+    let addr = server.addr();
+    assert_eq!(value(&scrape(addr).await, PROXY_UP), Some(0.0));
+    for verb in ["start", "stop"] {
+        let out = system.run(&["proxy", verb]);
+        assert_exit(&out, 2);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("`systemctl {verb} nginx`")),
+            "{stderr}"
+        );
+    }
+    let down = system.run(&["proxy", "status"]);
+    assert_exit(&down, 3);
+    let out = text(&down.stdout);
+    assert!(out.contains("nginx: down ("), "{out}");
+    assert!(out.contains("; system, reload routing)"), "{out}");
+
+    let master = system.start();
+    eventually(Duration::from_secs(5), "switchyard_proxy_up 1", || async {
+        value(&scrape(addr).await, PROXY_UP) == Some(1.0)
+    })
+    .await;
+    let up = system.run(&["proxy", "status"]);
+    assert_exit(&up, 0);
+    assert!(
+        text(&up.stdout).contains(&format!(
+            "nginx: up (master {master}; system, reload routing)"
+        )),
+        "{}",
+        text(&up.stdout)
+    );
+
+    // systemd's nginx stopped: serve says so and starts nothing.
+    crate::support::stop_nginx(&system.pid_file());
+    eventually(
+        Duration::from_secs(10),
+        "the system nginx to exit",
+        || async { !procs::running(master) },
+    )
+    .await;
+    for _ in 0..8 {
+        assert_eq!(value(&scrape(addr).await, PROXY_UP), Some(0.0));
+        let running = procs::read_pid(&system.pid_file()).filter(|&p| procs::is_nginx_master(p));
+        assert_eq!(running, None, "serve started the system nginx");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.shutdown().await.unwrap();
 }
