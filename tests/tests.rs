@@ -10,6 +10,7 @@ mod container;
 mod docker_down;
 mod dynamic;
 mod e2e;
+mod front;
 mod nginx;
 mod registry;
 mod rolling;

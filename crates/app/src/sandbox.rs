@@ -53,8 +53,11 @@ pub struct SandboxOptions {
     pub image: Option<String>,
     /// More keys of the `[[service]]` table (`pull = "always"`).
     pub service_keys: String,
-    /// More top-level tables (`[registry]`).
+    /// More top-level tables (`[registry]`, more `[[service]]`s).
     pub tables: String,
+    /// The service's `listen` (else a free loopback port), for tests that put several
+    /// services on one listen.
+    pub listen: Option<SocketAddr>,
 }
 
 impl SandboxOptions {
@@ -76,6 +79,7 @@ impl SandboxOptions {
             image: None,
             service_keys: String::new(),
             tables: String::new(),
+            listen: None,
         }
     }
 
@@ -148,9 +152,12 @@ impl Sandbox {
             .prefix("switchyard-sandbox-")
             .tempdir()
             .map_err(|e| AppError::environment(format!("creating a sandbox directory: {e}")))?;
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?)
-            .parse()
-            .expect("loopback address");
+        let listen: SocketAddr = match options.listen {
+            Some(listen) => listen,
+            None => format!("127.0.0.1:{}", free_port()?)
+                .parse()
+                .expect("loopback address"),
+        };
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config_text(options, listen, free_port()?)).map_err(|e| {
             AppError::environment(format!("writing {}: {e}", config_path.display()))
