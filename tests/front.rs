@@ -283,3 +283,58 @@ async fn services_share_a_tls_listen_by_sni_host_and_path_and_deploy_under_curl(
     assert_eq!(after.version, "b1", "the blog stayed where it was");
     sandbox.shutdown().await.expect("sandbox shuts down");
 }
+
+/// `[proxy] templates`: an override is what nginx serves, and one nginx refuses changes
+/// nothing: the deploy fails before traffic moves and the previous version keeps serving.
+#[tokio::test]
+async fn template_overrides_are_served_and_a_broken_one_changes_nothing() {
+    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let builtin = include_str!("../templates/locations.conf.tera");
+    let mine = builtin.replace(
+        "    proxy_pass {{ upstream }};",
+        "    add_header X-Template mine always;\n    proxy_pass {{ upstream }};",
+    );
+    assert_ne!(mine, builtin, "the override adds a header");
+    std::fs::write(dir.path().join("locations.conf.tera"), &mine).unwrap();
+    let mut options = SandboxOptions::new(RuntimeChoice::Process, app);
+    options.proxy_keys = format!("templates = {:?}", dir.path().display().to_string());
+    let mut sandbox = Sandbox::start(&options).await.expect("sandbox starts");
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", &sandbox.url()])
+        .output()
+        .expect("curl");
+    let head = crate::support::text(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("x-template: mine"), "{head}");
+
+    // An override nginx refuses: rejected by `nginx -t` on the staged copy, never reloaded.
+    std::fs::write(
+        dir.path().join("locations.conf.tera"),
+        builtin.replace("    proxy_http_version 1.1;", "    no_such_directive on;"),
+    )
+    .unwrap();
+    sandbox
+        .reopen()
+        .await
+        .expect("the config loads: the template parses");
+    let err = sandbox
+        .deploy("v2", &Progress::new(false))
+        .await
+        .expect_err("nginx refuses the override");
+    assert!(err.to_string().contains("no_such_directive"), "{err}");
+    let (status, _) = crate::support::get(sandbox.listen, "/").await;
+    assert_eq!(status, 200, "v1 still serves");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", &sandbox.url()])
+        .output()
+        .expect("curl");
+    let head = crate::support::text(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("x-version: v1"), "{head}");
+    sandbox.shutdown().await.expect("sandbox shuts down");
+}

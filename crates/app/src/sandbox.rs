@@ -58,6 +58,8 @@ pub struct SandboxOptions {
     /// The service's `listen` (else a free loopback port), for tests that put several
     /// services on one listen.
     pub listen: Option<SocketAddr>,
+    /// More keys of the `[proxy]` table (`templates = "dir"`).
+    pub proxy_keys: String,
 }
 
 impl SandboxOptions {
@@ -80,6 +82,7 @@ impl SandboxOptions {
             service_keys: String::new(),
             tables: String::new(),
             listen: None,
+            proxy_keys: String::new(),
         }
     }
 
@@ -183,6 +186,13 @@ impl Sandbox {
         self.live
             .as_ref()
             .expect("a sandbox has its live clients until shutdown")
+    }
+
+    /// Reads the config again, as the next `switchyard` command would (templates included),
+    /// keeping nginx and the instances as they are.
+    pub async fn reopen(&mut self) -> Result<(), AppError> {
+        self.live = Some(Live::open(settings::load(&self.config_path)?).await?);
+        Ok(())
     }
 
     pub fn spec(&self) -> &ServiceSpec {
@@ -403,6 +413,7 @@ fn config_text(o: &SandboxOptions, listen: SocketAddr, control: u16) -> String {
 prefix = "nginx"
 control = "127.0.0.1:{control}"
 routing = "{routing}"
+{proxy_keys}
 
 [state]
 path = "state/switchyard.db"
@@ -442,5 +453,6 @@ drain = {{ timeout = "{drain}" }}
         drain = o.drain_timeout,
         service_keys = o.service_keys,
         tables = o.tables,
+        proxy_keys = o.proxy_keys,
     )
 }
