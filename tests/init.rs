@@ -26,8 +26,14 @@ fn init_writes_a_commented_config_that_validates() {
     let out = switchyard(&["init", "--path", config.to_str().unwrap()]);
     assert_exit(&out, 0);
     let said = text(&out.stdout);
-    assert!(said.contains(&format!("wrote {}", config.display())), "{said}");
-    assert!(said.contains("validate") && said.contains("deploy web"), "{said}");
+    assert!(
+        said.contains(&format!("wrote {}", config.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains("validate") && said.contains("deploy web"),
+        "{said}"
+    );
     let out = validate(&config);
     assert_exit(&out, 0);
     assert!(text(&out.stdout).contains("1 service(s): web"));
@@ -135,7 +141,10 @@ fn system_nginx_init_writes_a_snippet_that_nginx_includes() {
     assert_exit(&out, 0);
     let said = text(&out.stdout);
     let snippet = nginx_dir.join("conf.d/switchyard.conf");
-    assert!(said.contains(&format!("wrote {}", snippet.display())), "{said}");
+    assert!(
+        said.contains(&format!("wrote {}", snippet.display())),
+        "{said}"
+    );
     assert!(nginx_dir.join("switchyard").is_dir(), "{said}");
     let include = std::fs::read_to_string(&snippet).unwrap();
     assert!(
@@ -149,7 +158,10 @@ fn system_nginx_init_writes_a_snippet_that_nginx_includes() {
     let expect_dir = format!("conf_dir = \"{}\"", nginx_dir.join("switchyard").display());
     assert!(written.contains(&expect_main), "{written}");
     assert!(written.contains(&expect_dir), "{written}");
-    assert!(written.contains("pid_file = \"/run/nginx.pid\""), "{written}");
+    assert!(
+        written.contains("pid_file = \"/run/nginx.pid\""),
+        "{written}"
+    );
     assert!(written.contains("access_log = "), "{written}");
     assert_exit(&validate(&config), 0);
 
