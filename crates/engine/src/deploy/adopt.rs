@@ -6,7 +6,8 @@
 //!
 //! It is a deployment of its own (strategy `adopt`, in the history) journaled like one
 //! (`instance_started`, `serve`, `routed`), so `resume`, `status` and the fold read it
-//! unchanged. Everything that can refuse (the lock, a service switchyard already runs, an
+//! unchanged. The adopted instance's `origin` is 0: no deployment created it, so it is
+//! stopped and retained where a replica a deployment started would be removed. Everything that can refuse (the lock, a service switchyard already runs, an
 //! instance that does not answer its health path) is checked before anything is recorded.
 
 use std::net::SocketAddr;
@@ -91,11 +92,13 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         };
         self.answers(spec, &candidate).await?;
         let id = self.begin_adoption(spec, &candidate)?;
-        // Recorded as this deployment's own replica 0, so `activate` makes it the live slot
-        // and the next deploy retires it like any replica it replaces.
+        // Replica 0 of this deployment, so `activate` makes it the live slot and the next
+        // deploy retires it like any replica it replaces; but created by no deployment
+        // (`origin` 0), so none removes it as its creator would: a resume of this one, killed
+        // before nginx routed to it, stops it and keeps it for rollback. Only pruning beyond
+        // `retain` and `switchyard remove` remove it.
         let instance = Instance {
             deployment: id,
-            origin: id,
             ..candidate
         };
         self.journal(
@@ -107,11 +110,6 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         )?;
         self.store
             .put_instance(&instance, InstanceState::Starting)?;
-        self.observer.event(&Event::Started {
-            instance: instance.name.clone(),
-            addr: instance.addr(),
-            reused: true,
-        });
         let reload = self.route_to(spec, id, &instance).await?;
         let message = format!(
             "adopted container {} as {} on {}",

@@ -134,3 +134,32 @@ impl World {
         assert_eq!(self.runtime.running().len(), 2);
     }
 }
+
+/// An adoption killed after each of its journal writes, then `deploy v2`: v2 ends up live
+/// and consistent, and the adopted container is never removed (at most stopped and kept).
+#[tokio::test(start_paused = true)]
+async fn an_adoption_killed_anywhere_is_settled_by_the_next_deploy_without_removing_the_container()
+{
+    let writes = {
+        let w = one_replica();
+        let adoptee = by_hand(&w, "v1").await;
+        w.deployer().adopt(&w.spec, &adoptee).await.unwrap();
+        w.journal_steps().len()
+    };
+    assert!(writes >= 3, "instance_started, serve, routed");
+    for n in 1..=writes {
+        let w = one_replica();
+        let adoptee = by_hand(&w, "v1").await;
+        w.killed_during(n, w.deployer().adopt(&w.spec, &adoptee))
+            .await;
+        w.deploy("v2")
+            .await
+            .unwrap_or_else(|e| panic!("killed after write {n}: {e}"));
+        w.assert_consistent("v2");
+        assert!(
+            w.runtime.existing().contains(&adoptee.id),
+            "killed after write {n}: the adopted container is kept: {:#?}",
+            w.shared.calls()
+        );
+    }
+}
