@@ -6,7 +6,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::{assert_exit, require_nginx, text};
+use switchyard_app::live::Live;
+use switchyard_app::settings;
+
+use crate::support::{assert_exit, free_port, require_demo_app, require_nginx, stop_nginx, text};
 
 fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -203,4 +206,93 @@ fn system_nginx_init_writes_a_snippet_that_nginx_includes() {
         !out.status.success() && err.contains("not_a_directive") && err.contains("web.conf"),
         "nginx -t read switchyard/web.conf: {err}"
     );
+}
+
+/// Stops the nginx the CLI started under `dir/nginx` and removes the service's processes.
+struct Started {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let config = self.dir.path().join("switchyard.toml");
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(live) = Live::open(settings::load(&config).unwrap()).await {
+                    let _ = live.remove_all().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+        stop_nginx(&self.dir.path().join("nginx/logs/nginx.pid"));
+    }
+}
+
+/// Regression: the starter's relative `prefix = "nginx"`, read through the default
+/// `--config switchyard.toml` from the config's own directory, was resolved to
+/// `./nginx`, and nginx (which resolves `-c` against `-p`) looked for
+/// `./nginx/./nginx/conf/nginx.conf`: the first deploy failed to start nginx.
+#[test]
+fn the_starter_deploys_from_its_own_directory_with_relative_paths() {
+    let Some(_) = require_nginx() else {
+        return;
+    };
+    let Some(app) = require_demo_app() else {
+        return;
+    };
+    let started = Started {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let dir = started.dir.path();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .current_dir(dir)
+            .env_remove("SWITCHYARD_CONFIG")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_exit(&run(&["init"]), 0);
+    // The starter as a user on a host without Docker would edit it: the service as a local
+    // process, on ports free here.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let starter = std::fs::read_to_string(dir.join("switchyard.toml")).unwrap();
+    let edited = starter
+        .replace("127.0.0.1:8000", &listen)
+        .replace("127.0.0.1:8099", &format!("127.0.0.1:{}", free_port()))
+        .replace(
+            "# [runtime]\n# kind = \"docker\"",
+            "[runtime]\nkind = \"process\"",
+        )
+        .replace(
+            "image = \"demo-app:{version}\"",
+            &format!("command = [{:?}]", app.display().to_string()),
+        );
+    assert_ne!(starter, edited);
+    std::fs::write(dir.join("switchyard.toml"), edited).unwrap();
+    assert_exit(&run(&["validate"]), 0);
+    let out = run(&["deploy", "web", "--version", "v1"]);
+    assert_exit(&out, 0);
+    let (status, body) = get(&listen);
+    assert_eq!(
+        (status.as_str(), body.trim()),
+        ("200", r#"{"version":"v1"}"#)
+    );
+}
+
+/// A GET of `/` on a fresh connection: (status code, body).
+fn get(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split(' ').nth(1).unwrap_or("").to_owned();
+    (status, body.to_owned())
 }
