@@ -163,6 +163,28 @@ fn warnings(spec: &ServiceSpec, found: &Inspected, adoptee: &Adoptee) -> Vec<Str
             ));
         }
     }
+    let exposed: Vec<String> = found
+        .ports
+        .iter()
+        .filter(|p| p.host_port == adoptee.host_port && p.host_ip != "127.0.0.1")
+        .map(|p| match p.host_ip.as_str() {
+            "" => format!("*:{}", p.host_port),
+            ip => format!("{ip}:{}", p.host_port),
+        })
+        .collect();
+    if !exposed.is_empty() {
+        warnings.push(format!(
+            "{} publishes {} beyond loopback, where clients can reach it past nginx; the replicas switchyard starts publish on 127.0.0.1 only",
+            found.name,
+            exposed.join(", ")
+        ));
+    }
+    if spec.replicas > 1 {
+        warnings.push(format!(
+            "{} has replicas = {}, and {} is one: the next deploy starts {} replicas of the new version",
+            spec.name, spec.replicas, found.name, spec.replicas
+        ));
+    }
     if found.restart == "always" {
         warnings.push(format!(
             "{} has restart policy \"always\": once a deploy has stopped it, a restart of the Docker daemon starts it again (`docker update --restart unless-stopped {}` avoids that)",
@@ -174,7 +196,112 @@ fn warnings(spec: &ServiceSpec, found: &Inspected, adoptee: &Adoptee) -> Vec<Str
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use switchyard_docker::inspect::PublishedPort;
+    use switchyard_engine::Config;
+
     use super::*;
+
+    fn spec() -> ServiceSpec {
+        let text = "[proxy]\nprefix = \"nginx\"\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:8000\"\nimage = \"app:{version}\"\nport = 8080\n";
+        Config::parse(text, Path::new("t.toml")).unwrap().services[0].clone()
+    }
+
+    fn container(ports: &[(&str, u16, u16)]) -> Inspected {
+        Inspected {
+            id: "c0ffee".into(),
+            name: "springboot1".into(),
+            image: "app:1".into(),
+            running: true,
+            state: "running".into(),
+            ports: ports
+                .iter()
+                .map(|&(ip, host_port, container_port)| PublishedPort {
+                    container_port,
+                    protocol: "tcp".into(),
+                    host_ip: ip.into(),
+                    host_port,
+                })
+                .collect(),
+            scope: None,
+            restart: "no".into(),
+        }
+    }
+
+    #[test]
+    fn the_port_127_0_0_1_reaches_is_found_loopback_first() {
+        let spec = spec();
+        let both = container(&[("0.0.0.0", 9000, 8080), ("127.0.0.1", 9001, 8080)]);
+        assert_eq!(adoptee(&spec, &both, None).unwrap().host_port, 9001);
+        for ip in ["0.0.0.0", "::", ""] {
+            let all = container(&[("10.0.0.5", 9000, 8080), (ip, 9002, 8080)]);
+            assert_eq!(
+                adoptee(&spec, &all, None).unwrap().host_port,
+                9002,
+                "{ip:?}"
+            );
+        }
+        let w = warnings(&spec, &both, &adoptee(&spec, &both, None).unwrap());
+        assert!(w.is_empty(), "{w:?}");
+        let wide = container(&[("0.0.0.0", 9000, 8080)]);
+        let w = warnings(&spec, &wide, &adoptee(&spec, &wide, None).unwrap());
+        assert!(w[0].contains("0.0.0.0:9000 beyond loopback"), "{w:?}");
+    }
+
+    #[test]
+    fn a_port_127_0_0_1_cannot_reach_is_refused_naming_what_is_published() {
+        let spec = spec();
+        for (ports, says) in [
+            (
+                vec![("10.0.0.5", 9000, 8080)],
+                "it publishes 8080/tcp on 10.0.0.5:9000",
+            ),
+            (
+                vec![("127.0.0.1", 9000, 9090)],
+                "it publishes 9090/tcp on 127.0.0.1:9000",
+            ),
+            (vec![], "it publishes nothing"),
+        ] {
+            let e = adoptee(&spec, &container(&ports), None).unwrap_err();
+            assert_eq!(e.code, 2);
+            assert!(e.message.contains(says), "{}", e.message);
+            assert!(
+                e.message.contains("does not publish port 8080/tcp"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn version_is_the_flag_else_the_tag_and_switchyards_own_containers_are_refused() {
+        let spec = spec();
+        let c = container(&[("127.0.0.1", 9000, 8080)]);
+        assert_eq!(adoptee(&spec, &c, None).unwrap().version.as_str(), "1");
+        let given = Version::parse("1.0.3").unwrap();
+        assert_eq!(
+            adoptee(&spec, &c, Some(given)).unwrap().version.as_str(),
+            "1.0.3"
+        );
+        let ours = Inspected {
+            scope: Some("sy1234".into()),
+            ..c.clone()
+        };
+        let e = adoptee(&spec, &ours, None).unwrap_err();
+        assert!(e.message.contains("started by switchyard"), "{}", e.message);
+        let stopped = Inspected {
+            running: false,
+            state: "exited".into(),
+            ..c
+        };
+        let e = adoptee(&spec, &stopped, None).unwrap_err();
+        assert!(
+            e.message.contains("is exited, not running"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn versions_come_from_the_image_tag() {
