@@ -163,3 +163,22 @@ async fn an_adoption_killed_anywhere_is_settled_by_the_next_deploy_without_remov
         );
     }
 }
+
+/// `retain` counts the adopted version like any other: two deploys later it is pruned, by
+/// container id, as a retained slot past `retain` is.
+#[tokio::test(start_paused = true)]
+async fn the_adopted_container_is_pruned_past_retain_like_any_old_version() {
+    let w = one_replica();
+    let adoptee = by_hand(&w, "v1").await;
+    w.deployer().adopt(&w.spec, &adoptee).await.unwrap();
+    w.deploy("v2").await.unwrap();
+    assert!(w.runtime.existing().contains(&adoptee.id));
+    w.deploy("v3").await.unwrap();
+    w.assert_consistent("v3");
+    assert_eq!(w.retained_versions(), ["v2"], "retain = 1");
+    assert!(
+        !w.runtime.existing().contains(&adoptee.id),
+        "pruned: {:#?}",
+        w.shared.calls()
+    );
+}
