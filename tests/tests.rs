@@ -4,6 +4,7 @@
 
 mod support;
 
+mod adopt;
 mod canary;
 mod cli;
 mod container;
@@ -11,6 +12,7 @@ mod docker_down;
 mod dynamic;
 mod e2e;
 mod front;
+mod init;
 mod nginx;
 mod registry;
 mod rolling;
