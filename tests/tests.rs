@@ -16,3 +16,4 @@ mod rolling;
 mod routing;
 mod secrets;
 mod serve;
+mod stream;
