@@ -1,9 +1,10 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
 //! validation (no IO), resolves relative paths against the file's directory and checks
 //! what needs the host: bind volumes' sources (in `container`), `[registry]`'s password file
-//! (in [`registry`]).
+//! (in [`registry`]), TLS files and template overrides (in `front`).
 
 mod container;
+mod front;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -68,5 +69,6 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         }
     }
     container::check_bind_sources(&config, path)?;
+    front::check(&mut config, &text, path)?;
     Ok(config)
 }

@@ -34,6 +34,7 @@ impl Checker<'_> {
             .filter_map(|s| self.service(s, runtime))
             .collect();
         self.check_unique(&raw.services, &services, &proxy);
+        self.check_fronts(&raw.services, &services);
         let state_path = PathBuf::from(raw.state.path.unwrap_or_else(|| "switchyard.db".into()));
         let metrics = self.metrics(&raw.metrics, &services);
         let default_serve: SocketAddr = "127.0.0.1:9100".parse().expect("literal address");
@@ -156,11 +157,21 @@ impl Checker<'_> {
                 .check(r, "proxy.routing", |r| RoutingChoice::parse(r))
                 .unwrap_or(RoutingChoice::Auto),
         };
+        let templates = raw.templates.as_ref().and_then(|t| {
+            self.check(t, "proxy.templates", |t| {
+                if t.is_empty() {
+                    Err("must name a directory".to_owned())
+                } else {
+                    Ok(PathBuf::from(t))
+                }
+            })
+        });
         ProxyConfig {
             nginx,
             mode,
             control,
             routing,
+            templates,
         }
     }
 }
