@@ -307,3 +307,34 @@ fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
         raw = &data[size + 2..];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{dechunk, Response};
+
+    #[test]
+    fn a_chunked_body_is_decoded_as_far_as_it_has_arrived() {
+        let whole = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
+        assert_eq!(dechunk(whole), (b"hello, world".to_vec(), true));
+        // Cut inside the second chunk's data, inside its size line, and before anything.
+        assert_eq!(dechunk(&whole[..20]), (b"hello".to_vec(), false));
+        assert_eq!(dechunk(&whole[..12]), (b"hello".to_vec(), false));
+        assert_eq!(dechunk(b""), (Vec::new(), false));
+    }
+
+    #[test]
+    fn a_response_is_complete_by_its_length_or_last_chunk() {
+        let head = "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 4\r\n\r\n";
+        let partial = Response::parse(format!("{head}ab").as_bytes()).unwrap();
+        assert_eq!((partial.status, partial.complete), (413, false));
+        let whole = Response::parse(format!("{head}abcd").as_bytes()).unwrap();
+        assert_eq!(
+            (whole.body.as_slice(), whole.complete),
+            (&b"abcd"[..], true)
+        );
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n";
+        let open = Response::parse(chunked.as_bytes()).unwrap();
+        assert_eq!((open.body.as_slice(), open.complete), (&b"ok"[..], false));
+        assert!(Response::parse(b"HTTP/1.1 200 OK\r\nContent-Le").is_none());
+    }
+}
