@@ -258,7 +258,7 @@ async fn reload_event_stream_arrives_unbuffered_through_a_deploy() {
 }
 
 /// Uploads `body` one after another, 50 ms apart, until `done` (at most 100).
-async fn upload_until(
+fn upload_until(
     sandbox: &Sandbox,
     body: Arc<Vec<u8>>,
     done: Arc<AtomicBool>,
@@ -289,7 +289,7 @@ async fn uploads_through_a_deploy(routing: &str) {
     let done = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
     for _ in 0..2 {
-        loops.push(upload_until(&sandbox, Arc::clone(&body), Arc::clone(&done)).await);
+        loops.push(upload_until(&sandbox, Arc::clone(&body), Arc::clone(&done)));
     }
     sandbox.deploy("v2", &quiet()).await.expect("v2 deploys");
     done.store(true, Ordering::SeqCst);
