@@ -22,6 +22,9 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Absolute: nginx resolves `-c` against `-p`, so a prefix relative to the working
+    // directory (`--config switchyard.toml`, `prefix = "nginx"`) would be joined twice.
+    let base = &std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
             *p = base.join(&*p);
