@@ -19,3 +19,4 @@ mod rolling;
 mod routing;
 mod secrets;
 mod serve;
+mod stream;

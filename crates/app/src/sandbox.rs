@@ -110,6 +110,18 @@ impl SandboxOptions {
         self
     }
 
+    /// More keys of the `[[service]]` table, one per line (`buffering = false`).
+    pub fn service_keys(mut self, lines: &str) -> SandboxOptions {
+        self.service_keys = lines.to_owned();
+        self
+    }
+
+    /// `drain = { timeout = ... }` of the service.
+    pub fn drain_timeout(mut self, timeout: &str) -> SandboxOptions {
+        self.drain_timeout = timeout.to_owned();
+        self
+    }
+
     pub fn replicas(mut self, replicas: u16) -> SandboxOptions {
         self.replicas = replicas;
         self
