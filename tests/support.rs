@@ -2,12 +2,15 @@
 //!
 //! A test that needs Docker or nginx calls [`require_nginx`] / [`require_docker`]: where
 //! `CI` is set a missing component fails the test; elsewhere the test says loudly that it
-//! skipped. Tests wait with [`eventually`], never with bare sleeps.
+//! skipped. Tests wait with [`eventually`], never with bare sleeps. [`stream`] has the
+//! websocket, event-stream and upload clients.
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+pub mod stream;
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {

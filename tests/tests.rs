@@ -4,12 +4,15 @@
 
 mod support;
 
+mod adopt;
 mod canary;
 mod cli;
 mod container;
 mod docker_down;
 mod dynamic;
 mod e2e;
+mod front;
+mod init;
 mod nginx;
 mod proxy;
 mod registry;
@@ -17,3 +20,4 @@ mod rolling;
 mod routing;
 mod secrets;
 mod serve;
+mod stream;

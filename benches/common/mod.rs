@@ -382,11 +382,15 @@ pub async fn naive_start(
 /// SIGHUPs the master: no `nginx -t`, no atomic rename, no confirmation.
 pub async fn naive_route(sandbox: &Sandbox, set: &UpstreamSet) -> anyhow::Result<()> {
     let live = sandbox.live();
-    let text = live
+    let front = Default::default();
+    let claim = switchyard_nginx::sites::Claim::new(set.service.as_str(), set.listen, &front);
+    let upstreams = live
         .router
         .templates
-        .service(set, &live.router.layout.access_log)
+        .service(set, &front)
         .map_err(anyhow::Error::msg)?;
+    // Its server and locations stay as the engine's first deploy wrote them.
+    let text = format!("{}{upstreams}", claim.line());
     let file = live
         .router
         .layout

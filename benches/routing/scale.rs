@@ -13,6 +13,7 @@ use switchyard_engine::config::RoutingChoice;
 use switchyard_engine::{Name, Router, UpstreamSet};
 use switchyard_nginx::router::STATE_FILE;
 use switchyard_nginx::routing::{self, StateFile};
+use switchyard_nginx::templates::Upstream;
 use switchyard_nginx::{procs, stage, Layout, ManagedNginx, NginxRouter, Templates};
 
 use crate::common::{ms, print_metrics};
@@ -173,7 +174,17 @@ async fn parts(router: &NginxRouter, set: &UpstreamSet) -> anyhow::Result<Parts>
         let layout = &router.layout;
         router
             .templates
-            .dynamic_service(&set.service, set.listen, &layout.access_log)
+            .dynamic_service(&set.service, &Default::default())
+            .map_err(msg)?;
+        router
+            .templates
+            .locations(
+                &set.service,
+                set.listen,
+                &Default::default(),
+                Upstream::Dynamic,
+                &layout.access_log,
+            )
             .map_err(msg)?;
         router.control_file(router.disk_generation()).map_err(msg)?;
         parts.render_ms.push(ms(since.elapsed()));

@@ -99,6 +99,11 @@ pub enum Command {
     Remove { service: String },
     /// Check the config file and report every problem with its line.
     Validate,
+    /// Write a commented starter switchyard.toml that validates as written.
+    Init(commands::init::InitArgs),
+    /// Take a running container switchyard did not start as the live version of a service,
+    /// so the next deploy replaces it with zero failed requests.
+    Adopt(commands::adopt::AdoptArgs),
     /// v1 up, load running, blue-green to v2, and a summary of every request.
     Demo(commands::demo::DemoArgs),
 }

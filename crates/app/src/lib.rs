@@ -7,9 +7,13 @@
 //!   labelled containers) for the demo, the end-to-end tests and the benchmarks.
 //! - [`traffic`]: per-track counts tailed from nginx's access log, and the embedded metric
 //!   source for canary judgements.
+//! - [`adopt`]: `switchyard adopt`, a running container taken over as a service's live
+//!   version. [`init`]: `switchyard init`, a starter config.
 //! - [`demo`]: `switchyard demo`. [`load`]: the load generator. [`progress`]: human output.
 
+pub mod adopt;
 pub mod demo;
+pub mod init;
 pub mod live;
 pub mod load;
 pub mod logs;

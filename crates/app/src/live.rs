@@ -269,7 +269,7 @@ impl Live {
                 )
             }
         };
-        let router = router(&config);
+        let router = router(&config)?;
         Ok(Live {
             config,
             runtime,
@@ -380,8 +380,9 @@ impl Live {
     }
 }
 
-/// The router the config describes (its routing is resolved on first use).
-pub fn router(config: &Config) -> NginxRouter {
+/// The router the config describes (its routing is resolved on first use), with the
+/// services' front doors and the template overrides of `proxy.templates`.
+pub fn router(config: &Config) -> Result<NginxRouter, AppError> {
     let layout = match &config.proxy.mode {
         ProxyMode::Managed { prefix } => Layout::managed(&config.proxy.nginx, prefix),
         ProxyMode::System {
@@ -397,8 +398,19 @@ pub fn router(config: &Config) -> NginxRouter {
             access_log,
         ),
     };
-    NginxRouter::new(layout, config.proxy.control, Templates::builtin())
+    let templates = match &config.proxy.templates {
+        None => Templates::builtin(),
+        Some(dir) => Templates::with_overrides(dir)
+            .map_err(|e| AppError::input(format!("proxy.templates: {e}")))?,
+    };
+    let fronts = config
+        .services
+        .iter()
+        .map(|s| (s.name.to_string(), s.front.clone()))
+        .collect();
+    Ok(NginxRouter::new(layout, config.proxy.control, templates)
         .with_routing(config.proxy.routing)
+        .with_fronts(fronts))
 }
 
 /// The Docker label that keeps this installation's containers apart: a hash of the state

@@ -53,8 +53,13 @@ pub struct SandboxOptions {
     pub image: Option<String>,
     /// More keys of the `[[service]]` table (`pull = "always"`).
     pub service_keys: String,
-    /// More top-level tables (`[registry]`).
+    /// More top-level tables (`[registry]`, more `[[service]]`s).
     pub tables: String,
+    /// The service's `listen` (else a free loopback port), for tests that put several
+    /// services on one listen.
+    pub listen: Option<SocketAddr>,
+    /// More keys of the `[proxy]` table (`templates = "dir"`).
+    pub proxy_keys: String,
 }
 
 impl SandboxOptions {
@@ -76,6 +81,8 @@ impl SandboxOptions {
             image: None,
             service_keys: String::new(),
             tables: String::new(),
+            listen: None,
+            proxy_keys: String::new(),
         }
     }
 
@@ -100,6 +107,18 @@ impl SandboxOptions {
 
     pub fn env(mut self, key: &str, value: &str) -> SandboxOptions {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// More keys of the `[[service]]` table, one per line (`buffering = false`).
+    pub fn service_keys(mut self, lines: &str) -> SandboxOptions {
+        self.service_keys = lines.to_owned();
+        self
+    }
+
+    /// `drain = { timeout = ... }` of the service.
+    pub fn drain_timeout(mut self, timeout: &str) -> SandboxOptions {
+        self.drain_timeout = timeout.to_owned();
         self
     }
 
@@ -148,9 +167,12 @@ impl Sandbox {
             .prefix("switchyard-sandbox-")
             .tempdir()
             .map_err(|e| AppError::environment(format!("creating a sandbox directory: {e}")))?;
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?)
-            .parse()
-            .expect("loopback address");
+        let listen: SocketAddr = match options.listen {
+            Some(listen) => listen,
+            None => format!("127.0.0.1:{}", free_port()?)
+                .parse()
+                .expect("loopback address"),
+        };
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config_text(options, listen, free_port()?)).map_err(|e| {
             AppError::environment(format!("writing {}: {e}", config_path.display()))
@@ -176,6 +198,13 @@ impl Sandbox {
         self.live
             .as_ref()
             .expect("a sandbox has its live clients until shutdown")
+    }
+
+    /// Reads the config again, as the next `switchyard` command would (templates included),
+    /// keeping nginx and the instances as they are.
+    pub async fn reopen(&mut self) -> Result<(), AppError> {
+        self.live = Some(Live::open(settings::load(&self.config_path)?).await?);
+        Ok(())
     }
 
     pub fn spec(&self) -> &ServiceSpec {
@@ -405,6 +434,7 @@ fn config_text(o: &SandboxOptions, listen: SocketAddr, control: u16) -> String {
 prefix = "nginx"
 control = "127.0.0.1:{control}"
 routing = "{routing}"
+{proxy_keys}
 
 [state]
 path = "state/switchyard.db"
@@ -444,5 +474,6 @@ drain = {{ timeout = "{drain}" }}
         drain = o.drain_timeout,
         service_keys = o.service_keys,
         tables = o.tables,
+        proxy_keys = o.proxy_keys,
     )
 }

@@ -1,9 +1,10 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
 //! validation (no IO), resolves relative paths against the file's directory and checks
 //! what needs the host: bind volumes' sources (in `container`), `[registry]`'s password file
-//! (in [`registry`]).
+//! (in [`registry`]), TLS files and template overrides (in `front`).
 
 mod container;
+mod front;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,9 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Absolute: nginx resolves `-c` against `-p`, so a prefix relative to the working
+    // directory (`--config switchyard.toml`, `prefix = "nginx"`) would be joined twice.
+    let base = &std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
             *p = base.join(&*p);
@@ -68,5 +72,6 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         }
     }
     container::check_bind_sources(&config, path)?;
+    front::check(&mut config, &text, path)?;
     Ok(config)
 }

@@ -1,9 +1,11 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod adopt;
 mod control;
 pub mod demo;
 mod deploy;
 mod history;
+pub mod init;
 mod logs;
 mod plan;
 pub mod proxy;
@@ -49,6 +51,8 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
             tail,
         } => logs::run(cli, service, *follow, since.as_deref(), *tail).await,
         Command::Validate => validate::run(cli),
+        Command::Init(args) => init::run(cli, args),
+        Command::Adopt(args) => adopt::run(cli, args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

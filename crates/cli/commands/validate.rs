@@ -19,7 +19,7 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     let valid = Valid {
         file: cli.config.display().to_string(),
         services: config.services.iter().map(|s| s.name.to_string()).collect(),
-        routing: switchyard_app::live::router(&config).routing_note(),
+        routing: switchyard_app::live::router(&config)?.routing_note(),
     };
     if !json(cli, &valid) {
         println!(

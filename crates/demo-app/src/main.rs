@@ -7,13 +7,16 @@
 //! `HEALTHCHECK`, since there is no curl, and `demo-app get URL` prints what a URL answers
 //! (a test's client on a Docker network). `demo-app serve` is the server, as with no
 //! arguments, so a service can set a `command`. Settings come from environment variables,
-//! see [`config::Config`]; routes live in [`server`], files kept on volumes in [`data`].
+//! see [`config::Config`]; routes live in [`server`] and, for websockets, event streams and
+//! uploads, [`streams`]; files kept on volumes in [`data`].
 
 mod config;
 mod connections;
 mod data;
 mod healthcheck;
+mod in_flight;
 mod server;
+mod streams;
 
 use std::process::ExitCode;
 use std::time::Duration;

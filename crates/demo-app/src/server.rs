@@ -1,11 +1,10 @@
 //! The demo app's HTTP side: [`router`] builds the routes from a [`Config`], and [`serve`]
 //! runs them until a shutdown signal, draining in-flight requests for at most the grace
 //! period, closes the connections still open when it runs out, and says how it ended in a
-//! [`Stopped`]. [`InFlight`] counts `/` and `/slow` requests being answered.
+//! [`Stopped`]. [`InFlight`] counts the requests being answered.
 
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,33 +18,10 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::connections::{OpenConnections, TrackedListener};
+pub use crate::in_flight::InFlight;
 
 /// Longest delay `/slow` accepts, in milliseconds.
 const MAX_SLOW_MS: u64 = 60_000;
-
-/// How many `/` and `/slow` requests are being answered right now.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard(self.clone())
-    }
-}
-
-/// Decrements on drop, so a request whose client went away is not counted forever.
-struct InFlightGuard(InFlight);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -58,7 +34,8 @@ struct AppState {
     data_dirs: Arc<[PathBuf]>,
 }
 
-/// The routes: `GET /`, `GET /slow?ms=N`, `GET /health`, `GET /version`, `GET /data`.
+/// The routes: `GET /`, `GET /slow?ms=N`, `GET /health`, `GET /version`, `GET /data`, and
+/// the long-lived ones of [`crate::streams`] (`GET /ws`, `GET /events`, `POST /upload`).
 pub fn router(config: &Config, in_flight: InFlight) -> Router {
     let state = AppState {
         version: HeaderValue::from_str(&config.version)
@@ -69,7 +46,7 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
         latency: config.latency,
         fail_rate: config.fail_rate,
         health_fail: config.health_fail,
-        in_flight,
+        in_flight: in_flight.clone(),
         data_dirs: config.data_dirs.clone().into(),
     };
     Router::new()
@@ -79,6 +56,7 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
         .route("/version", get(version))
         .route("/data", get(data))
         .with_state(state)
+        .merge(crate::streams::router(&config.version, in_flight))
 }
 
 /// A POST to `/`: its body is read in full (so the connection stays reusable), then answered
@@ -198,7 +176,8 @@ pub struct Stopped {
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits for
-/// in-flight requests, for at most `config.shutdown_grace`. When that runs out it closes
+/// in-flight requests (open websockets and event streams among them), for at most
+/// `config.shutdown_grace`. When that runs out it closes
 /// every connection still open before returning, so requests in flight get no response,
 /// as when the process exits.
 pub async fn serve(
@@ -217,16 +196,21 @@ pub async fn serve(
         .into_future();
     tokio::pin!(server);
     let mut signalled_rx = signalled_rx;
-    let signal = tokio::select! {
+    let (signal, server_done) = tokio::select! {
         // Draining with nothing in flight can finish in the same poll that saw the signal.
-        _ = &mut server => {
-            let signal = signalled_rx.try_recv().unwrap_or("shutdown");
-            return Stopped { signal, abandoned: 0 };
-        }
-        signal = &mut signalled_rx => signal.unwrap_or("shutdown"),
+        _ = &mut server => (signalled_rx.try_recv().unwrap_or("shutdown"), true),
+        signal = &mut signalled_rx => (signal.unwrap_or("shutdown"), false),
     };
-    match tokio::time::timeout(config.shutdown_grace, server).await {
-        Ok(_) => Stopped {
+    // axum's graceful shutdown waits for the HTTP connections it serves; an upgraded one (a
+    // websocket) left axum when it upgraded, so the in-flight count is waited for too.
+    let drained = async {
+        if !server_done {
+            let _ = (&mut server).await;
+        }
+        in_flight.drained().await;
+    };
+    match tokio::time::timeout(config.shutdown_grace, drained).await {
+        Ok(()) => Stopped {
             signal,
             abandoned: 0,
         },
@@ -239,7 +223,7 @@ pub async fn serve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io;
     use std::net::SocketAddr;
     use std::time::Instant;
@@ -250,14 +234,14 @@ mod tests {
     use super::*;
     use crate::healthcheck::{self, http_get, RawResponse};
 
-    struct Running {
-        addr: SocketAddr,
-        in_flight: InFlight,
-        stop: oneshot::Sender<&'static str>,
-        server: JoinHandle<Stopped>,
+    pub(crate) struct Running {
+        pub(crate) addr: SocketAddr,
+        pub(crate) in_flight: InFlight,
+        pub(crate) stop: oneshot::Sender<&'static str>,
+        pub(crate) server: JoinHandle<Stopped>,
     }
 
-    async fn start(vars: &[(&str, &str)]) -> Running {
+    pub(crate) async fn start(vars: &[(&str, &str)]) -> Running {
         let config = Config::from_lookup(|name| match name {
             "BIND_ADDR" => Some("127.0.0.1".to_string()),
             "PORT" => Some("0".to_string()),
@@ -300,7 +284,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn wait_for_in_flight(in_flight: &InFlight, want: usize) {
+    pub(crate) async fn wait_for_in_flight(in_flight: &InFlight, want: usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while in_flight.get() != want {
             assert!(

@@ -7,7 +7,7 @@
 //!
 //! The checking is split by what it reads: `raw` holds the TOML as written, `presets` the
 //! compiled-in presets, `checker` the error-collecting `Checker`, `sections` the top-level
-//! tables, and `service`, `canary` and `rolling` each `[[service]]`.
+//! tables, and `service`, `front`, `canary` and `rolling` each `[[service]]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +20,7 @@ use crate::names::{Name, Version};
 mod canary;
 mod checker;
 pub mod container;
+pub mod front;
 mod presets;
 mod raw;
 mod rolling;
@@ -27,6 +28,7 @@ mod sections;
 mod service;
 pub use canary::CanarySpec;
 use checker::Checker;
+pub use front::{FrontSpec, ProxyTimeouts, TlsFiles};
 use raw::RawConfig;
 pub use rolling::{OnFailure, RollingSpec};
 
@@ -76,6 +78,9 @@ pub struct ProxyConfig {
     /// `proxy.access_log_max`: `serve` rotates the access log to `<log>.1` past this many
     /// bytes (100 MiB by default).
     pub access_log_max: u64,
+    /// `proxy.templates`: a directory whose files replace the built-in nginx templates of the
+    /// same name (relative paths are resolved against the config file by `app`).
+    pub templates: Option<PathBuf>,
 }
 
 /// `[proxy] routing`: how a deploy moves traffic.
@@ -128,8 +133,10 @@ pub enum RuntimeChoice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSpec {
     pub name: Name,
-    /// Where nginx listens for this service.
+    /// Where nginx listens for this service (shared with others that have other hosts or paths).
     pub listen: SocketAddr,
+    /// How nginx answers for it: hosts, path, TLS, limits, timeouts.
+    pub front: FrontSpec,
     pub source: Source,
     /// The port the app listens on inside its container (docker runtime).
     pub port: u16,

@@ -10,6 +10,7 @@
 //! leaves a deployment that [`resume`] re-applies from the journal's [`fold`] and then takes
 //! forward or back.
 
+pub mod adopt;
 pub mod canary;
 pub mod fold;
 mod health;

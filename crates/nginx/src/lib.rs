@@ -5,6 +5,8 @@
 //!   atomic installs.
 //! - [`router`]: [`NginxRouter`], the engine's `Router`: confirmed reloads and drain waits,
 //!   or routing without reloads ([`routing`]: documents in nginx's shared memory).
+//! - [`sites`]: which server a request reaches (listen, host name, path), from the claims
+//!   recorded in the service files.
 //! - [`managed`]: [`ManagedNginx`], an nginx switchyard starts with its own prefix.
 //! - [`procs`] and [`control`]: the master's workers from `/proc`, the generation endpoint.
 
@@ -13,6 +15,7 @@ pub mod managed;
 pub mod procs;
 pub mod router;
 pub mod routing;
+pub mod sites;
 pub mod stage;
 pub mod tailer;
 pub mod templates;

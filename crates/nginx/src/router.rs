@@ -14,6 +14,7 @@
 //!
 //! One apply at a time, across processes (an advisory lock on `conf_dir/.switchyard.lock`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -21,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use switchyard_engine::config::RoutingChoice;
+use switchyard_engine::config::{FrontSpec, RoutingChoice};
 use switchyard_engine::{
     ConfigDiff, DrainHandle, Drained, Name, Reload, Router, RouterError, UpstreamSet,
 };
 
 use crate::routing::{self, DrainToken, Routing, StateFile};
+use crate::sites::{self, Claim};
 use crate::stage::{self, Layout};
-use crate::templates::{ControlRouting, Templates};
+use crate::templates::{ControlRouting, Templates, Upstream};
 use crate::{control, procs};
 
 pub const CONTROL_FILE: &str = "_control.conf";
@@ -49,8 +51,11 @@ pub struct NginxRouter {
     pub confirm_timeout: Duration,
     /// What `[proxy] routing` asked for; [`NginxRouter::routing`] resolves `auto` once.
     pub choice: RoutingChoice,
+    /// Each service's front door (hosts, path, TLS, limits) from the config; a service not
+    /// named here answers any host under `/` with the defaults.
+    pub fronts: BTreeMap<String, FrontSpec>,
     resolved: OnceLock<(Routing, String)>,
-    keepalive_min: OnceLock<bool>,
+    version: OnceLock<Option<(u32, u32, u32)>>,
 }
 
 impl NginxRouter {
@@ -62,9 +67,23 @@ impl NginxRouter {
             templates,
             confirm_timeout: Duration::from_secs(10),
             choice: RoutingChoice::Reload,
+            fronts: BTreeMap::new(),
             resolved: OnceLock::new(),
-            keepalive_min: OnceLock::new(),
+            version: OnceLock::new(),
         }
+    }
+
+    /// The front door of each service, by name.
+    pub fn with_fronts(mut self, fronts: BTreeMap<String, FrontSpec>) -> NginxRouter {
+        self.fronts = fronts;
+        self
+    }
+
+    fn front(&self, service: &Name) -> FrontSpec {
+        self.fronts
+            .get(service.as_str())
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn with_routing(mut self, choice: RoutingChoice) -> NginxRouter {
@@ -121,17 +140,105 @@ impl NginxRouter {
         })
     }
 
-    /// Whether this nginx knows `keepalive_min_timeout` (1.27.4 and later), asked once.
-    fn has_keepalive_min_timeout(&self) -> bool {
-        *self.keepalive_min.get_or_init(|| {
+    /// This nginx's version (`nginx -v`), asked once.
+    fn nginx_version(&self) -> Option<(u32, u32, u32)> {
+        *self.version.get_or_init(|| {
             let output = std::process::Command::new(&self.layout.nginx)
                 .arg("-v")
-                .output();
-            output.is_ok_and(|o| {
-                procs::nginx_version(&String::from_utf8_lossy(&o.stderr))
-                    .is_some_and(|v| v >= (1, 27, 4))
-            })
+                .output()
+                .ok()?;
+            procs::nginx_version(&String::from_utf8_lossy(&output.stderr))
         })
+    }
+
+    /// Whether this nginx knows `keepalive_min_timeout` (1.27.4 and later).
+    fn has_keepalive_min_timeout(&self) -> bool {
+        self.nginx_version().is_some_and(|v| v >= (1, 27, 4))
+    }
+
+    /// The files an apply of `set` writes, each only if it differs from the one on disk (None
+    /// removes one): the service file (its claim, then `upstreams`), its locations proxying to
+    /// `upstream`, and every site the claims need, with the stale ones removed.
+    fn front_files(
+        &self,
+        set: &UpstreamSet,
+        upstreams: String,
+        upstream: Upstream,
+    ) -> Result<Vec<(String, Option<String>)>, RouterError> {
+        let unavailable = RouterError::Unavailable;
+        let service = &set.service;
+        let front = self.front(service);
+        let claim = Claim::new(service.as_str(), set.listen, &front);
+        let locations = self
+            .templates
+            .locations(
+                service,
+                set.listen,
+                &front,
+                upstream,
+                &self.layout.access_log,
+            )
+            .map_err(unavailable)?;
+        let mut files = self.changed(vec![
+            (
+                format!("{service}.conf"),
+                Some(format!("{}{upstreams}", claim.line())),
+            ),
+            (format!("{service}.locations"), Some(locations)),
+        ]);
+        // The sites on disk always serve the claims on disk: only a change to this
+        // service's files can change them (a route change reads no other file).
+        if !files.is_empty() {
+            let mut claims = sites::claims_on_disk(&self.layout.conf_dir);
+            claims.insert(service.to_string(), claim);
+            files.extend(self.changed(self.site_files(&claims)?));
+        }
+        Ok(files)
+    }
+
+    /// Every site file `claims` need, and None for each site file on disk they do not.
+    fn site_files(
+        &self,
+        claims: &BTreeMap<String, Claim>,
+    ) -> Result<Vec<(String, Option<String>)>, RouterError> {
+        let include_dir = self
+            .layout
+            .conf_dir
+            .strip_prefix(
+                self.layout
+                    .main_conf
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/")),
+            )
+            .unwrap_or(&self.layout.conf_dir)
+            .display()
+            .to_string();
+        let http2_directive = self.nginx_version().is_some_and(|v| v >= (1, 25, 1));
+        let planned = sites::plan(claims, &include_dir);
+        let mut files = Vec::new();
+        for (name, site) in &planned {
+            let text = self
+                .templates
+                .site(site, http2_directive)
+                .map_err(RouterError::Unavailable)?;
+            files.push((name.clone(), Some(text)));
+        }
+        for stale in sites::sites_on_disk(&self.layout.conf_dir) {
+            if !planned.contains_key(&stale) {
+                files.push((stale, None));
+            }
+        }
+        Ok(files)
+    }
+
+    /// `files` without those already on disk as they are.
+    fn changed(&self, files: Vec<(String, Option<String>)>) -> Vec<(String, Option<String>)> {
+        files
+            .into_iter()
+            .filter(|(name, text)| {
+                std::fs::read_to_string(self.layout.conf_dir.join(name)).ok() != *text
+            })
+            .collect()
     }
 
     fn state_file(&self) -> StateFile {
@@ -238,22 +345,28 @@ impl NginxRouter {
         Ok(pid)
     }
 
+    /// Reload routing's files for `set`: the service's, the sites', and the control file
+    /// under `generation`.
     fn render(
         &self,
         set: &UpstreamSet,
         generation: u64,
     ) -> Result<Vec<(String, Option<String>)>, RouterError> {
-        let service = self
+        let upstreams = self
             .templates
-            .service(set, &self.layout.access_log)
+            .service(set, &self.front(&set.service))
             .map_err(RouterError::Unavailable)?;
+        let upstream = if set.canary.is_some() {
+            Upstream::Split
+        } else {
+            Upstream::Stable
+        };
+        let mut files = self.front_files(set, upstreams, upstream)?;
         let control = self
             .control_file(generation)
             .map_err(RouterError::Unavailable)?;
-        Ok(vec![
-            (format!("{}.conf", set.service), Some(service)),
-            (CONTROL_FILE.to_owned(), Some(control)),
-        ])
+        files.push((CONTROL_FILE.to_owned(), Some(control)));
+        Ok(files)
     }
 
     /// Waits until the new generation answers on a fresh connection *and* no old worker
@@ -403,13 +516,16 @@ impl Router for NginxRouter {
             return self.preview_dynamic(set);
         }
         let path = self.service_file(set.service.as_str());
+        let front = self.front(&set.service);
+        let claim = Claim::new(set.service.as_str(), set.listen, &front);
+        let upstreams = self
+            .templates
+            .service(set, &front)
+            .map_err(RouterError::Unavailable)?;
         Ok(ConfigDiff {
             path: path.display().to_string(),
             old: std::fs::read_to_string(&path).unwrap_or_default(),
-            new: self
-                .templates
-                .service(set, &self.layout.access_log)
-                .map_err(RouterError::Unavailable)?,
+            new: format!("{}{upstreams}", claim.line()),
         })
     }
 }

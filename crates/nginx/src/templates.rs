@@ -4,18 +4,24 @@
 //! replaces any of them by file name. Templates only ever see validated names
 //! ([`switchyard_engine::Name`]) and socket addresses, never raw user text.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use switchyard_engine::error_chain;
 
+use switchyard_engine::config::FrontSpec;
 use switchyard_engine::{Name, RequestKey, UpstreamSet};
+
+use crate::sites::Site;
 use tera::{Context, Tera};
 
 pub const MAIN: &str = "nginx.conf.tera";
 pub const SERVICE: &str = "service.conf.tera";
 pub const CONTROL: &str = "control.conf.tera";
 pub const ROUTING: &str = "routing.lua.tera";
+pub const LOCATIONS: &str = "locations.conf.tera";
+pub const SITE: &str = "site.conf.tera";
 
 /// Debian's dynamic modules for Lua in nginx (`libnginx-mod-http-lua` and its NDK dependency).
 pub const LUA_MODULES: [&str; 2] = [
@@ -23,7 +29,7 @@ pub const LUA_MODULES: [&str; 2] = [
     "/usr/lib/nginx/modules/ngx_http_lua_module.so",
 ];
 
-const BUILTIN: [(&str, &str); 4] = [
+const BUILTIN: [(&str, &str); 6] = [
     (MAIN, include_str!("../../../templates/nginx.conf.tera")),
     (
         SERVICE,
@@ -34,6 +40,11 @@ const BUILTIN: [(&str, &str); 4] = [
         include_str!("../../../templates/control.conf.tera"),
     ),
     (ROUTING, include_str!("../../../templates/routing.lua.tera")),
+    (
+        LOCATIONS,
+        include_str!("../../../templates/locations.conf.tera"),
+    ),
+    (SITE, include_str!("../../../templates/site.conf.tera")),
 ];
 
 pub struct Templates {
@@ -84,16 +95,11 @@ impl Templates {
         self.render(MAIN, &ctx)
     }
 
-    /// The service file; its server logs every request to `access_log` in the tailer's format.
-    pub fn service(&self, set: &UpstreamSet, access_log: &Path) -> Result<String, String> {
+    /// The service file: its upstreams (and, for a canary, how requests are split).
+    pub fn service(&self, set: &UpstreamSet, front: &FrontSpec) -> Result<String, String> {
         let addrs =
             |b: &[SocketAddr]| -> Vec<String> { b.iter().map(SocketAddr::to_string).collect() };
-        let mut ctx = Context::new();
-        ctx.insert("service", set.service.as_str());
-        // nginx variable names hold no '-'.
-        ctx.insert("var", &set.service.as_str().replace('-', "_"));
-        ctx.insert("listen", &set.listen.to_string());
-        ctx.insert("access_log", &access_log.display().to_string());
+        let mut ctx = service_context(&set.service, front);
         ctx.insert("stable", &addrs(&set.backends));
         if let Some(canary) = &set.canary {
             let weight = (canary.weight_bp > 0)
@@ -119,20 +125,60 @@ impl Templates {
         self.render(SERVICE, &ctx)
     }
 
-    /// The service file for routing without reloads: the server and two balancer stubs
-    /// (stable, canary) that take their peers from the service's routing document.
-    pub fn dynamic_service(
+    /// The service file for routing without reloads: two balancer stubs (stable, canary)
+    /// that take their peers from the service's routing document.
+    pub fn dynamic_service(&self, service: &Name, front: &FrontSpec) -> Result<String, String> {
+        let mut ctx = service_context(service, front);
+        ctx.insert("dynamic", &true);
+        self.render(SERVICE, &ctx)
+    }
+
+    /// The service's locations, included by the server of each host it answers to: every
+    /// request logged to `access_log` in the tailer's format and proxied to `upstream`.
+    pub fn locations(
         &self,
         service: &Name,
         listen: SocketAddr,
+        front: &FrontSpec,
+        upstream: Upstream,
         access_log: &Path,
     ) -> Result<String, String> {
-        let mut ctx = Context::new();
-        ctx.insert("dynamic", &true);
-        ctx.insert("service", service.as_str());
+        let mut ctx = service_context(service, front);
+        let var = service.as_str().replace('-', "_");
+        let (dynamic, upstream) = match upstream {
+            Upstream::Dynamic => (true, format!("http://sy_{service}_$sy_track")),
+            Upstream::Split => (false, format!("http://sy_{service}_$sy_{var}_track")),
+            Upstream::Stable => (false, format!("http://sy_{service}_stable")),
+        };
+        ctx.insert("dynamic", &dynamic);
+        ctx.insert("upstream", &upstream);
         ctx.insert("listen", &listen.to_string());
         ctx.insert("access_log", &access_log.display().to_string());
-        self.render(SERVICE, &ctx)
+        ctx.insert("path", &front.path);
+        // The path holds only letters, digits and `/._-~` (checked): `.` is the one to escape.
+        let strip = front.strip_path.then(|| front.path.replace('.', "\\."));
+        ctx.insert("strip_prefix", &strip);
+        ctx.insert("buffering", &front.buffering);
+        ctx.insert("max_body", &front.max_body.to_string());
+        let t = &front.timeouts;
+        ctx.insert(
+            "timeouts",
+            &BTreeMap::from([
+                ("connect", nginx_time(t.connect)),
+                ("read", nginx_time(t.read)),
+                ("send", nginx_time(t.send)),
+            ]),
+        );
+        self.render(LOCATIONS, &ctx)
+    }
+
+    /// One server: a listen and a host name, the services answering there, its TLS.
+    /// `http2_directive`: this nginx takes `http2 on;` (1.25.1 and later) rather than the
+    /// `http2` parameter of `listen`.
+    pub fn site(&self, site: &Site, http2_directive: bool) -> Result<String, String> {
+        let mut ctx = Context::from_serialize(site).map_err(|e| error_chain(&e))?;
+        ctx.insert("http2_directive", &http2_directive);
+        self.render(SITE, &ctx)
     }
 
     /// The control server, and what the routing needs in `http {}`: for dynamic routing the
@@ -179,6 +225,28 @@ impl Templates {
             .render(name, ctx)
             .map_err(|e| format!("rendering {name}: {}", error_chain(&e)))
     }
+}
+
+/// What a service's locations proxy to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The track the Lua balancer chose (routing without reloads).
+    Dynamic,
+    /// The track the canary split chose (reload routing mid-canary).
+    Split,
+    /// The stable upstream.
+    Stable,
+}
+
+/// What every template of one service sees: its name, its nginx variable name, its
+/// trusted proxies.
+fn service_context(service: &Name, front: &FrontSpec) -> Context {
+    let mut ctx = Context::new();
+    ctx.insert("service", service.as_str());
+    // nginx variable names hold no '-'.
+    ctx.insert("var", &service.as_str().replace('-', "_"));
+    ctx.insert("trusted_proxies", &front.trusted_proxies);
+    ctx
 }
 
 /// What the control file carries for the routing in use.

@@ -333,32 +333,32 @@ fn check_extra_host(entry: &str) -> Result<String, String> {
 
 /// `"512m"`, `"1g"`, `"64k"` or a byte count; at least 6 MiB (Docker's minimum).
 pub fn parse_size(text: &str) -> Result<i64, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes < 6 << 20 {
+        return Err(format!("{text:?} is below Docker's minimum of 6m"));
+    }
+    Ok(bytes)
+}
+
+/// `"512m"`, `"1g"`, `"64k"` or a byte count (binary units).
+pub fn parse_bytes(text: &str) -> Result<i64, String> {
     let t = text.trim().to_ascii_lowercase();
     let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => t.split_at(i),
         None => (t.as_str(), ""),
     };
+    let not_a_size =
+        || format!("{text:?} is not a size: use a number with k, m or g, such as \"512m\"");
     let scale: i64 = match unit.trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,
         "g" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a size: use a number with k, m or g, such as \"512m\""
-            ))
-        }
+        _ => return Err(not_a_size()),
     };
-    let n: i64 = digits.parse().map_err(|_| {
-        format!("{text:?} is not a size: use a number with k, m or g, such as \"512m\"")
-    })?;
-    let bytes = n
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))?;
-    if bytes < 6 << 20 {
-        return Err(format!("{text:?} is below Docker's minimum of 6m"));
-    }
-    Ok(bytes)
+    let n: i64 = digits.parse().map_err(|_| not_a_size())?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn parse_restart(text: &str) -> Result<Restart, String> {

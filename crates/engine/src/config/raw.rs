@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::canary::RawCanary;
+use super::front::{RawTimeouts, RawTls};
 use super::rolling::RawRolling;
 
 #[derive(Deserialize)]
@@ -60,6 +61,7 @@ pub(super) struct RawProxy {
     pub(super) control: Option<Spanned<String>>,
     pub(super) routing: Option<Spanned<String>>,
     pub(super) access_log_max: Option<Spanned<String>>,
+    pub(super) templates: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -116,6 +118,17 @@ pub(super) struct RawService {
     pub(super) env_file: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) secrets: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub(super) hosts: Vec<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) strip_path: Option<bool>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) redirect_http: Option<Spanned<String>>,
+    pub(super) buffering: Option<bool>,
+    pub(super) max_body: Option<Spanned<String>>,
+    pub(super) timeouts: Option<Spanned<RawTimeouts>>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

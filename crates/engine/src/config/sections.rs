@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::checker::{parse_addr, Checker};
+use super::container::parse_bytes;
 use super::raw::{RawConfig, RawMetrics, RawProxy};
 use super::{
     Config, MetricsConfig, ProxyConfig, ProxyMode, RegistryConfig, RoutingChoice, RuntimeChoice,
@@ -34,6 +35,7 @@ impl Checker<'_> {
             .filter_map(|s| self.service(s, runtime))
             .collect();
         self.check_unique(&raw.services, &services, &proxy);
+        self.check_fronts(&raw.services, &services);
         let state_path = PathBuf::from(raw.state.path.unwrap_or_else(|| "switchyard.db".into()));
         let metrics = self.metrics(&raw.metrics, &services);
         let default_serve: SocketAddr = "127.0.0.1:9100".parse().expect("literal address");
@@ -162,12 +164,22 @@ impl Checker<'_> {
                 .check(m, "proxy.access_log_max", |m| parse_log_size(m))
                 .unwrap_or(DEFAULT_ACCESS_LOG_MAX),
         };
+        let templates = raw.templates.as_ref().and_then(|t| {
+            self.check(t, "proxy.templates", |t| {
+                if t.is_empty() {
+                    Err("must name a directory".to_owned())
+                } else {
+                    Ok(PathBuf::from(t))
+                }
+            })
+        });
         ProxyConfig {
             nginx,
             mode,
             control,
             routing,
             access_log_max,
+            templates,
         }
     }
 }
@@ -175,30 +187,14 @@ impl Checker<'_> {
 /// `proxy.access_log_max` when unset: 100 MiB.
 pub const DEFAULT_ACCESS_LOG_MAX: u64 = 100 << 20;
 
-/// `"100m"`, `"512k"`, `"1g"` or a byte count (at least 1k: a smaller cap would rotate at
-/// every line).
+/// `"100m"`, `"512k"`, `"1g"` or a byte count ([`parse_bytes`]), at least 1k: a smaller
+/// cap would rotate at every line.
 fn parse_log_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a size: use a number with k, m or g, such as \"100m\"");
-    let t = text.trim().to_ascii_lowercase();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t.as_str(), ""),
-    };
-    let scale: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = n
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too large"))?;
+    let bytes = parse_bytes(text)?;
     if bytes < 1 << 10 {
         return Err(format!("{text:?} is below the minimum of 1k"));
     }
-    Ok(bytes)
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -236,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_bad_access_log_max_is_located_by_file_line_column_and_field() {
-        for bad in ["ten", "100mb", "-1m", "", "12", "99999999999999g"] {
+        for bad in ["ten", "100x", "-1m", "", "12", "99999999999999g"] {
             let errors = parse(bad).expect_err(bad).0;
             assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
             let e = &errors[0];

@@ -1,7 +1,7 @@
 //! One `[[service]]` table checked into a [`ServiceSpec`]: its name, listen address, source
 //! (image or command), replicas, env, health check and timeouts, with the canary and rolling
-//! tables merged over their presets; and the checks across services (unique names and
-//! listen addresses).
+//! tables merged over their presets, and its front door (`front.rs`); and the checks across
+//! services (unique names, the control address kept free).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,9 +44,11 @@ impl Checker<'_> {
         let rolling = self.rolling(raw, strategy, replicas);
         let container = self.container(raw, runtime);
         let secret_files = self.secret_files(s);
+        let front = self.front(s);
         Some(ServiceSpec {
             name: name?,
             listen: listen?,
+            front,
             source: source?,
             port: s.port.unwrap_or(8080),
             replicas: replicas?,
@@ -213,7 +215,8 @@ impl Checker<'_> {
         }
     }
 
-    /// Service names and listen addresses must be unique, and none may take the control address.
+    /// Service names must be unique, and no listen may take the control address (a listen
+    /// shared by several services is checked by `check_fronts`).
     pub(super) fn check_unique(
         &mut self,
         raw: &[Spanned<RawService>],
@@ -231,16 +234,6 @@ impl Checker<'_> {
                     Some(s.name.span()),
                     "service.name",
                     format!("duplicate service {:?}", s.name.get_ref()),
-                );
-            }
-            if earlier
-                .iter()
-                .any(|e| e.get_ref().listen.get_ref() == s.listen.get_ref())
-            {
-                self.push(
-                    Some(s.listen.span()),
-                    "service.listen",
-                    format!("{} is already used by another service", s.listen.get_ref()),
                 );
             }
             if services

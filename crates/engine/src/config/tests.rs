@@ -5,6 +5,7 @@ use super::presets::{
 };
 use super::*;
 
+mod front;
 mod rolling;
 
 const GOOD: &str = r#"
@@ -101,8 +102,17 @@ fn unknown_strategy_and_missing_image_are_rejected() {
 fn duplicate_services_and_listeners_are_rejected() {
     let svc = GOOD.split("[[service]]").nth(1).unwrap();
     let text = format!("{GOOD}\n[[service]]{svc}");
-    let fields: Vec<String> = errors(&text).into_iter().map(|e| e.field).collect();
-    assert_eq!(fields, ["service.name", "service.listen"]);
+    let errors = errors(&text);
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    // One listen may serve several services, but not both for any host under one path.
+    assert_eq!(fields, ["service.name", "service.hosts"]);
+    assert!(
+        errors[1]
+            .message
+            .contains("services web and web both claim requests for any host"),
+        "{}",
+        errors[1]
+    );
 }
 
 #[test]

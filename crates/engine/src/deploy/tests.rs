@@ -492,6 +492,7 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
     );
 }
 
+mod adopt;
 mod canary;
 mod killed;
 mod legacy;

@@ -9,6 +9,7 @@ use switchyard_engine::{ConfigDiff, DrainHandle, Reload, RouterError, UpstreamSe
 
 use super::{NginxRouter, CONTROL_FILE};
 use crate::routing::{self, DrainToken, RouteDoc};
+use crate::templates::Upstream;
 use crate::{procs, stage};
 
 impl NginxRouter {
@@ -121,25 +122,21 @@ impl NginxRouter {
         state_file.write(&state).and_then(|()| state_file.sync())
     }
 
-    /// The files of `set`'s service and of the control server that differ from what is on
-    /// disk, rendered (the control file under the next config generation).
+    /// The files of `set`'s service, of the sites and of the control server that differ from
+    /// what is on disk, rendered (the control file under the next config generation).
     fn structural_files(
         &self,
         set: &UpstreamSet,
     ) -> Result<Vec<(String, Option<String>)>, RouterError> {
         let unavailable = RouterError::Unavailable;
         let read = |name: &str| std::fs::read_to_string(self.layout.conf_dir.join(name)).ok();
-        let service_name = format!("{}.conf", set.service);
-        let service = self
+        let upstreams = self
             .templates
-            .dynamic_service(&set.service, set.listen, &self.layout.access_log)
+            .dynamic_service(&set.service, &self.front(&set.service))
             .map_err(unavailable)?;
+        let mut files = self.front_files(set, upstreams, Upstream::Dynamic)?;
         let generation = self.disk_generation();
         let control_now = self.control_file(generation).map_err(unavailable)?;
-        let mut files = Vec::new();
-        if read(&service_name).as_deref() != Some(service.as_str()) {
-            files.push((service_name, Some(service)));
-        }
         if files.is_empty() && read(CONTROL_FILE).as_deref() == Some(control_now.as_str()) {
             return Ok(files);
         }

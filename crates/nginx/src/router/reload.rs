@@ -10,7 +10,7 @@ use switchyard_engine::{DrainHandle, Name, Reload, RouterError, UpstreamSet};
 
 use super::{NginxRouter, CONTROL_FILE};
 use crate::routing::DrainToken;
-use crate::{procs, stage};
+use crate::{procs, sites, stage};
 
 impl NginxRouter {
     /// Reload routing: the whole route change is a confirmed reload.
@@ -25,11 +25,18 @@ impl NginxRouter {
     /// file (and, for dynamic routing, its document gone from the state file first).
     pub(super) async fn remove_service(&self, service: &Name) -> Result<Reload, RouterError> {
         let _lock = self.lock().await?;
-        let file = format!("{service}.conf");
+        let mut claims = sites::claims_on_disk(&self.layout.conf_dir);
+        claims.remove(service.as_str());
+        let mut files = vec![
+            (format!("{service}.conf"), None),
+            (format!("{service}.locations"), None),
+        ];
+        files.extend(self.site_files(&claims)?);
+        let mut files = self.changed(files);
         let control = self
             .control_file(self.disk_generation() + 1)
             .map_err(RouterError::Unavailable)?;
-        let files = vec![(file, None), (CONTROL_FILE.to_owned(), Some(control))];
+        files.push((CONTROL_FILE.to_owned(), Some(control)));
         stage::validate(&self.layout, &files, service.as_str()).await?;
         let state_file = self.state_file();
         let mut state = state_file.read().map_err(RouterError::Unavailable)?;

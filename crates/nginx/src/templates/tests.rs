@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use switchyard_engine::config::FrontSpec;
 use switchyard_engine::{Name, UpstreamSet};
 
 use super::*;
@@ -58,7 +59,7 @@ const PREFIX: &str = "/srv/switchyard/nginx";
 #[test]
 fn service_file_for_two_backends_matches_golden() {
     let text = Templates::builtin()
-        .service(&web_set(), Path::new(LOG))
+        .service(&web_set(), &FrontSpec::default())
         .unwrap();
     check_golden("service-web.conf", &text);
     // What the rest of the crate relies on, whatever the golden says.
@@ -71,8 +72,8 @@ fn service_file_for_two_backends_matches_golden() {
         text.contains("server 127.0.0.1:9002 max_fails=0;"),
         "{text}"
     );
-    assert!(text.contains("listen 127.0.0.1:8080;"), "{text}");
-    assert!(text.contains("proxy_pass http://sy_web_stable;"), "{text}");
+    // Its claim and its server are elsewhere (the router, the sites).
+    assert!(!text.contains("listen"), "{text}");
 }
 
 #[test]
@@ -86,7 +87,9 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
         sticky: Some(RequestKey::cookie("uid").unwrap()),
         route: Some(RouteMatch::new(RequestKey::header("X-Canary").unwrap(), "always").unwrap()),
     });
-    let text = Templates::builtin().service(&set, Path::new(LOG)).unwrap();
+    let text = Templates::builtin()
+        .service(&set, &FrontSpec::default())
+        .unwrap();
     check_golden("service-api-2-canary.conf", &text);
     assert!(
         text.contains(
@@ -95,9 +98,18 @@ fn canary_service_file_with_sticky_split_and_header_route_matches_golden() {
         "{text}"
     );
     assert!(text.contains("map $http_x_canary $sy_api_2_track {\n    \"always\" canary;\n    default $sy_api_2_split;\n}"), "{text}");
+    let locations = Templates::builtin()
+        .locations(
+            &set.service,
+            set.listen,
+            &FrontSpec::default(),
+            Upstream::Split,
+            Path::new(LOG),
+        )
+        .unwrap();
     assert!(
-        text.contains("proxy_pass http://sy_api-2_$sy_api_2_track;"),
-        "{text}"
+        locations.contains("proxy_pass http://sy_api-2_$sy_api_2_track;"),
+        "{locations}"
     );
 }
 
@@ -143,11 +155,7 @@ fn main_conf_matches_golden_and_includes_conf_dir_relatively() {
 #[test]
 fn dynamic_service_file_matches_golden_and_takes_its_peers_from_the_balancer() {
     let text = Templates::builtin()
-        .dynamic_service(
-            &Name::parse("api-2").unwrap(),
-            addr("127.0.0.1:8080"),
-            Path::new(LOG),
-        )
+        .dynamic_service(&Name::parse("api-2").unwrap(), &FrontSpec::default())
         .unwrap();
     check_golden("service-api-2-dynamic.conf", &text);
     for track in ["stable", "canary"] {
@@ -158,12 +166,173 @@ fn dynamic_service_file_matches_golden_and_takes_its_peers_from_the_balancer() {
     }
     // No backend address is in the file: a route change does not touch it.
     assert!(!text.contains("9001"), "{text}");
-    assert!(text.contains("access(\"api-2\")"), "{text}");
+    assert!(text.contains("keepalive 32;"), "{text}");
+    let locations = Templates::builtin()
+        .locations(
+            &Name::parse("api-2").unwrap(),
+            addr("127.0.0.1:8080"),
+            &FrontSpec::default(),
+            Upstream::Dynamic,
+            Path::new(LOG),
+        )
+        .unwrap();
+    assert!(locations.contains("access(\"api-2\")"), "{locations}");
     assert!(
-        text.contains("proxy_pass http://sy_api-2_$sy_track;"),
+        locations.contains("proxy_pass http://sy_api-2_$sy_track;"),
+        "{locations}"
+    );
+}
+
+#[test]
+fn default_locations_match_golden_pass_websockets_and_name_the_client() {
+    let text = Templates::builtin()
+        .locations(
+            &Name::parse("web").unwrap(),
+            addr("127.0.0.1:8080"),
+            &FrontSpec::default(),
+            Upstream::Stable,
+            Path::new(LOG),
+        )
+        .unwrap();
+    check_golden("locations-web.conf", &text);
+    assert!(text.starts_with("# Generated"), "{text}");
+    assert!(text.contains("location / {"), "{text}");
+    assert!(text.contains("proxy_pass http://sy_web_stable;"), "{text}");
+    for header in [
+        "Upgrade $http_upgrade",
+        "Connection $sy_connection",
+        "X-Forwarded-For $remote_addr",
+        "X-Forwarded-Proto $scheme",
+        "X-Forwarded-Host $host",
+        "X-Real-IP $remote_addr",
+    ] {
+        assert!(
+            text.contains(&format!("proxy_set_header {header};")),
+            "{header}: {text}"
+        );
+    }
+    assert!(text.contains("client_max_body_size 104857600;"), "{text}");
+    assert!(!text.contains("proxy_buffering"), "{text}");
+}
+
+#[test]
+fn a_full_front_renders_its_path_limits_timeouts_and_trusted_proxies() {
+    let front = FrontSpec {
+        hosts: vec!["shop.example.com".into()],
+        path: "/v1.2/".into(),
+        strip_path: true,
+        buffering: false,
+        max_body: 64 << 20,
+        timeouts: switchyard_engine::config::ProxyTimeouts {
+            connect: Duration::from_millis(1500),
+            read: Duration::from_secs(3600),
+            send: Duration::from_secs(30),
+        },
+        trusted_proxies: vec!["10.0.0.0/8".into(), "192.168.1.7".into()],
+        ..FrontSpec::default()
+    };
+    let name = Name::parse("shop").unwrap();
+    let text = Templates::builtin()
+        .locations(
+            &name,
+            addr("127.0.0.1:8443"),
+            &front,
+            Upstream::Stable,
+            Path::new(LOG),
+        )
+        .unwrap();
+    check_golden("locations-full.conf", &text);
+    assert!(text.contains("location /v1.2/ {"), "{text}");
+    assert!(text.contains("rewrite ^/v1\\.2/(.*)$ /$1 break;"), "{text}");
+    assert!(text.contains("proxy_buffering off;"), "{text}");
+    assert!(text.contains("client_max_body_size 67108864;"), "{text}");
+    assert!(text.contains("proxy_connect_timeout 1500ms;"), "{text}");
+    assert!(text.contains("proxy_read_timeout 3600000ms;"), "{text}");
+    assert!(text.contains("set_real_ip_from 10.0.0.0/8;"), "{text}");
+    assert!(
+        text.contains("proxy_set_header X-Forwarded-For $sy_shop_forwarded_for;"),
         "{text}"
     );
-    assert!(text.contains("keepalive 32;"), "{text}");
+    let upstreams = Templates::builtin().service(&web_set(), &front).unwrap();
+    assert!(
+        upstreams.contains("geo $realip_remote_addr $sy_web_trusted {"),
+        "{upstreams}"
+    );
+    assert!(upstreams.contains("    192.168.1.7 1;"), "{upstreams}");
+}
+
+#[test]
+fn sites_match_golden_for_tls_redirect_and_reject() {
+    use crate::sites::{Site, SiteKind, SiteTls};
+    let tls = Some(SiteTls {
+        cert: "/etc/ssl/shop.pem".into(),
+        key: "/etc/ssl/shop.key".into(),
+    });
+    let serve = Site {
+        kind: SiteKind::Serve,
+        listen: "127.0.0.1:8443".into(),
+        host: Some("shop.example.com".into()),
+        default_server: false,
+        tls,
+        includes: vec![
+            "switchyard/api.locations".into(),
+            "switchyard/shop.locations".into(),
+        ],
+        https_port: String::new(),
+    };
+    let t = Templates::builtin();
+    let text = t.site(&serve, false).unwrap();
+    check_golden("site-tls.conf", &text);
+    assert!(text.contains("listen 127.0.0.1:8443 ssl http2;"), "{text}");
+    assert!(text.contains("server_name shop.example.com;"), "{text}");
+    assert!(
+        text.contains("ssl_certificate /etc/ssl/shop.pem;"),
+        "{text}"
+    );
+    assert!(text.contains("include switchyard/api.locations;"), "{text}");
+    // nginx 1.25.1 and later: the directive, not the listen parameter.
+    let newer = t.site(&serve, true).unwrap();
+    assert!(
+        newer.contains(
+            "listen 127.0.0.1:8443 ssl;
+    http2 on;"
+        ),
+        "{newer}"
+    );
+
+    let redirect = Site {
+        kind: SiteKind::Redirect,
+        listen: "127.0.0.1:8080".into(),
+        tls: None,
+        includes: vec![],
+        https_port: ":8443".into(),
+        ..serve.clone()
+    };
+    let text = t.site(&redirect, false).unwrap();
+    check_golden("site-redirect.conf", &text);
+    assert!(
+        text.contains("return 301 https://$host:8443$request_uri;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("return 308 https://$host:8443$request_uri;"),
+        "{text}"
+    );
+
+    let reject = Site {
+        kind: SiteKind::Reject,
+        host: None,
+        default_server: true,
+        includes: vec![],
+        ..serve
+    };
+    let text = t.site(&reject, false).unwrap();
+    assert!(
+        text.contains("listen 127.0.0.1:8443 ssl http2 default_server;"),
+        "{text}"
+    );
+    assert!(text.contains("ssl_reject_handshake on;"), "{text}");
+    assert!(!text.contains("ssl_certificate"), "{text}");
 }
 
 #[test]
@@ -229,13 +398,15 @@ fn override_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 #[test]
 fn an_override_replaces_only_the_template_it_names() {
-    let dir = override_dir(&[(SERVICE, "custom {{ service }} on {{ listen }}\n")]);
+    let dir = override_dir(&[(SERVICE, "custom {{ service }} as {{ var }}\n")]);
     let templates = Templates::with_overrides(dir.path()).unwrap();
     let builtin = Templates::builtin();
 
     assert_eq!(
-        templates.service(&web_set(), Path::new(LOG)).unwrap(),
-        "custom web on 127.0.0.1:8080\n"
+        templates
+            .service(&web_set(), &FrontSpec::default())
+            .unwrap(),
+        "custom web as web\n"
     );
     let control = addr("127.0.0.1:9900");
     assert_eq!(
@@ -258,9 +429,11 @@ fn an_empty_override_dir_changes_nothing() {
     let dir = override_dir(&[("unrelated.tera", "{{ nonsense")]);
     let templates = Templates::with_overrides(dir.path()).unwrap();
     assert_eq!(
-        templates.service(&web_set(), Path::new(LOG)).unwrap(),
+        templates
+            .service(&web_set(), &FrontSpec::default())
+            .unwrap(),
         Templates::builtin()
-            .service(&web_set(), Path::new(LOG))
+            .service(&web_set(), &FrontSpec::default())
             .unwrap()
     );
 }
@@ -284,7 +457,9 @@ fn a_broken_override_is_an_error_naming_the_file() {
 fn an_override_that_fails_to_render_is_an_error_naming_the_template() {
     let dir = override_dir(&[(SERVICE, "listen {{ no_such_variable }};\n")]);
     let templates = Templates::with_overrides(dir.path()).unwrap();
-    let err = templates.service(&web_set(), Path::new(LOG)).unwrap_err();
+    let err = templates
+        .service(&web_set(), &FrontSpec::default())
+        .unwrap_err();
     assert!(
         err.contains(SERVICE),
         "error does not name {SERVICE}: {err}"
