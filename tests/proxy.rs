@@ -20,7 +20,7 @@ use switchyard_app::sandbox::{Sandbox, SERVICE};
 use switchyard_app::serve::{self, probe_listen, ServeOptions, Server};
 use switchyard_app::settings;
 use switchyard_engine::config::RuntimeChoice;
-use switchyard_nginx::managed::apply_lock;
+use switchyard_nginx::managed::{apply_lock, reap_orphans};
 use switchyard_nginx::procs;
 
 use crate::e2e::sandbox;
@@ -226,6 +226,12 @@ async fn proxy_stop_status_and_start_through_the_cli_and_proxy_up_on_metrics() {
     let server = serve_for(&sandbox.config_path).await;
     let listen = sandbox.listen;
     assert_eq!(value(&scrape(server.addr()).await, PROXY_UP), Some(1.0));
+    // The workers of a live master are not orphans: nothing is reaped.
+    let running = master(&sandbox).unwrap();
+    let control = sandbox.live().router.control;
+    assert_eq!(reap_orphans(control).await, Vec::<u32>::new());
+    assert_eq!(master(&sandbox), Some(running));
+    assert!(answers(listen).await);
 
     let stopped = switchyard(&sandbox, &["proxy", "stop"]);
     assert_exit(&stopped, 0);

@@ -250,23 +250,30 @@ pub async fn apply_lock(conf_dir: &Path) -> Result<std::fs::File, RouterError> {
         .map_err(|e| RouterError::Unavailable(format!("locking {}: {e}", conf_dir.display())))
 }
 
-/// Stops the nginx processes still listening on `control` (the address only this nginx
-/// listens on) once their master is gone: SIGQUIT, so they close their listening sockets
-/// at once and finish the requests they hold, then SIGKILL for any still there after
-/// [`ORPHAN_GRACE`]. Returns the pids it found.
+/// Stops the orphaned nginx workers still listening on `control` (the address only this
+/// nginx listens on) once their master is gone: SIGQUIT, so they close their listening
+/// sockets at once and finish the requests they hold, then SIGKILL for any still there after
+/// [`ORPHAN_GRACE`]. A master, and the workers of a live master (an nginx someone else is
+/// starting right now), are not orphans and are left alone. Returns the pids it stopped.
 pub async fn reap_orphans(control: SocketAddr) -> Vec<u32> {
-    let orphans = tokio::task::spawn_blocking(move || procs::listen_holders(control))
-        .await
-        .unwrap_or_default();
+    let find = move || {
+        procs::listen_holders(control)
+            .into_iter()
+            .filter(|&pid| procs::is_orphaned_worker(pid))
+            .collect::<Vec<u32>>()
+    };
+    let orphans = tokio::task::spawn_blocking(find).await.unwrap_or_default();
     if orphans.is_empty() {
         return orphans;
     }
     signal_all(&orphans, Signal::SIGQUIT);
     let since = Instant::now();
     loop {
-        let holding = tokio::task::spawn_blocking(move || procs::listen_holders(control))
-            .await
-            .unwrap_or_default();
+        let holding: Vec<u32> = orphans
+            .iter()
+            .copied()
+            .filter(|&p| procs::running(p) && procs::listen_holders(control).contains(&p))
+            .collect();
         if holding.is_empty() {
             break;
         }

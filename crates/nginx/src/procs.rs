@@ -60,6 +60,24 @@ pub fn is_worker(master: u32, pid: u32) -> bool {
     state != Some("Z") && ppid == Some(master)
 }
 
+/// Whether `pid` is an nginx process other than a master whose parent is not a running
+/// nginx master: a worker (or cache process) left behind by a master that was killed.
+pub fn is_orphaned_worker(pid: u32) -> bool {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let title = String::from_utf8_lossy(&title);
+    if !title.starts_with("nginx:") || title.starts_with("nginx: master process") {
+        return false;
+    }
+    !parent(pid).is_some_and(|ppid| is_nginx_master(ppid) && running(ppid))
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether `pid` is an nginx master process (a pid file can outlive its nginx, and the pid
 /// be reused by anything).
 pub fn is_nginx_master(pid: u32) -> bool {
