@@ -289,6 +289,11 @@ async fn proxy_stop_status_and_start_through_the_cli_and_proxy_up_on_metrics() {
         text(&again.stdout),
         format!("nginx is already running (master {new})\n")
     );
+    let again = switchyard(&sandbox, &["--output", "json", "proxy", "start"]);
+    assert_exit(&again, 0);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["nginx"], "already running", "{again}");
+    assert_eq!(again["master"], new, "{again}");
     assert_eq!(value(&scrape(server.addr()).await, PROXY_UP), Some(1.0));
 
     let load = non_retrying_load(&sandbox, 4, 2_000_000);

@@ -42,14 +42,36 @@ struct ServiceListen {
 pub async fn run(cli: &Cli, command: &ProxyCommand) -> Result<(), AppError> {
     let live = open_lazy(cli)?;
     match command {
-        ProxyCommand::Start => start(&live).await,
-        ProxyCommand::Stop => stop(&live).await,
+        ProxyCommand::Start => start(cli, &live).await,
+        ProxyCommand::Stop => stop(cli, &live).await,
         ProxyCommand::Status => status(cli, &live).await,
     }
 }
 
-async fn start(live: &Live) -> Result<(), AppError> {
+/// What `proxy start` and `proxy stop` did, for `--output json`.
+#[derive(Serialize)]
+struct Action {
+    /// `started`, `already running`, `stopped` or `not running`.
+    nginx: &'static str,
+    master: Option<u32>,
+    /// The orphaned workers of a killed master, stopped before the start.
+    orphans: Vec<u32>,
+}
+
+async fn start(cli: &Cli, live: &Live) -> Result<(), AppError> {
     let r = serve::start_nginx(live).await?;
+    let action = Action {
+        nginx: if r.adopted {
+            "already running"
+        } else {
+            "started"
+        },
+        master: Some(r.master),
+        orphans: r.orphans.clone(),
+    };
+    if json(cli, &action) {
+        return Ok(());
+    }
     if r.adopted {
         println!("nginx is already running (master {})", r.master);
         return Ok(());
@@ -68,8 +90,21 @@ async fn start(live: &Live) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn stop(live: &Live) -> Result<(), AppError> {
-    match serve::stop_nginx(live).await? {
+async fn stop(cli: &Cli, live: &Live) -> Result<(), AppError> {
+    let master = serve::stop_nginx(live).await?;
+    let action = Action {
+        nginx: if master.is_some() {
+            "stopped"
+        } else {
+            "not running"
+        },
+        master,
+        orphans: Vec::new(),
+    };
+    if json(cli, &action) {
+        return Ok(());
+    }
+    match master {
         Some(master) => println!("nginx stopped (master {master})"),
         None => println!("nginx was not running"),
     }
