@@ -5,13 +5,14 @@
 //! one (with what the next run will do about it).
 
 use serde::Serialize;
-use switchyard_app::live::{AnyRuntime, HttpProber, Live, SystemHost};
+use switchyard_app::live::{AnyRuntime, HttpProber, SystemHost};
 use switchyard_app::serve::{ListenReport, ProxyState};
 use switchyard_app::AppError;
 use switchyard_engine::deploy::lock_is_stale;
 use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec, Step, Store};
 use switchyard_store::SqliteStore;
 
+use super::proxy::listen_report;
 use super::{json, open_lazy};
 use crate::Cli;
 
@@ -85,7 +86,7 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
     let mut all = Vec::new();
     for spec in specs {
         let mut status = service_status(&sources, spec).await?;
-        status.listen_check = listen_check(&live, spec, &proxy).await?;
+        status.listen_check = listen_report(&live, spec, &proxy).await?;
         all.push(status);
     }
     let down = unreachable.map(|e| format!("runtime: {e}; instance states are unknown"));
@@ -110,14 +111,6 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
         print_human(s);
     }
     Ok(())
-}
-
-async fn listen_check(
-    live: &Live,
-    spec: &ServiceSpec,
-    proxy: &ProxyState,
-) -> Result<Option<ListenReport>, AppError> {
-    super::proxy::listen_report(live, spec, proxy).await
 }
 
 async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<ServiceStatus, AppError> {
