@@ -127,7 +127,10 @@ async fn run() -> anyhow::Result<()> {
             eprintln!("shutting the {} sandbox down: {e}", lane.name);
         }
     }
-    std::fs::write(json_path("bench-front.json"), serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(
+        json_path("bench-front.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
     print_rows(&rows);
     if let Some(e) = failure {
         return Err(e);
@@ -195,7 +198,9 @@ fn print_rows(rows: &[Row]) {
 fn self_signed(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
