@@ -338,3 +338,63 @@ async fn template_overrides_are_served_and_a_broken_one_changes_nothing() {
     assert!(head.contains("x-version: v1"), "{head}");
     sandbox.shutdown().await.expect("sandbox shuts down");
 }
+
+/// What the app is told about the client: without `trusted_proxies`, what nginx saw (a
+/// client's own `X-Forwarded-*` replaced); with it, a trusted peer's chain kept and the client
+/// it names as `X-Real-IP`.
+#[tokio::test]
+async fn forwarded_headers_name_the_client_and_trust_only_trusted_proxies() {
+    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
+        return;
+    };
+    let told = |sandbox: &Sandbox| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-H",
+                "X-Forwarded-For: 203.0.113.9",
+                "-H",
+                "X-Forwarded-Proto: https",
+            ])
+            .args(["-H", "Host: shop.example.com"])
+            .arg(format!("http://{}/headers", sandbox.listen))
+            .output()
+            .expect("curl");
+        crate::support::text(&out.stdout)
+    };
+    for trusted in [false, true] {
+        let mut options = SandboxOptions::new(RuntimeChoice::Process, app.clone());
+        if trusted {
+            options.service_keys = "trusted_proxies = [\"127.0.0.1\"]".into();
+        }
+        let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
+        sandbox
+            .deploy("v1", &Progress::new(false))
+            .await
+            .expect("v1 deploys");
+        let headers = told(&sandbox);
+        let want: &[&str] = if trusted {
+            &[
+                "host: shop.example.com",
+                "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+                "x-forwarded-proto: https",
+                "x-forwarded-host: shop.example.com",
+                "x-real-ip: 203.0.113.9",
+            ]
+        } else {
+            &[
+                "host: shop.example.com",
+                "x-forwarded-for: 127.0.0.1",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: shop.example.com",
+                "x-real-ip: 127.0.0.1",
+            ]
+        };
+        assert_eq!(
+            headers.lines().collect::<Vec<_>>(),
+            want,
+            "trusted: {trusted}"
+        );
+        sandbox.shutdown().await.expect("sandbox shuts down");
+    }
+}

@@ -55,6 +55,7 @@ pub fn router(config: &Config, in_flight: InFlight) -> Router {
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/data", get(data))
+        .route("/headers", get(forwarded_headers))
         .with_state(state)
         .merge(crate::streams::router(&config.version, in_flight))
 }
@@ -137,6 +138,24 @@ async fn health(State(state): State<AppState>) -> Response {
     } else {
         "ok".into_response()
     }
+}
+
+/// The headers a proxy in front says the request came with, one `name: value` line each
+/// (`host`, `x-forwarded-*`, `x-real-ip`), so a test can read what the app was told.
+async fn forwarded_headers(headers: axum::http::HeaderMap) -> Response {
+    let mut lines = String::new();
+    for name in [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+    ] {
+        for value in headers.get_all(name) {
+            lines.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+        }
+    }
+    lines.into_response()
 }
 
 async fn version(State(state): State<AppState>) -> Response {
