@@ -340,23 +340,27 @@ async fn template_overrides_are_served_and_a_broken_one_changes_nothing() {
 }
 
 /// What the app is told about the client: without `trusted_proxies`, what nginx saw (a
-/// client's own `X-Forwarded-*` replaced); with it, a trusted peer's chain kept and the client
-/// it names as `X-Real-IP`.
+/// client's own `X-Forwarded-*` and `Forwarded` replaced); with it, a trusted peer's chain
+/// kept and the client it names as `X-Real-IP`.
 #[tokio::test]
 async fn forwarded_headers_name_the_client_and_trust_only_trusted_proxies() {
     let Some(app) = require_e2e(RuntimeChoice::Process).await else {
         return;
     };
-    let told = |sandbox: &Sandbox| {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
+    let told = |sandbox: &Sandbox, spoof: bool| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-s", "-H", "Host: shop.example.com"]);
+        if spoof {
+            cmd.args([
                 "-H",
                 "X-Forwarded-For: 203.0.113.9",
                 "-H",
                 "X-Forwarded-Proto: https",
             ])
-            .args(["-H", "Host: shop.example.com"])
+            .args(["-H", "Forwarded: for=198.51.100.1;proto=https"])
+            .args(["-H", "X-Forwarded-Prefix: /evil"]);
+        }
+        let out = cmd
             .arg(format!("http://{}/headers", sandbox.listen))
             .output()
             .expect("curl");
@@ -372,28 +376,32 @@ async fn forwarded_headers_name_the_client_and_trust_only_trusted_proxies() {
             .deploy("v1", &Progress::new(false))
             .await
             .expect("v1 deploys");
-        let headers = told(&sandbox);
-        let want: &[&str] = if trusted {
-            &[
-                "host: shop.example.com",
-                "x-forwarded-for: 203.0.113.9, 127.0.0.1",
-                "x-forwarded-proto: https",
-                "x-forwarded-host: shop.example.com",
-                "x-real-ip: 203.0.113.9",
-            ]
+        let port = format!("x-forwarded-port: {}", sandbox.listen.port());
+        let (client, chain, proto) = if trusted {
+            ("203.0.113.9", "203.0.113.9, 127.0.0.1", "https")
         } else {
-            &[
-                "host: shop.example.com",
-                "x-forwarded-for: 127.0.0.1",
-                "x-forwarded-proto: http",
-                "x-forwarded-host: shop.example.com",
-                "x-real-ip: 127.0.0.1",
-            ]
+            ("127.0.0.1", "127.0.0.1", "http")
         };
+        let want = [
+            "host: shop.example.com".to_owned(),
+            format!("x-forwarded-for: {chain}"),
+            format!("x-forwarded-proto: {proto}"),
+            "x-forwarded-host: shop.example.com".to_owned(),
+            port.clone(),
+            format!("x-real-ip: {client}"),
+        ];
+        let headers = told(&sandbox, true);
         assert_eq!(
             headers.lines().collect::<Vec<_>>(),
             want,
             "trusted: {trusted}"
+        );
+        // A trusted peer that names no client: the chain is the peer alone.
+        let plain = told(&sandbox, false);
+        assert!(
+            plain.contains("x-forwarded-for: 127.0.0.1\n")
+                && plain.contains("x-real-ip: 127.0.0.1\n"),
+            "trusted: {trusted}: {plain}"
         );
         sandbox.shutdown().await.expect("sandbox shuts down");
     }

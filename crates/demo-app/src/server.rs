@@ -149,7 +149,10 @@ async fn forwarded_headers(headers: axum::http::HeaderMap) -> Response {
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
         "x-real-ip",
+        "forwarded",
     ] {
         for value in headers.get_all(name) {
             lines.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));

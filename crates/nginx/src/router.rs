@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,8 @@ pub struct NginxRouter {
     pub fronts: BTreeMap<String, FrontSpec>,
     resolved: OnceLock<(Routing, String)>,
     version: OnceLock<Option<(u32, u32, u32)>>,
+    /// Whether an apply has rendered the sites yet (see `front_files`).
+    sites_checked: AtomicBool,
 }
 
 impl NginxRouter {
@@ -70,6 +73,7 @@ impl NginxRouter {
             fronts: BTreeMap::new(),
             resolved: OnceLock::new(),
             version: OnceLock::new(),
+            sites_checked: AtomicBool::new(false),
         }
     }
 
@@ -187,10 +191,23 @@ impl NginxRouter {
             (format!("{service}.locations"), Some(locations)),
         ]);
         // The sites on disk always serve the claims on disk: only a change to this
-        // service's files can change them (a route change reads no other file).
-        if !files.is_empty() {
+        // service's files can change them, or another switchyard's rendering of the same
+        // claims (new templates, another nginx version), checked on this router's first
+        // apply. A route change reads no other file.
+        let first = !self.sites_checked.swap(true, Ordering::Relaxed);
+        if !files.is_empty() || first {
             let mut claims = sites::claims_on_disk(&self.layout.conf_dir);
             claims.insert(service.to_string(), claim);
+            let listens: Vec<SocketAddr> = claims.values().map(|c| c.listen).collect();
+            let legacy = sites::legacy_listens(&self.layout.conf_dir);
+            if let Some((old, listen)) = legacy
+                .iter()
+                .find(|(old, l)| old != service.as_str() && listens.contains(l))
+            {
+                return Err(RouterError::Unavailable(format!(
+                    "{old}.conf was written by an older switchyard and holds its own server on {listen}, which {service} now shares: deploy {old} first (any version) so it is rewritten, then {service}"
+                )));
+            }
             files.extend(self.changed(self.site_files(&claims)?));
         }
         Ok(files)
@@ -214,7 +231,7 @@ impl NginxRouter {
             .display()
             .to_string();
         let http2_directive = self.nginx_version().is_some_and(|v| v >= (1, 25, 1));
-        let planned = sites::plan(claims, &include_dir);
+        let planned = sites::plan(claims, &include_dir).map_err(RouterError::Unavailable)?;
         let mut files = Vec::new();
         for (name, site) in &planned {
             let text = self

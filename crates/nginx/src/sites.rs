@@ -75,6 +75,34 @@ pub fn claims_on_disk(conf_dir: &Path) -> BTreeMap<String, Claim> {
         .collect()
 }
 
+/// Service files written before services recorded their claims (an older switchyard): each
+/// one's service and the listen its own `server` block holds.
+pub fn legacy_listens(conf_dir: &Path) -> Vec<(String, SocketAddr)> {
+    let Ok(entries) = std::fs::read_dir(conf_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let service = name
+                .strip_suffix(".conf")
+                .filter(|_| !name.starts_with('_'))?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            if Claim::parse(&text).is_some() {
+                return None;
+            }
+            let listen = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("listen ")?.strip_suffix(';'))?;
+            Some((
+                service.to_owned(),
+                listen.split_whitespace().next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// The names of the site files in `conf_dir` now.
 pub fn sites_on_disk(conf_dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(conf_dir) else {
@@ -123,8 +151,14 @@ pub struct SiteTls {
 }
 
 /// The site files the claims need, by file name. `include_dir` is `conf_dir` relative to
-/// nginx's conf directory (`switchyard`), as the includes name it.
-pub fn plan(claims: &BTreeMap<String, Claim>, include_dir: &str) -> BTreeMap<String, Site> {
+/// nginx's conf directory (`switchyard`), as the includes name it. The config's checks keep
+/// its services apart; claims on disk may also come from a service no longer in it, so a
+/// host and path claimed twice, or one server with two certificates, is refused here too,
+/// naming both services.
+pub fn plan(
+    claims: &BTreeMap<String, Claim>,
+    include_dir: &str,
+) -> Result<BTreeMap<String, Site>, String> {
     // (listen, host) -> the services answering there, and the TLS of the first.
     let mut serving: BTreeMap<(SocketAddr, Option<String>), Vec<&Claim>> = BTreeMap::new();
     let mut redirects: BTreeMap<(SocketAddr, Option<String>), u16> = BTreeMap::new();
@@ -141,6 +175,25 @@ pub fn plan(claims: &BTreeMap<String, Claim>, include_dir: &str) -> BTreeMap<Str
                 .push(claim);
             if let Some(from) = claim.redirect_http {
                 redirects.insert((from, host), claim.listen.port());
+            }
+        }
+    }
+    for ((listen, host), members) in &serving {
+        let any = || "any host name".to_owned();
+        let what = host.as_ref().map_or_else(any, |h| format!("host {h:?}"));
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[..i] {
+                let both = format!(
+                    "services {} and {} both claim {what} on {listen}",
+                    b.service, a.service
+                );
+                let fix = "change one, or `switchyard remove` the one no longer in the config";
+                if a.path == b.path {
+                    return Err(format!("{both} under path {:?}: {fix}", a.path));
+                }
+                if a.tls != b.tls {
+                    return Err(format!("{both} with different TLS settings: {fix}"));
+                }
             }
         }
     }
@@ -221,7 +274,7 @@ pub fn plan(claims: &BTreeMap<String, Claim>, include_dir: &str) -> BTreeMap<Str
             },
         );
     }
-    sites
+    Ok(sites)
 }
 
 /// `_site.127.0.0.1_8443.shop.example.com.conf`; `_default` for any host.
@@ -242,6 +295,42 @@ fn file_name(listen: SocketAddr, host: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_and_path_claimed_twice_on_disk_is_refused_naming_both() {
+        let mut claims = BTreeMap::new();
+        for c in [
+            claim("shop", "127.0.0.1:8443", &["shop.example.com"], "/", true),
+            claim("store", "127.0.0.1:8443", &["shop.example.com"], "/", true),
+        ] {
+            claims.insert(c.service.clone(), c);
+        }
+        let err = plan(&claims, "switchyard").unwrap_err();
+        assert!(
+            err.contains("services shop and store both claim host \"shop.example.com\" on 127.0.0.1:8443 under path \"/\""),
+            "{err}"
+        );
+        claims.get_mut("store").unwrap().path = "/api/".into();
+        claims.get_mut("store").unwrap().tls = None;
+        let err = plan(&claims, "switchyard").unwrap_err();
+        assert!(err.contains("different TLS settings"), "{err}");
+    }
+
+    #[test]
+    fn an_older_service_file_is_known_by_its_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("old.conf"),
+            "upstream sy_old_stable {}\nserver {\n    listen 127.0.0.1:8000;\n}\n",
+        )
+        .unwrap();
+        let c = claim("new", "127.0.0.1:8001", &[], "/", false);
+        std::fs::write(dir.path().join("new.conf"), c.line()).unwrap();
+        assert_eq!(
+            legacy_listens(dir.path()),
+            [("old".to_owned(), "127.0.0.1:8000".parse().unwrap())]
+        );
+    }
 
     fn claim(service: &str, listen: &str, hosts: &[&str], path: &str, tls: bool) -> Claim {
         Claim {
@@ -278,7 +367,7 @@ mod tests {
         ] {
             claims.insert(c.service.clone(), c);
         }
-        let sites = plan(&claims, "switchyard");
+        let sites = plan(&claims, "switchyard").unwrap();
         let names: Vec<&String> = sites.keys().collect();
         assert_eq!(
             names,
@@ -304,7 +393,7 @@ mod tests {
         let mut c = claim("shop", "127.0.0.1:8443", &["shop.example.com"], "/", true);
         c.redirect_http = Some("127.0.0.1:8080".parse().unwrap());
         let claims = BTreeMap::from([("shop".to_owned(), c)]);
-        let sites = plan(&claims, "switchyard");
+        let sites = plan(&claims, "switchyard").unwrap();
         let redirect = &sites["_site.127.0.0.1_8080.shop.example.com.conf"];
         assert_eq!(redirect.kind, SiteKind::Redirect);
         assert_eq!(redirect.https_port, ":8443");
@@ -321,7 +410,7 @@ mod tests {
             "web".to_owned(),
             claim("web", "127.0.0.1:8000", &[], "/", false),
         )]);
-        let sites = plan(&claims, "switchyard");
+        let sites = plan(&claims, "switchyard").unwrap();
         assert_eq!(sites.len(), 1);
         let web = &sites["_site.127.0.0.1_8000._default.conf"];
         assert!(web.default_server && web.kind == SiteKind::Serve);

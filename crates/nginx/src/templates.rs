@@ -158,6 +158,13 @@ impl Templates {
         // The path holds only letters, digits and `/._-~` (checked): `.` is the one to escape.
         let strip = front.strip_path.then(|| front.path.replace('.', "\\."));
         ctx.insert("strip_prefix", &strip);
+        // The prefix the app does not see (an empty header is not sent at all).
+        let prefix = if front.strip_path {
+            front.path.trim_end_matches('/')
+        } else {
+            ""
+        };
+        ctx.insert("forwarded_prefix", prefix);
         ctx.insert("buffering", &front.buffering);
         ctx.insert("max_body", &front.max_body.to_string());
         let t = &front.timeouts;

@@ -21,14 +21,15 @@ pub(super) fn check(config: &mut Config, text: &str, file: &Path) -> Result<(), 
         let Some(tls) = &service.front.tls else {
             continue;
         };
-        for (field, path) in [
-            ("service.tls.cert", &tls.cert),
-            ("service.tls.key", &tls.key),
-        ] {
+        let files = [
+            ("service.tls.cert", &tls.cert, tls.cert_at),
+            ("service.tls.key", &tls.key, tls.key_at),
+        ];
+        for (field, path, (line, column)) in files {
             if let Err(e) = std::fs::File::open(path) {
                 problems.push(format!(
-                    "{}: {field}: service {}: cannot read {}: {e}",
-                    at(text, file, &path.display().to_string()),
+                    "{}:{line}:{column}: {field}: service {}: cannot read {}: {e}",
+                    file.display(),
                     service.name,
                     path.display()
                 ));
@@ -57,7 +58,8 @@ pub(super) fn check(config: &mut Config, text: &str, file: &Path) -> Result<(), 
     }
 }
 
-/// `file:line:column` of the first place `value` is written as a TOML string in `text`.
+/// `file:line:column` of the first place `value` is written as a TOML string in `text`
+/// (`proxy.templates` is written once).
 fn at(text: &str, file: &Path, value: &str) -> String {
     let quoted = format!("\"{value}\"");
     let offset = text

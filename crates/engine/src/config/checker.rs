@@ -19,11 +19,17 @@ pub(super) struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    pub(super) fn push(&mut self, span: Option<Range<usize>>, field: &str, message: String) {
+    /// The line and column (from 1) where `span` starts.
+    pub(super) fn locate(&self, span: Option<Range<usize>>) -> (usize, usize) {
         let offset = span.map_or(0, |s| s.start).min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    pub(super) fn push(&mut self, span: Option<Range<usize>>, field: &str, message: String) {
+        let (line, column) = self.locate(span);
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
             line,

@@ -41,11 +41,21 @@ pub struct FrontSpec {
     pub trusted_proxies: Vec<String>,
 }
 
-/// The certificate chain and private key nginx presents for a service's hosts (PEM files).
+/// The certificate chain and private key nginx presents for a service's hosts (PEM files),
+/// with where each is written in the config (line, column), for the check that reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub cert_at: (usize, usize),
+    pub key_at: (usize, usize),
+}
+
+impl TlsFiles {
+    /// The same files (wherever they are written).
+    pub fn same_files(&self, other: &TlsFiles) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
 }
 
 /// `timeouts`: nginx's `proxy_connect_timeout`, `proxy_read_timeout` (also how long an idle
@@ -105,11 +115,11 @@ impl Checker<'_> {
     pub(super) fn front(&mut self, s: &RawService) -> FrontSpec {
         let defaults = FrontSpec::default();
         let mut hosts: Vec<String> = Vec::new();
-        for h in &s.hosts {
-            if let Some(h) = self.check(h, "service.hosts", |h| check_host(h)) {
+        for raw_host in &s.hosts {
+            if let Some(h) = self.check(raw_host, "service.hosts", |h| check_host(h)) {
                 if hosts.contains(&h) {
                     self.push(
-                        Some(s.hosts[0].span()),
+                        Some(raw_host.span()),
                         "service.hosts",
                         format!("{h:?} is listed twice"),
                     );
@@ -136,15 +146,13 @@ impl Checker<'_> {
                 })
                 .unwrap_or(defaults.path.clone()),
         };
-        let strip_path = s.strip_path.unwrap_or(false);
+        let strip_path = s.strip_path.as_ref().is_some_and(|b| *b.get_ref());
         if strip_path && path == "/" {
-            if let Some(p) = &s.path {
-                self.push(
-                    Some(p.span()),
-                    "service.strip_path",
-                    "strip_path needs a path other than \"/\"".into(),
-                );
-            }
+            self.push(
+                s.strip_path.as_ref().map(|b| b.span()),
+                "service.strip_path",
+                "strip_path needs a path other than \"/\"".into(),
+            );
         }
         let tls = s.tls.as_ref().and_then(|t| {
             let t = t.get_ref();
@@ -153,6 +161,8 @@ impl Checker<'_> {
             Some(TlsFiles {
                 cert: cert?,
                 key: key?,
+                cert_at: self.locate(Some(t.cert.span())),
+                key_at: self.locate(Some(t.key.span())),
             })
         });
         let redirect_http = s.redirect_http.as_ref().and_then(|r| {
@@ -223,8 +233,15 @@ impl Checker<'_> {
     }
 
     /// Across services: every (listen, host, path) is claimed once; the services of one
-    /// listen are all TLS or all plain; a redirect listen is no service's listen.
-    pub(super) fn check_fronts(&mut self, raw: &[Spanned<RawService>], services: &[ServiceSpec]) {
+    /// listen are all TLS or all plain, and one host on one listen has one certificate; a
+    /// redirect listen is no service's listen nor one of `reserved` (the control and serve
+    /// addresses), and one redirect listen sends one host to one place.
+    pub(super) fn check_fronts(
+        &mut self,
+        raw: &[Spanned<RawService>],
+        services: &[ServiceSpec],
+        reserved: &[SocketAddr],
+    ) {
         for (i, s) in services.iter().enumerate() {
             let Some(r) = raw
                 .iter()
@@ -244,7 +261,8 @@ impl Checker<'_> {
                     let raw = r.get_ref();
                     let span = raw
                         .hosts
-                        .first()
+                        .iter()
+                        .find(|h| h.get_ref().eq_ignore_ascii_case(shared[0]))
                         .map(|h| h.span())
                         .or_else(|| raw.path.as_ref().map(|p| p.span()))
                         .or(span.clone());
@@ -261,6 +279,22 @@ impl Checker<'_> {
                         ),
                     );
                 }
+                let (mine, theirs) = (&s.front.tls, &earlier.front.tls);
+                if let (Some(mine), Some(theirs), Some(host)) = (mine, theirs, shared.first()) {
+                    if !mine.same_files(theirs) {
+                        self.push(
+                            r.get_ref().tls.as_ref().map(|t| t.span()),
+                            "service.tls",
+                            format!(
+                                "services {} and {} both answer {} on {} with different certificates: one name has one certificate, use the same `tls` for both",
+                                earlier.name,
+                                s.name,
+                                if host.is_empty() { "any host name".to_owned() } else { format!("{host:?}") },
+                                s.listen
+                            ),
+                        );
+                    }
+                }
                 if s.front.tls.is_some() != earlier.front.tls.is_some() {
                     self.push(
                         span.clone(),
@@ -273,14 +307,37 @@ impl Checker<'_> {
                 }
             }
             if let Some(redirect) = s.front.redirect_http {
+                let span = r.get_ref().redirect_http.as_ref().map(|r| r.span());
                 if let Some(other) = services.iter().find(|o| o.listen == redirect) {
-                    let span = r.get_ref().redirect_http.as_ref().map(|r| r.span());
                     self.push(
-                        span,
+                        span.clone(),
                         "service.redirect_http",
                         format!(
                             "{redirect} is the listen of service {}: redirect from an address no service listens on",
                             other.name
+                        ),
+                    );
+                } else if reserved.contains(&redirect) {
+                    self.push(
+                        span.clone(),
+                        "service.redirect_http",
+                        format!(
+                            "{redirect} is switchyard's own (the proxy control or serve address)"
+                        ),
+                    );
+                }
+                let twice = services[..i].iter().find(|e| {
+                    e.front.redirect_http == Some(redirect)
+                        && e.listen != s.listen
+                        && names(&e.front).any(|h| names(&s.front).any(|m| m == h))
+                });
+                if let Some(other) = twice {
+                    self.push(
+                        span,
+                        "service.redirect_http",
+                        format!(
+                            "services {} and {} both redirect the same host from {redirect} to different listens",
+                            other.name, s.name
                         ),
                     );
                 }
@@ -321,10 +378,10 @@ fn absolute_file(p: &str) -> Result<PathBuf, String> {
         return Err(format!("{p:?} is not an absolute path"));
     }
     if p.chars()
-        .any(|c| c.is_whitespace() || c == ';' || c == '"' || c == '\'' || c == '{' || c == '}')
+        .any(|c| c.is_whitespace() || matches!(c, ';' | '"' | '\'' | '{' | '}' | '$' | '\\'))
     {
         return Err(format!(
-            "{p:?} holds a space, quote, brace or ';', which nginx would misread"
+            "{p:?} holds a space, quote, brace, '$', '\\' or ';', which nginx would misread"
         ));
     }
     Ok(path)

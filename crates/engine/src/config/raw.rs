@@ -121,7 +121,7 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) hosts: Vec<Spanned<String>>,
     pub(super) path: Option<Spanned<String>>,
-    pub(super) strip_path: Option<bool>,
+    pub(super) strip_path: Option<Spanned<bool>>,
     pub(super) tls: Option<Spanned<RawTls>>,
     pub(super) redirect_http: Option<Spanned<String>>,
     pub(super) buffering: Option<bool>,

@@ -35,7 +35,6 @@ impl Checker<'_> {
             .filter_map(|s| self.service(s, runtime))
             .collect();
         self.check_unique(&raw.services, &services, &proxy);
-        self.check_fronts(&raw.services, &services);
         let state_path = PathBuf::from(raw.state.path.unwrap_or_else(|| "switchyard.db".into()));
         let metrics = self.metrics(&raw.metrics, &services);
         let default_serve: SocketAddr = "127.0.0.1:9100".parse().expect("literal address");
@@ -45,6 +44,7 @@ impl Checker<'_> {
                 .check(l, "serve.listen", |l| parse_addr(l))
                 .unwrap_or(default_serve),
         };
+        self.check_fronts(&raw.services, &services, &[proxy.control, serve_listen]);
         let registry = raw.registry.as_ref().and_then(|r| {
             self.check(r, "registry", |r| {
                 if r.server.is_empty() || r.username.is_empty() || r.password_file.is_empty() {

@@ -200,3 +200,54 @@ fn a_service_without_front_keys_gets_the_defaults() {
     ));
     assert_eq!(c.proxy.templates, Some(PathBuf::from("mine")));
 }
+
+#[test]
+fn one_host_on_one_listen_has_one_certificate() {
+    let text = SHARED.replacen(
+        "hosts = [\"shop.example.com\"]\npath = \"/api\"\nstrip_path = true\ntls = { cert = \"/etc/ssl/shop.pem\"",
+        "hosts = [\"shop.example.com\"]\npath = \"/api\"\nstrip_path = true\ntls = { cert = \"/etc/ssl/other.pem\"",
+        1,
+    );
+    assert_ne!(text, SHARED);
+    let e = &errors(&text)[0];
+    assert_eq!((e.line, e.field.as_str()), (27, "service.tls"));
+    assert!(
+        e.message.contains("services shop and api both answer \"shop.example.com\" on 127.0.0.1:8443 with different certificates"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_redirect_may_not_take_switchyards_own_addresses_or_send_one_host_two_ways() {
+    let text = SHARED.replace(
+        "redirect_http = \"127.0.0.1:8080\"",
+        "redirect_http = \"127.0.0.1:8099\"",
+    );
+    let e = &errors(&text)[0];
+    assert_eq!(e.field, "service.redirect_http");
+    assert!(e.message.contains("switchyard's own"), "{e}");
+    // A second TLS listen redirecting the shop's name from the same address elsewhere.
+    let text = format!(
+        "{SHARED}\n[[service]]\nname = \"shop2\"\nlisten = \"127.0.0.1:9443\"\nimage = \"demo-app:{{version}}\"\nhosts = [\"shop.example.com\"]\ntls = {{ cert = \"/etc/ssl/shop.pem\", key = \"/etc/ssl/shop.key\" }}\nredirect_http = \"127.0.0.1:8080\"\n"
+    );
+    let e = &errors(&text)[0];
+    assert_eq!(e.field, "service.redirect_http");
+    assert!(
+        e.message
+            .contains("services shop and shop2 both redirect the same host from 127.0.0.1:8080"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tls_files_remember_where_they_are_written() {
+    let c = parse(SHARED);
+    let tls = c.service("blog").unwrap().front.tls.clone().unwrap();
+    assert_eq!(tls.cert_at, (18, 16));
+    assert_eq!(tls.key_at, (18, 43));
+    let e = &errors(&SHARED.replace("/etc/ssl/blog.key", "/etc/ssl/$blog.key"))[0];
+    assert_eq!(
+        (e.line, e.column, e.field.as_str()),
+        (18, 43, "service.tls.key")
+    );
+}
