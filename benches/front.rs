@@ -10,7 +10,14 @@
 //! stopped. A row holds wrk's requests, failures (socket errors and non-2xx/3xx), its rate over
 //! the whole run, and the deploy's wall time.
 //!
-//! Knobs: `SWITCHYARD_BENCH_ROUNDS` (default 10). Rows go to `target/bench-front.json`. Needs
+//! A second part, `restart`, measures the supervised proxy: one sandbox (1 replica) with
+//! `switchyard serve` running in-process (it checks the master every 250 ms); [`KILLS`] times
+//! each, nginx is SIGKILLed, master and workers (a crash, an OOM kill) or the master alone (its
+//! workers linger, holding the listen sockets), and the time from the kill until a new master
+//! runs and `GET /` answers 200 on a fresh connection (polled every 5 ms) is recorded.
+//!
+//! Knobs: `SWITCHYARD_BENCH_ROUNDS` (default 10), `SWITCHYARD_BENCH_PARTS` (`deploys`,
+//! `restart`; default both). Deploy rows go to `target/bench-front.json`. Needs
 //! nginx with its Lua module, `/usr/bin/wrk`, `openssl` and the demo-app
 //! (`scripts/build-demo-app`).
 //!
@@ -23,8 +30,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use switchyard_app::live::Live;
 use switchyard_app::progress::Progress;
 use switchyard_app::sandbox::{Sandbox, SandboxOptions};
+use switchyard_app::{serve, settings};
 use switchyard_engine::config::RuntimeChoice;
 
 use common::*;
@@ -64,6 +73,10 @@ async fn run() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(10);
     let binary = demo_app()?;
+    let parts = std::env::var("SWITCHYARD_BENCH_PARTS").unwrap_or("deploys,restart".into());
+    if !parts.split(',').any(|p| p == "deploys") {
+        return restart(&binary).await;
+    }
     let certs = tempfile::tempdir().context("a directory for the certificate")?;
     let (cert, key) = self_signed(certs.path())?;
     let machine = Machine::read().await;
@@ -135,7 +148,91 @@ async fn run() -> anyhow::Result<()> {
     if let Some(e) = failure {
         return Err(e);
     }
+    if parts.split(',').any(|p| p == "restart") {
+        restart(&binary).await?;
+    }
     Ok(())
+}
+
+/// How many times each kind of kill is measured.
+const KILLS: usize = 10;
+
+/// The supervised proxy: kill nginx, time until it serves again.
+async fn restart(binary: &Path) -> anyhow::Result<()> {
+    let options = SandboxOptions::new(RuntimeChoice::Process, binary.to_owned()).routing("dynamic");
+    let mut sandbox = Sandbox::start(&options)
+        .await
+        .context("the restart sandbox")?;
+    let result = kills(&sandbox).await;
+    // serve restarted nginx under the sandbox's prefix: the sandbox stops that one.
+    sandbox.adopt_nginx();
+    finish(sandbox, result).await
+}
+
+async fn kills(sandbox: &Sandbox) -> anyhow::Result<()> {
+    sandbox.deploy("r-1", &Progress::new(false)).await?;
+    let live = Live::open(settings::load(&sandbox.config_path)?).await?;
+    let server = serve::start(live, "127.0.0.1:0".parse()?).await?;
+    let mut times: Vec<(&str, Vec<f64>)> = vec![("all killed", vec![]), ("master killed", vec![])];
+    for round in 0..KILLS {
+        for (kind, values) in &mut times {
+            let master = sandbox.live().router.master()?;
+            let workers = switchyard_nginx::procs::workers(master);
+            let victims: Vec<u32> = if *kind == "all killed" {
+                std::iter::once(master).chain(workers).collect()
+            } else {
+                vec![master]
+            };
+            let since = Instant::now();
+            for pid in victims {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            // Serving again means a new master: its pid file names a live nginx master
+            // other than the killed one, and the listen answers.
+            loop {
+                let new_master = sandbox.live().router.master().ok();
+                if new_master.is_some_and(|m| m != master) && answers(sandbox.listen).await {
+                    break;
+                }
+                if since.elapsed() > Duration::from_secs(10) {
+                    bail!("round {round}, {kind}: not serving 10 s after the kill");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let took = ms(since.elapsed());
+            eprintln!("round {round} {kind}: serving again after {took:.0} ms");
+            values.push(took);
+            // Let serve finish its restart (orphaned workers gone) before the next kill.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    }
+    server.shutdown().await?;
+    println!("### restart: {KILLS} kills of each kind, ms from the kill to serving again\n");
+    print_metrics(22, &times);
+    Ok(())
+}
+
+/// Whether `listen` answers `GET /` with 200 on a fresh connection within 200 ms.
+async fn answers(listen: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_millis(200), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 async fn measure(lane: &mut Lane, round: usize) -> anyhow::Result<Row> {
