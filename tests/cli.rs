@@ -16,7 +16,7 @@ use switchyard_store::SqliteStore;
 
 use crate::support::{
     assert_exit, assert_no_failures, free_port, require_demo_app, require_nginx, responses_from,
-    stop_nginx, text,
+    text,
 };
 
 /// A config directory used through the CLI; dropping it stops the nginx the CLI started and
@@ -128,20 +128,7 @@ env = {{ LATENCY_MS = "5" {env} }}
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let config = self.config();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(live) = Live::open(settings::load(&config).unwrap()).await {
-                    let _ = live.remove_all().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-        stop_nginx(&self.dir.path().join("nginx/logs/nginx.pid"));
+        crate::support::clean_up(self.config(), &self.dir.path().join("nginx/logs/nginx.pid"));
     }
 }
 

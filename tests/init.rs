@@ -6,10 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use switchyard_app::live::Live;
-use switchyard_app::settings;
-
-use crate::support::{assert_exit, free_port, require_demo_app, require_nginx, stop_nginx, text};
+use crate::support::{assert_exit, free_port, require_demo_app, require_nginx, text};
 
 fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -216,19 +213,7 @@ struct Started {
 impl Drop for Started {
     fn drop(&mut self) {
         let config = self.dir.path().join("switchyard.toml");
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(live) = Live::open(settings::load(&config).unwrap()).await {
-                    let _ = live.remove_all().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-        stop_nginx(&self.dir.path().join("nginx/logs/nginx.pid"));
+        crate::support::clean_up(config, &self.dir.path().join("nginx/logs/nginx.pid"));
     }
 }
 

@@ -109,6 +109,26 @@ pub async fn require_e2e(runtime: switchyard_engine::config::RuntimeChoice) -> O
     Some(app)
 }
 
+/// What a test that ran the binary leaves behind, removed from a `Drop` (on a runtime of its
+/// own: the test's may be gone): every instance of `config`'s services, then the nginx whose
+/// master's pid is in `pid_file`.
+pub fn clean_up(config: PathBuf, pid_file: &std::path::Path) {
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let settings = switchyard_app::settings::load(&config).unwrap();
+            if let Ok(live) = switchyard_app::live::Live::open(settings).await {
+                let _ = live.remove_all().await;
+            }
+        });
+    });
+    let _ = cleanup.join();
+    stop_nginx(pid_file);
+}
+
 /// SIGTERM to the nginx master whose pid is in `pid_file`, for nginx a test started
 /// outside a `ManagedNginx` handle. Does nothing if the file holds no pid.
 pub fn stop_nginx(pid_file: &std::path::Path) {
