@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use crate::support::{assert_no_failures, eventually, responses_from};
 
 /// Short holds so a whole canary takes seconds: the judge needs 20 requests in a 3 s window.
-const FAST: &str = r#"steps = [20, 50, 100]
+pub(crate) const FAST: &str = r#"steps = [20, 50, 100]
 hold = "2s"
 interval = "1s"
 window = "3s"

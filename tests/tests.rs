@@ -8,6 +8,7 @@ mod adopt;
 mod canary;
 mod cli;
 mod container;
+mod dashboard;
 mod docker_down;
 mod dynamic;
 mod e2e;

@@ -30,6 +30,7 @@
 //! nginx that is down is started again).
 
 mod accesslog;
+mod dashboard;
 mod exposition;
 mod health;
 mod history;
@@ -132,6 +133,7 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         .local_addr()
         .map_err(|e| AppError::environment(format!("binding {}: {e}", options.listen)))?;
     let app = axum::Router::new()
+        .route("/", get(dashboard::page))
         .route("/metrics", get(metrics))
         .route("/api/status", get(api_status))
         .route("/healthz", get(|| async { "ok\n" }))

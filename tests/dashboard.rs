@@ -1,0 +1,373 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven over the
+//! DevTools protocol. The page signs in with the token, shows the live version and weights of
+//! a paused canary, and its promote button finishes the canary; every request the page makes
+//! stays on serve's own 127.0.0.1 origin. A screenshot is kept in
+//! `target/test-artifacts/dashboard.png`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchyard_app::live::Live;
+use switchyard_app::progress::Progress;
+use switchyard_app::sandbox::SERVICE;
+use switchyard_app::serve::{self, ServeOptions};
+use switchyard_app::settings;
+use switchyard_engine::config::RuntimeChoice;
+use switchyard_engine::{Name, Store};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::support::{assert_no_failures, eventually, require};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const TOKEN: &str = "dashboard-test-token-0123456789";
+
+/// A headless Chromium of this test's own, and one page of it over the DevTools protocol.
+struct Browser {
+    child: tokio::process::Child,
+    page: WebSocketStream<TcpStream>,
+    next: u64,
+    /// Every event the page sent, in order (`Network.requestWillBeSent` among them).
+    events: Vec<Value>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(CHROMIUM)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .args([
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-sync",
+            ])
+            .args([
+                "--disable-background-networking",
+                "--disable-component-update",
+            ])
+            .args([
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+            ])
+            .args(["--window-size=1280,900"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let browser_ws = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    return url.trim().to_owned();
+                }
+            }
+            panic!("chromium exited without a DevTools endpoint");
+        })
+        .await
+        .expect("chromium's DevTools endpoint within 30 s");
+        // Keep reading its stderr, so a full pipe never blocks it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let port: u16 = browser_ws
+            .strip_prefix("ws://127.0.0.1:")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected DevTools URL {browser_ws}"));
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_, list) = crate::support::get(addr, "/json/list").await;
+        let targets: Vec<Value> = serde_json::from_str(&list).unwrap();
+        let page_ws = targets
+            .iter()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_owned();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (page, _) = tokio_tungstenite::client_async(page_ws, stream)
+            .await
+            .unwrap();
+        let mut browser = Browser {
+            child,
+            page,
+            next: 0,
+            events: Vec::new(),
+            _profile: profile,
+        };
+        browser.call("Network.enable", json!({})).await;
+        browser.call("Page.enable", json!({})).await;
+        browser
+    }
+
+    /// One DevTools command; the events that arrive meanwhile are kept.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let text = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.page.send(Message::text(text)).await.unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), self.page.next())
+                .await
+                .unwrap_or_else(|_| panic!("{method}: no answer in 20 s"))
+                .expect("the page's socket is open")
+                .unwrap();
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value["id"] == id {
+                assert!(value.get("error").is_none(), "{method}: {value}");
+                return value["result"].clone();
+            }
+            self.events.push(value);
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let params =
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        self.call("Runtime.evaluate", params).await["result"]["value"].clone()
+    }
+
+    async fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+    }
+
+    /// Polls `expression` until it is true.
+    async fn until(&mut self, what: &str, expression: &str) {
+        let since = Instant::now();
+        while since.elapsed() < Duration::from_secs(20) {
+            if self.eval(expression).await == json!(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let text = self.eval("document.body.innerText").await;
+        panic!("the dashboard never showed {what}; it shows:\n{text}");
+    }
+
+    /// Every URL the page asked for.
+    fn requested(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["method"] == "Network.requestWillBeSent")
+            .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    async fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine;
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ours, by its PID (kill_on_drop does the same).
+        let _ = self.child.start_kill();
+    }
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it() {
+    if !require(
+        std::path::Path::new(CHROMIUM).exists(),
+        "chromium (apt-get install chromium)",
+    ) {
+        return;
+    }
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let canary = format!("{}\npause = [20]", crate::canary::FAST);
+    let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |mut o| {
+        o.canary = canary;
+        o.tables = format!(
+            "[serve]\ntoken_file = {:?}\n",
+            token_file.display().to_string()
+        );
+        o
+    })
+    .await
+    else {
+        return;
+    };
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    let live = Live::open(settings::load(&sandbox.config_path).unwrap())
+        .await
+        .unwrap();
+    let server = serve::start_with(live, ServeOptions::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("serve starts");
+    let origin = format!("http://{}", server.addr());
+    let load = crate::support::load(sandbox.url(), 8);
+    let name = Name::parse(SERVICE).unwrap();
+    let quiet = Progress::new(false);
+    let deploy = sandbox.deploy_canary("v2", &quiet);
+    let browse = async {
+        let store = &sandbox.live().store;
+        eventually(
+            Duration::from_secs(30),
+            "the canary to pause at 20%",
+            || async {
+                store
+                    .unfinished(&name)
+                    .unwrap()
+                    .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "paused"))
+            },
+        )
+        .await;
+        let mut browser = Browser::launch().await;
+        // Without a token: the sign-in form, nothing else.
+        browser.navigate(&format!("{origin}/")).await;
+        browser
+            .until(
+                "the sign-in form",
+                "!document.getElementById('login').hidden",
+            )
+            .await;
+        // With it (the fragment never reaches the server).
+        browser.navigate(&format!("{origin}/#token={TOKEN}")).await;
+        browser
+            .until(
+                "v1 on stable, v2 on the canary at 20 %, paused",
+                "(() => { const q = (s) => document.querySelector(s)?.textContent; \
+                 return q('[data-track=stable]') === 'v1' && q('[data-track=canary]') === 'v2' \
+                 && q('[data-step=web]') === 'paused' \
+                 && (q('[data-weights=web]') || '').includes('canary 20%'); })()",
+            )
+            .await;
+        // The charts have data once two scrapes have passed.
+        browser
+            .until(
+                "a request rate on the stable track",
+                "Number(document.querySelector('[data-chart=rate]')?.dataset.stable || 0) > 0",
+            )
+            .await;
+        let png = browser.screenshot().await;
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(artifact("dashboard.png"), &png).unwrap();
+        browser
+            .eval("document.querySelector('button[data-action=promote][data-service=web]').click(), true")
+            .await;
+        browser
+    };
+    let (result, browser) = tokio::join!(deploy, browse);
+    result.expect("the canary is promoted by the dashboard's button");
+    let active = sandbox.live().store.service(&name).unwrap().active.unwrap();
+    assert_eq!(active.version.as_str(), "v2");
+    let requested = browser.requested();
+    assert!(
+        requested.iter().any(|u| u.contains("/api/v1/status")),
+        "{requested:?}"
+    );
+    let outside: Vec<&String> = requested
+        .iter()
+        .filter(|u| !u.starts_with(&format!("{origin}/")) && *u != "about:blank")
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests off serve's origin: {outside:?}"
+    );
+    drop(browser);
+    let traffic = load.stop().await;
+    assert_no_failures(&traffic);
+    server.shutdown().await.unwrap();
+    sandbox.shutdown().await.unwrap();
+}
+
+/// Before any sign-in: the page asks for the token, says nothing of the services, names no
+/// other origin, and its headers forbid other origins and framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_the_token_and_loads_nothing_from_outside() {
+    if !require(
+        std::path::Path::new(CHROMIUM).exists(),
+        "chromium (apt-get install chromium)",
+    ) {
+        return;
+    }
+    let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |o| o).await else {
+        return;
+    };
+    let live = Live::open(settings::load(&sandbox.config_path).unwrap())
+        .await
+        .unwrap();
+    let server = serve::start_with(live, ServeOptions::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("serve starts");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("http://{}/", server.addr()))
+        .output()
+        .expect("curl");
+    let head = crate::support::text(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("connect-src 'self'"), "{head}");
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+
+    let origin = format!("http://{}", server.addr());
+    let mut browser = Browser::launch().await;
+    browser.navigate(&format!("{origin}/")).await;
+    browser
+        .until(
+            "the sign-in form",
+            "!document.getElementById('login').hidden",
+        )
+        .await;
+    let services = browser
+        .eval("document.getElementById('services').children.length")
+        .await;
+    assert_eq!(services, json!(0), "nothing shown before sign-in");
+    let requested = browser.requested();
+    assert!(
+        requested.iter().any(|u| u == &format!("{origin}/")),
+        "{requested:?}"
+    );
+    let outside: Vec<&String> = requested
+        .iter()
+        .filter(|u| !u.starts_with(&format!("{origin}/")) && *u != "about:blank")
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests off serve's origin: {outside:?}"
+    );
+    drop(browser);
+    server.shutdown().await.unwrap();
+    sandbox.shutdown().await.unwrap();
+}
