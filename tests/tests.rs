@@ -11,6 +11,7 @@ mod container;
 mod docker_down;
 mod dynamic;
 mod e2e;
+mod evidence;
 mod front;
 mod init;
 mod nginx;

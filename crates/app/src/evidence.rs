@@ -70,6 +70,9 @@ pub struct ReplicaEvidence {
     /// None where the runtime cannot tell (processes).
     pub oom_killed: Option<bool>,
     pub runtime_error: Option<String>,
+    /// Restarts by Docker's restart policy during the deploy.
+    #[serde(default)]
+    pub restarts: Option<i64>,
     /// Its last health response, with the passes in a row it had and needed.
     pub last_health: Option<String>,
     pub health_passes: Option<(u32, u32)>,
@@ -248,6 +251,7 @@ impl<'a> Recorder<'a> {
                     exit_code: s.exit_code,
                     oom_killed: s.oom_killed,
                     runtime_error: s.runtime_error,
+                    restarts: s.restarts,
                     last_health: health.as_ref().map(|h| h.last.clone()),
                     health_passes: health.map(|h| (h.passes, h.needed)),
                     log_tail: s.log_tail,

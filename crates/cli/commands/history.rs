@@ -222,8 +222,12 @@ fn print_evidence(e: &FailureEvidence) {
             Some(false) => "not OOM-killed",
             None => "OOM unknown",
         };
+        let restarts = match r.restarts {
+            Some(n) if n > 0 => format!(", restarted {n} time(s) by Docker"),
+            _ => String::new(),
+        };
         println!(
-            "  replica {} ({}, {}): {}, exit code {code}, {oom}",
+            "  replica {} ({}, {}): {}, exit code {code}, {oom}{restarts}",
             r.name, r.version, r.addr, r.state
         );
         if let Some(error) = &r.runtime_error {

@@ -20,6 +20,9 @@ pub struct ExitState {
     pub oom_killed: bool,
     /// Docker's error starting it (a missing executable, say), if any.
     pub error: Option<String>,
+    /// How often Docker restarted it by its restart policy; each restart clears the exit
+    /// code and OOM flag of the run before.
+    pub restarts: i64,
 }
 
 impl DockerRuntime {
@@ -37,6 +40,7 @@ impl DockerRuntime {
                 ))
             }
         };
+        let restarts = inspected.restart_count.unwrap_or(0);
         let state = inspected.state.unwrap_or_default();
         let running = state.status == Some(ContainerStateStatusEnum::RUNNING);
         Ok(Some(ExitState {
@@ -47,6 +51,7 @@ impl DockerRuntime {
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
             error: state.error.filter(|e| !e.is_empty()),
+            restarts,
         }))
     }
 }

@@ -29,6 +29,8 @@ pub struct ReplicaSnapshot {
     pub oom_killed: Option<bool>,
     /// The runtime's own error starting it (Docker), or why it could not be asked.
     pub runtime_error: Option<String>,
+    /// Restarts by Docker's restart policy, which clear the exit code of the run before.
+    pub restarts: Option<i64>,
     pub log_tail: String,
 }
 
@@ -38,6 +40,9 @@ pub struct RecordingRuntime<'a> {
     inner: &'a AnyRuntime,
     started: Mutex<Vec<Instance>>,
     snapshots: Mutex<BTreeMap<String, ReplicaSnapshot>>,
+    /// The exit code the engine saw when it found one of ours exited: Docker forgets it when
+    /// its restart policy starts the container again.
+    exits: Mutex<BTreeMap<String, Option<i64>>>,
 }
 
 impl<'a> RecordingRuntime<'a> {
@@ -46,6 +51,7 @@ impl<'a> RecordingRuntime<'a> {
             inner,
             started: Mutex::new(Vec::new()),
             snapshots: Mutex::new(BTreeMap::new()),
+            exits: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -67,7 +73,7 @@ impl<'a> RecordingRuntime<'a> {
                 .cloned();
             match kept {
                 Some(s) => out.push(s),
-                None => out.push(snapshot(self.inner, &instance).await),
+                None => out.push(self.snapshot(&instance).await),
             }
         }
         out
@@ -75,24 +81,49 @@ impl<'a> RecordingRuntime<'a> {
 
     /// Takes `instance`'s snapshot if it is one of ours and has none yet.
     async fn before_ending(&self, instance: &Instance) {
-        let ours = self
-            .started
-            .lock()
-            .expect("recording lock")
-            .iter()
-            .any(|i| i.id == instance.id);
+        let ours = self.is_ours(instance);
         let taken = self
             .snapshots
             .lock()
             .expect("recording lock")
             .contains_key(&instance.id);
         if ours && !taken {
-            let s = snapshot(self.inner, instance).await;
+            let s = self.snapshot(instance).await;
             self.snapshots
                 .lock()
                 .expect("recording lock")
                 .insert(instance.id.clone(), s);
         }
+    }
+
+    /// The runtime's snapshot, with the exit the engine saw if the runtime lost it since.
+    async fn snapshot(&self, instance: &Instance) -> ReplicaSnapshot {
+        let mut s = snapshot(self.inner, instance).await;
+        let seen = self
+            .exits
+            .lock()
+            .expect("recording lock")
+            .get(&instance.id)
+            .copied();
+        if let Some(code) = seen {
+            if s.exit_code.is_none() || matches!(s.state.as_str(), "running" | "restarting") {
+                s.exit_code = code.or(s.exit_code);
+                if s.state == "running" {
+                    // Docker's flag is the new run's: the one that exited is not known.
+                    s.oom_killed = None;
+                }
+                s.state = format!("exited (then {})", s.state);
+            }
+        }
+        s
+    }
+
+    fn is_ours(&self, instance: &Instance) -> bool {
+        self.started
+            .lock()
+            .expect("recording lock")
+            .iter()
+            .any(|i| i.id == instance.id)
     }
 
     fn remember(&self, instance: &Instance) {
@@ -102,6 +133,10 @@ impl<'a> RecordingRuntime<'a> {
         }
         // A restarted replica gets a fresh snapshot when it ends again.
         self.snapshots
+            .lock()
+            .expect("recording lock")
+            .remove(&instance.id);
+        self.exits
             .lock()
             .expect("recording lock")
             .remove(&instance.id);
@@ -117,6 +152,7 @@ async fn snapshot(runtime: &AnyRuntime, instance: &Instance) -> ReplicaSnapshot 
         exit_code: None,
         oom_killed: None,
         runtime_error: None,
+        restarts: None,
         log_tail,
     };
     match runtime {
@@ -127,6 +163,7 @@ async fn snapshot(runtime: &AnyRuntime, instance: &Instance) -> ReplicaSnapshot 
                     s.exit_code = (!exit.running).then_some(exit.exit_code).flatten();
                     s.oom_killed = Some(exit.oom_killed);
                     s.runtime_error = exit.error;
+                    s.restarts = Some(exit.restarts);
                 }
                 Ok(None) => s.state = "missing".into(),
                 Err(e) => s.runtime_error = Some(e.to_string()),
@@ -161,7 +198,14 @@ impl Runtime for RecordingRuntime<'_> {
         Ok(instance)
     }
     async fn status(&self, instance: &Instance) -> Result<InstanceStatus, RuntimeError> {
-        self.inner.status(instance).await
+        let status = self.inner.status(instance).await;
+        if let Ok(InstanceStatus::Exited { code }) = &status {
+            if self.is_ours(instance) {
+                let mut exits = self.exits.lock().expect("recording lock");
+                exits.entry(instance.id.clone()).or_insert(*code);
+            }
+        }
+        status
     }
     async fn stop(&self, instance: &Instance, timeout: Duration) -> Result<(), RuntimeError> {
         self.before_ending(instance).await;
