@@ -2,16 +2,25 @@
 //! crashes on start (the demo app exits 2 on a bad `LATENCY_MS`) leaves its log tail, exit
 //! code and OOM flag in `history --show ID`, human and JSON, while traffic stays on v1; and a
 //! good deploy under a load that never re-sends records 0 failed requests at the proxy, out
-//! of the requests it saw, shown by `history`. The sandbox removes its labelled containers
-//! and stops its nginx when dropped, also when a test fails.
+//! of the requests it saw, shown by `history`. A canary failing its error-rate threshold
+//! (local processes) keeps the judge's checks with the thresholds, its disruption on the
+//! canary track only, and `serve` exports it as `switchyard_deploy_failed_requests`. The
+//! sandbox removes its labelled instances and stops its nginx when dropped, also when a test
+//! fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::time::Duration;
+
+use switchyard_app::live::Live;
+use switchyard_app::load::FailureKind;
 use switchyard_app::sandbox::{Sandbox, SERVICE};
+use switchyard_app::serve::{self, ServeOptions};
+use switchyard_app::settings;
 use switchyard_engine::config::RuntimeChoice;
 
-use crate::support::{assert_exit, assert_no_failures, load, responses_from, text};
+use crate::support::{assert_exit, assert_no_failures, get, load, responses_from, text};
 
 /// The binary with `config`.
 fn switchyard(config: &Path, args: &[&str]) -> Output {
@@ -153,5 +162,108 @@ async fn a_crashing_version_leaves_its_log_and_exit_code_and_a_good_deploy_recor
         listed.lines().next().unwrap().contains("disruption"),
         "{listed}"
     );
+    sandbox.shutdown().await.unwrap();
+}
+
+/// Short holds, so the canary is judged within seconds on 20 requests in a 3 s window.
+const FAST: &str = r#"steps = [20, 50, 100]
+hold = "2s"
+interval = "1s"
+window = "3s"
+min_requests = 20
+inconclusive_limit = 10"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_canary_keeps_the_judges_checks_with_thresholds_and_serve_exports_its_cost() {
+    let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |mut o| {
+        o.canary = FAST.to_owned();
+        o.replicas(1)
+            .env("FAIL_RATE", "0.3")
+            .env("FAILING_VERSIONS", "v2")
+    })
+    .await
+    else {
+        return;
+    };
+    let config = sandbox.config_path.clone();
+    assert_exit(
+        &switchyard(&config, &["deploy", SERVICE, "--version", "v1"]),
+        0,
+    );
+    let load = load(sandbox.url(), 16);
+    responses_from(&load, "v1", 100).await;
+    let deploy = ["deploy", SERVICE, "--version", "v2", "--strategy", "canary"];
+    let failed = switchyard(&config, &deploy);
+    assert_exit(&failed, 1);
+    assert!(
+        text(&failed.stderr).contains("evidence kept: switchyard history --show 2"),
+        "{}",
+        text(&failed.stderr)
+    );
+    responses_from(&load, "v1", load.snapshot().by_version["v1"].count + 100).await;
+    let traffic = load.stop().await;
+    assert_eq!(traffic.retried, 0, "nothing was re-sent: {traffic}");
+    for failure in &traffic.failures {
+        match &failure.kind {
+            FailureKind::Status {
+                code: 500,
+                version: Some(v),
+            } if v == "v2" => {}
+            other => panic!("only the canary's own 500s may fail, not {other:?}:\n{traffic}"),
+        }
+    }
+
+    let shown = json(&switchyard(
+        &config,
+        &["--output", "json", "history", "--show", "2"],
+    ));
+    let evidence = &shown["evidence"];
+    assert_eq!(evidence["cause"], "threshold", "{shown}");
+    let checks = evidence["checks"].as_array().unwrap();
+    let fail = checks
+        .iter()
+        .find(|c| c["verdict"] == "fail")
+        .unwrap_or_else(|| panic!("a failed check: {shown}"));
+    assert!(fail["error_rate"].as_f64().unwrap() > 0.01, "{shown}");
+    assert!(fail["requests"].as_f64().unwrap() >= 20.0, "{shown}");
+    assert_eq!(evidence["thresholds"]["max_error_rate"], 0.01, "{shown}");
+    assert_eq!(evidence["thresholds"]["min_requests"], 20.0, "{shown}");
+    // Processes: no OOM flag, an exit code only once one is known.
+    let replica = &evidence["replicas"][0];
+    assert_eq!(replica["version"], "v2", "{shown}");
+    assert_eq!(replica["oom_killed"], serde_json::Value::Null, "{shown}");
+    assert!(
+        replica["log_tail"]
+            .as_str()
+            .unwrap()
+            .contains("demo-app v2 listening"),
+        "{shown}"
+    );
+    let during = &shown["disruption"]["during"]["tracks"];
+    let canary_failed = during["canary"]["failed"].as_u64().unwrap();
+    assert!(canary_failed > 0, "the canary's 500s count: {shown}");
+    assert_eq!(during["stable"]["failed"], 0, "{shown}");
+
+    let human = text(&switchyard(&config, &["history", "--show", "2"]).stdout);
+    assert!(
+        human.contains("thresholds: error rate at most 1.00%, at least 20 requests"),
+        "{human}"
+    );
+    assert!(human.contains("check at 20%: fail: error rate"), "{human}");
+    assert!(human.contains("  canary: "), "{human}");
+
+    let live = Live::open(settings::load(&config).unwrap()).await.unwrap();
+    let options = ServeOptions {
+        health_every: Duration::from_millis(200),
+        ..ServeOptions::new("127.0.0.1:0".parse().unwrap())
+    };
+    let server = serve::start_with(live, options)
+        .await
+        .expect("serve starts");
+    let (status, metrics) = get(server.addr(), "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let series = format!("switchyard_deploy_failed_requests{{service=\"web\"}} {canary_failed}\n");
+    assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+    server.shutdown().await.unwrap();
     sandbox.shutdown().await.unwrap();
 }
