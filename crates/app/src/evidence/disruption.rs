@@ -3,11 +3,12 @@
 //! 5xx, an upstream attempt without a response or with a 5xx, a 499) during the deploy window,
 //! next to the same counts over the window just before it (as long, at most [`BEFORE_MAX`]).
 //! [`count`] is the pure part, on parsed records; [`measure`] reads the log (and the file it
-//! was last rotated to) for [`count`].
+//! was last rotated to) for [`count`], from a line found by bisecting the file on the lines'
+//! times, so a long log costs a few seeks rather than a read of all of it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,8 +19,13 @@ use switchyard_nginx::tailer::{parse_line, rotated_path, ProxyRecord, NO_TRACK};
 pub const SCHEMA: u32 = 1;
 /// The longest window before a deploy that it is compared with.
 pub const BEFORE_MAX: Duration = Duration::from_secs(60);
-/// At most this much of the end of each log file is read.
+/// At most this much of each log file is read, from where the windows begin.
 pub const READ_MAX: u64 = 256 * 1024 * 1024;
+/// Lines are written when requests end, so a slow request's line comes after quicker ones:
+/// the bisection stops this long before the windows begin.
+const SLACK_S: f64 = 120.0;
+/// The bisection reads to the first complete line within this much of an offset.
+const PROBE: usize = 64 * 1024;
 /// What a request of an upstream without a track (`sy_<service>`) counts under.
 const NO_TRACK_NAME: &str = "default";
 
@@ -153,19 +159,24 @@ pub fn measure(
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let complete = read_records(file, &mut |r| count(&mut d, [&r]))?;
+        let since_s = d.before.from_ms as f64 / 1000.0 - SLACK_S;
+        let complete = read_records(file, since_s, &mut |r| count(&mut d, [&r]))?;
         d.complete &= complete;
     }
     Ok(d)
 }
 
-/// Feeds every parsable line of the last [`READ_MAX`] bytes of `file` to `each`; returns
-/// whether that was the whole file.
-fn read_records(mut file: File, each: &mut dyn FnMut(ProxyRecord)) -> io::Result<bool> {
+/// Feeds every parsable line of `file` from about `since_s` (unix seconds) on to `each`, at
+/// most [`READ_MAX`] bytes of them; returns whether nothing after that point was left out.
+fn read_records(
+    mut file: File,
+    since_s: f64,
+    each: &mut dyn FnMut(ProxyRecord),
+) -> io::Result<bool> {
     let len = file.metadata()?.len();
-    let start = len.saturating_sub(READ_MAX);
+    let start = start_offset(&mut file, len, since_s)?;
     file.seek(SeekFrom::Start(start))?;
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(file).take(READ_MAX);
     let mut line = Vec::new();
     if start > 0 {
         // The first line read is a partial one.
@@ -183,7 +194,43 @@ fn read_records(mut file: File, each: &mut dyn FnMut(ProxyRecord)) -> io::Result
             each(record);
         }
     }
-    Ok(start == 0)
+    Ok(len - start <= READ_MAX)
+}
+
+/// An offset at or before the first line of `file` (`len` bytes) written at `since_s` or
+/// later: bisects on the time of the first complete line after each probe.
+fn start_offset(file: &mut File, len: u64, since_s: f64) -> io::Result<u64> {
+    let (mut lo, mut hi) = (0, len);
+    while hi - lo > PROBE as u64 {
+        let mid = lo + (hi - lo) / 2;
+        match time_after(file, mid)? {
+            Some(t) if t < since_s => lo = mid,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+/// The time of the first parsable complete line after `offset`, if one starts within
+/// [`PROBE`] bytes.
+fn time_after(file: &mut File, offset: u64) -> io::Result<Option<f64>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; PROBE];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    let text = String::from_utf8_lossy(&buf[..filled]);
+    // Skip the partial line the offset fell in; the last line may be partial too.
+    let mut lines = text.split('\n').skip(1).collect::<Vec<_>>();
+    lines.pop();
+    Ok(lines
+        .iter()
+        .find_map(|l| parse_line(l).ok().map(|r| r.time)))
 }
 
 /// `5123` as `5,123`.
@@ -322,6 +369,47 @@ mod tests {
         assert!(d.complete);
         let nothing = measure(&dir.path().join("missing.log"), "web", 0, 1).unwrap();
         assert_eq!(nothing.during.total(), Counts::default());
+    }
+
+    #[test]
+    fn a_long_log_is_read_from_where_the_windows_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.json.log");
+        // 100,000 requests, one every 10 ms from t=1000 s, every 100th failed: about 20 MB.
+        let mut text = String::new();
+        for i in 0..100_000u32 {
+            let status = if i % 100 == 0 { 500 } else { 200 };
+            let at = 1000.0 + f64::from(i) / 100.0;
+            text.push_str(&line(at, "sy_web_stable", A, &status.to_string(), status));
+            text.push('\n');
+        }
+        std::fs::write(&log, &text).unwrap();
+        let mut file = File::open(&log).unwrap();
+        let len = file.metadata().unwrap().len();
+        let offset = start_offset(&mut file, len, 1900.0).unwrap();
+        assert!(offset > len / 2, "bisected: {offset} of {len}");
+        let skipped = text[..offset as usize].lines().last().unwrap();
+        assert!(
+            parse_line(skipped).map_or(true, |r| r.time < 1900.0),
+            "{skipped}"
+        );
+        // A deploy from 1950 s to 1960 s: 1,000 requests, 10 failed; as many before.
+        let d = measure(&log, "web", 1_950_000, 1_960_000).unwrap();
+        assert_eq!(
+            d.during.total(),
+            Counts {
+                requests: 1001,
+                failed: 11
+            }
+        );
+        assert_eq!(
+            d.before.total(),
+            Counts {
+                requests: 1000,
+                failed: 10
+            }
+        );
+        assert!(d.complete);
     }
 
     #[test]
