@@ -24,19 +24,17 @@ pub async fn deploy(
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let kind = strategy.unwrap_or(spec.strategy);
-    let metrics = match kind {
-        StrategyKind::Canary => Some(live.metrics(service)?),
-        _ => None,
-    };
     let recorder = Recorder::new(&live, &progress);
     let deployer = recorder.deployer();
-    let result = match (kind, &metrics) {
-        (StrategyKind::Canary, Some(metrics)) => deployer.canary(spec, &version, metrics).await,
-        (kind @ (StrategyKind::Rolling | StrategyKind::InPlace), _) => {
+    let result = match strategy.unwrap_or(spec.strategy) {
+        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await,
+        StrategyKind::Canary => {
+            let metrics = live.metrics(service)?;
+            deployer.canary(spec, &version, &metrics).await
+        }
+        kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
             deployer.roll(spec, &version, kind).await
         }
-        _ => deployer.deploy(spec, &version).await,
     };
     finish(cli, &recorder, spec, result).await
 }
@@ -52,8 +50,8 @@ pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
     finish(cli, &recorder, spec, result).await
 }
 
-/// Keeps the deploy's evidence, then reports it: the deploy's own output, and what it cost
-/// at the proxy (stderr for humans, beside the progress lines).
+/// Keeps the deploy's evidence, then reports: the deploy's own output and what it cost at
+/// the proxy, or (on stderr, before the error) where its evidence is.
 async fn finish(
     cli: &Cli,
     recorder: &Recorder<'_>,

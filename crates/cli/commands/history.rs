@@ -2,7 +2,7 @@
 //! (`disruption`); `--show ID` prints one deployment with its journal and its evidence.
 
 use serde::Serialize;
-use switchyard_app::evidence::{Disruption, FailureEvidence};
+use switchyard_app::evidence::{Disruption, FailureEvidence, ReplicaEvidence};
 use switchyard_app::AppError;
 use switchyard_engine::{DeploymentId, DeploymentRecord, JournalEntry, Name, Store};
 use switchyard_store::SqliteStore;
@@ -210,44 +210,46 @@ fn print_disruption(value: Option<&serde_json::Value>) {
     }
 }
 
+fn print_replica(r: &ReplicaEvidence) {
+    let code = r.exit_code.map_or("none".to_owned(), |c| c.to_string());
+    let oom = match r.oom_killed {
+        Some(true) => "OOM-killed",
+        Some(false) => "not OOM-killed",
+        None => "OOM unknown",
+    };
+    let restarts = match r.restarts {
+        Some(n) if n > 0 => format!(", restarted {n} time(s) by Docker"),
+        _ => String::new(),
+    };
+    println!(
+        "  replica {} ({}, {}): {}, exit code {code}, {oom}{restarts}",
+        r.name, r.version, r.addr, r.state
+    );
+    if let Some(error) = &r.runtime_error {
+        println!("    runtime: {error}");
+    }
+    if let Some(last) = &r.last_health {
+        let passes = r.health_passes.map_or(String::new(), |(p, n)| {
+            format!(" ({p} of {n} passes in a row)")
+        });
+        println!("    last health response: {last}{passes}");
+    }
+    if r.log_tail.trim().is_empty() {
+        println!("    log: empty");
+        return;
+    }
+    println!("    log tail:");
+    for line in r.log_tail.lines() {
+        println!("      | {line}");
+    }
+}
+
 fn print_evidence(e: &FailureEvidence) {
     println!(
         "evidence: cause {}",
         e.cause.as_deref().unwrap_or("not recorded")
     );
-    for r in &e.replicas {
-        let code = r.exit_code.map_or("none".to_owned(), |c| c.to_string());
-        let oom = match r.oom_killed {
-            Some(true) => "OOM-killed",
-            Some(false) => "not OOM-killed",
-            None => "OOM unknown",
-        };
-        let restarts = match r.restarts {
-            Some(n) if n > 0 => format!(", restarted {n} time(s) by Docker"),
-            _ => String::new(),
-        };
-        println!(
-            "  replica {} ({}, {}): {}, exit code {code}, {oom}{restarts}",
-            r.name, r.version, r.addr, r.state
-        );
-        if let Some(error) = &r.runtime_error {
-            println!("    runtime: {error}");
-        }
-        if let Some(last) = &r.last_health {
-            let passes = r.health_passes.map_or(String::new(), |(p, n)| {
-                format!(" ({p} of {n} passes in a row)")
-            });
-            println!("    last health response: {last}{passes}");
-        }
-        if r.log_tail.trim().is_empty() {
-            println!("    log: empty");
-        } else {
-            println!("    log tail:");
-            for line in r.log_tail.lines() {
-                println!("      | {line}");
-            }
-        }
-    }
+    e.replicas.iter().for_each(print_replica);
     if !e.nginx_errors.is_empty() {
         println!("  nginx error log during the deploy:");
         for line in &e.nginx_errors {
