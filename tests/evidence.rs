@@ -99,6 +99,14 @@ async fn a_crashing_version_leaves_its_log_and_exit_code_and_a_good_deploy_recor
     );
     assert!(shown.contains("wait_healthy"), "the journal: {shown}");
 
+    let unknown = switchyard(&config, &["history", "--show", "99"]);
+    assert_exit(&unknown, 2);
+    assert!(
+        text(&unknown.stderr).contains("--show 99: no deployment #99 in "),
+        "{}",
+        text(&unknown.stderr)
+    );
+
     let shown = json(&switchyard(
         &config,
         &["--output", "json", "history", "--show", "2"],
