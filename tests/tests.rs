@@ -12,6 +12,7 @@ mod dashboard;
 mod docker_down;
 mod dynamic;
 mod e2e;
+mod evidence;
 mod front;
 mod init;
 mod nginx;

@@ -64,11 +64,15 @@ pub enum Command {
     },
     /// Active version, colour, instances, ports, health, lock and any interrupted deploy.
     Status { service: Option<String> },
-    /// Past deployments, newest first.
+    /// Past deployments, newest first, with the requests each failed at the proxy.
     History {
         service: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// One deployment with its journal and the evidence it left (a failed one's logs,
+        /// exit codes, health responses).
+        #[arg(long, value_name = "ID")]
+        show: Option<i64>,
     },
     /// What a deploy would do, with the nginx diff; changes nothing.
     Plan {

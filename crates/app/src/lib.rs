@@ -9,10 +9,13 @@
 //!   source for canary judgements.
 //! - [`adopt`]: `switchyard adopt`, a running container taken over as a service's live
 //!   version. [`init`]: `switchyard init`, a starter config.
+//! - [`evidence`]: what a deploy leaves behind: its disruption at the proxy and, when it
+//!   failed, the replicas' logs, exit codes and health responses.
 //! - [`demo`]: `switchyard demo`. [`load`]: the load generator. [`progress`]: human output.
 
 pub mod adopt;
 pub mod demo;
+pub mod evidence;
 pub mod init;
 pub mod live;
 pub mod load;

@@ -1,10 +1,13 @@
-//! `switchyard deploy` and `switchyard rollback`.
+//! `switchyard deploy` and `switchyard rollback`. Both run through an evidence
+//! [`Recorder`], which keeps the deploy's disruption at the proxy and, when it fails, what
+//! its new replicas left behind (`switchyard history --show ID`).
 
+use switchyard_app::evidence::{Kept, Recorder};
 use switchyard_app::live::Live;
 use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
 use switchyard_engine::config::StrategyKind;
-use switchyard_engine::deploy::DeployReport;
+use switchyard_engine::deploy::{DeployError, DeployReport};
 
 use super::{json, open, target};
 use crate::{Cli, Output};
@@ -21,20 +24,19 @@ pub async fn deploy(
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let deployer = live.deployer(&progress);
-    let report = match strategy.unwrap_or(spec.strategy) {
-        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await?,
+    let recorder = Recorder::new(&live, &progress);
+    let deployer = recorder.deployer();
+    let result = match strategy.unwrap_or(spec.strategy) {
+        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await,
         StrategyKind::Canary => {
-            deployer
-                .canary(spec, &version, &live.metrics(service)?)
-                .await?
+            let metrics = live.metrics(service)?;
+            deployer.canary(spec, &version, &metrics).await
         }
         kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
-            deployer.roll(spec, &version, kind).await?
+            deployer.roll(spec, &version, kind).await
         }
     };
-    print_report(cli, &report);
-    Ok(())
+    finish(cli, &recorder, spec, result).await
 }
 
 pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
@@ -43,9 +45,49 @@ pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let report = live.deployer(&progress).rollback(spec).await?;
-    print_report(cli, &report);
-    Ok(())
+    let recorder = Recorder::new(&live, &progress);
+    let result = recorder.deployer().rollback(spec).await;
+    finish(cli, &recorder, spec, result).await
+}
+
+/// Keeps the deploy's evidence, then reports: the deploy's own output and what it cost at
+/// the proxy, or (on stderr, before the error) where its evidence is.
+async fn finish(
+    cli: &Cli,
+    recorder: &Recorder<'_>,
+    spec: &switchyard_engine::ServiceSpec,
+    result: Result<DeployReport, DeployError>,
+) -> Result<(), AppError> {
+    let kept = recorder.keep(spec, &result).await;
+    for w in &kept.warnings {
+        eprintln!("warning: evidence: {w}");
+    }
+    match result {
+        Ok(report) => {
+            print_report(cli, &report);
+            if cli.output == Output::Human {
+                if let Some(d) = &kept.disruption {
+                    println!("requests failed at the proxy: {}", d.summary());
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            say_failure_kept(&kept);
+            Err(e.into())
+        }
+    }
+}
+
+/// Where the evidence of a failed deploy is, before the error itself is printed.
+fn say_failure_kept(kept: &Kept) {
+    let (Some(id), Some(_)) = (kept.deployment, &kept.failure) else {
+        return;
+    };
+    if let Some(d) = &kept.disruption {
+        eprintln!("requests failed at the proxy: {}", d.summary());
+    }
+    eprintln!("evidence kept: switchyard history --show {id}");
 }
 
 /// How this deploy moves traffic, before it starts.

@@ -36,7 +36,11 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
         Command::Serve(args) => serve::run(cli, args).await,
         Command::Proxy { command } => proxy::run(cli, command).await,
         Command::Status { service } => status::run(cli, service.as_deref()).await,
-        Command::History { service, limit } => history::run(cli, service.as_deref(), *limit).await,
+        Command::History {
+            service,
+            limit,
+            show,
+        } => history::run(cli, service.as_deref(), *limit, *show).await,
         Command::Plan {
             service,
             version,

@@ -10,8 +10,10 @@
 //! service's container options (command, user, limits, log driver, restart policy, volumes,
 //! networks, …) are applied at create by `options`. [`image`] builds `FROM scratch` images
 //! from a static binary, for the demo and the tests (no registry can be reached).
-//! [`inspect`] reads a container switchyard did not start, for `switchyard adopt`.
+//! [`inspect`] reads a container switchyard did not start, for `switchyard adopt`; [`exit`]
+//! how a replica ended (exit code, OOM kill), for a failed deployment's evidence.
 
+pub mod exit;
 pub mod image;
 pub mod inspect;
 mod labels;

@@ -3,7 +3,8 @@
 //! Several switchyard processes share the file at once (two `deploy`s of different services,
 //! a `status` during a deploy), so connections use WAL, a busy timeout and `BEGIN IMMEDIATE`
 //! for every read-modify-write. The schema lives in [`schema`]; the tables' queries in
-//! `locks`, `deployments` and `instances`.
+//! `locks`, `deployments`, `instances`, `controls` and `evidence` (kept by the app layer
+//! beside a deployment, outside the engine's seam).
 
 use std::fmt;
 use std::path::Path;
@@ -19,11 +20,14 @@ use switchyard_engine::{
 mod contract;
 mod controls;
 mod deployments;
+mod evidence;
 #[cfg(test)]
 mod fixtures;
 mod instances;
 mod locks;
 pub mod schema;
+
+pub use evidence::{LatestDisruption, StoredEvidence};
 
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -87,7 +87,21 @@ const V3: &str = "
 ALTER TABLE instances ADD COLUMN origin INTEGER NOT NULL DEFAULT 0;
 ";
 
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Version 4: what a deployment left behind, kept beside it by the app layer (the engine
+/// never reads it): `failure`, the evidence of a failed deployment (health responses, log
+/// tails, exit codes, nginx error lines, the judge's measurements), and `disruption`, the
+/// requests that failed at the proxy during the deploy and in the window before it. Both
+/// are JSON documents whose `schema` field versions them.
+const V4: &str = "
+CREATE TABLE evidence (
+    deployment INTEGER PRIMARY KEY REFERENCES deployments (id),
+    failure TEXT,
+    disruption TEXT,
+    updated_ms INTEGER NOT NULL
+);
+";
+
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const CURRENT: u32 = MIGRATIONS.len() as u32;
@@ -247,6 +261,7 @@ mod tests {
             [
                 "controls",
                 "deployments",
+                "evidence",
                 "instances",
                 "journal",
                 "locks",
@@ -254,6 +269,38 @@ mod tests {
                 "sqlite_sequence"
             ]
         );
+    }
+
+    #[test]
+    fn a_version_3_database_gets_the_evidence_table_and_keeps_its_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in [V1, V2, V3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deployments VALUES (1, 'web', 'deploy', 'blue-green', NULL, 'v1',
+                 'blue', 'me', 1, 2, 'failed', 'unhealthy');",
+        )
+        .unwrap();
+        assert!(!tables(&conn).iter().any(|t: &String| t == "evidence"));
+        migrate(&conn).unwrap();
+        assert!(tables(&conn).iter().any(|t: &String| t == "evidence"));
+        conn.execute(
+            "INSERT INTO evidence (deployment, failure, updated_ms) VALUES (1, '{}', 3)",
+            [],
+        )
+        .unwrap();
+        let outcome: String = conn
+            .query_row("SELECT outcome FROM deployments WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(outcome, "failed");
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! - `switchyard_reload_duration_seconds{service,step}`: journal timestamps from each route
 //!   change (`serve`) to its confirmation (`routed`), `step="shift"` for canary steps and
 //!   `step="route"` for every other: render, validate, reload and confirm, including a
-//!   running deployment's reloads so far.
+//!   running deployment's reloads so far;
+//! - `switchyard_deploy_failed_requests{service}`: the requests that failed at the proxy
+//!   during the service's last deployment with a measured disruption (see
+//!   [`crate::evidence::disruption`]), 0 before the first.
 //!
 //! A finished deployment never changes, so what it contributes ([`Facts`]) is computed once
 //! and cached; only new and running deployments are read with their journals. Every series
@@ -24,9 +27,10 @@ use switchyard_engine::{
     Cause, DeployKind, DeploymentId, DeploymentRecord, JournalEntry, Outcome, Step, Store,
     StoreError,
 };
-use switchyard_store::SqliteStore;
+use switchyard_store::{LatestDisruption, SqliteStore};
 
 use super::exposition::{Family, Histogram};
+use crate::evidence::Disruption;
 
 pub const STRATEGIES: [&str; 4] = ["blue-green", "canary", "rolling", "in-place"];
 pub const OUTCOMES: [&str; 2] = ["succeeded", "failed"];
@@ -175,8 +179,29 @@ impl HistoryMetrics {
             }
             facts.push(f);
         }
-        Ok(build(&facts, services))
+        let mut families = build(&facts, services);
+        families.push(failed_requests(&store.latest_disruptions()?, services));
+        Ok(families)
     }
+}
+
+/// `switchyard_deploy_failed_requests{service}` from each service's latest disruption; a
+/// document this build cannot read counts as none.
+pub fn failed_requests(latest: &[LatestDisruption], services: &[String]) -> MetricFamily {
+    let mut failed: BTreeMap<&str, u64> = services.iter().map(|s| (s.as_str(), 0)).collect();
+    for l in latest {
+        if let Ok(d) = serde_json::from_value::<Disruption>(l.disruption.clone()) {
+            failed.insert(l.service.as_str(), d.during.total().failed);
+        }
+    }
+    let mut family = Family::gauge(
+        "switchyard_deploy_failed_requests",
+        "Requests that failed at the proxy (5xx, upstream attempts without a response, 499) during the service's last deployment.",
+    );
+    for (service, n) in failed {
+        family.value(&[("service", service)], n as f64);
+    }
+    family.into_inner()
 }
 
 /// Counts and histograms keyed by their label values, so every series exists once.
@@ -271,4 +296,48 @@ fn families(t: Tally) -> Vec<MetricFamily> {
         rollbacks.into_inner(),
         reloads.into_inner(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::disruption::Counts;
+
+    #[test]
+    fn failed_requests_are_the_last_deployments_per_service_and_0_before_any() {
+        let mut d = Disruption::empty("web", 1_000, 2_000);
+        d.during.tracks.insert(
+            "stable".into(),
+            Counts {
+                requests: 100,
+                failed: 3,
+            },
+        );
+        d.before.tracks.insert(
+            "stable".into(),
+            Counts {
+                requests: 90,
+                failed: 7,
+            },
+        );
+        let latest = [LatestDisruption {
+            service: "web".into(),
+            deployment: 4,
+            disruption: serde_json::to_value(&d).unwrap(),
+        }];
+        let services = ["web".to_owned(), "api".to_owned()];
+        let text = super::super::exposition::encode(vec![failed_requests(&latest, &services)]);
+        assert!(
+            text.contains("switchyard_deploy_failed_requests{service=\"web\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_deploy_failed_requests{service=\"api\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE switchyard_deploy_failed_requests gauge"),
+            "{text}"
+        );
+    }
 }
