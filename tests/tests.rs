@@ -14,6 +14,7 @@ mod e2e;
 mod front;
 mod init;
 mod nginx;
+mod notify;
 mod proxy;
 mod registry;
 mod rolling;

@@ -9,6 +9,7 @@
 //!   source for canary judgements.
 //! - [`adopt`]: `switchyard adopt`, a running container taken over as a service's live
 //!   version. [`init`]: `switchyard init`, a starter config.
+//! - [`notify`]: `[[notify]]` webhooks told about deploys.
 //! - [`demo`]: `switchyard demo`. [`load`]: the load generator. [`progress`]: human output.
 
 pub mod adopt;
@@ -17,6 +18,7 @@ pub mod init;
 pub mod live;
 pub mod load;
 pub mod logs;
+pub mod notify;
 pub mod progress;
 pub mod sandbox;
 pub mod secrets;

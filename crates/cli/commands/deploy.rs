@@ -1,6 +1,7 @@
 //! `switchyard deploy` and `switchyard rollback`.
 
 use switchyard_app::live::Live;
+use switchyard_app::notify::{Notifier, Trigger, FLUSH_WITHIN};
 use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
 use switchyard_engine::config::StrategyKind;
@@ -21,18 +22,22 @@ pub async fn deploy(
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let deployer = live.deployer(&progress);
-    let report = match strategy.unwrap_or(spec.strategy) {
-        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await?,
+    let notifier = Notifier::new(&live.config.notify, &progress, service, Trigger::Deploy);
+    let deployer = live.deployer(&notifier);
+    let result = match strategy.unwrap_or(spec.strategy) {
+        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await,
         StrategyKind::Canary => {
             deployer
                 .canary(spec, &version, &live.metrics(service)?)
-                .await?
+                .await
         }
         kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
-            deployer.roll(spec, &version, kind).await?
+            deployer.roll(spec, &version, kind).await
         }
     };
+    let error = result.as_ref().err().map(|e| e.to_string());
+    notifier.finish(error.as_deref(), FLUSH_WITHIN).await;
+    let report = result?;
     print_report(cli, &report);
     Ok(())
 }
@@ -43,7 +48,11 @@ pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let report = live.deployer(&progress).rollback(spec).await?;
+    let notifier = Notifier::new(&live.config.notify, &progress, service, Trigger::Rollback);
+    let result = live.deployer(&notifier).rollback(spec).await;
+    let error = result.as_ref().err().map(|e| e.to_string());
+    notifier.finish(error.as_deref(), FLUSH_WITHIN).await;
+    let report = result?;
     print_report(cli, &report);
     Ok(())
 }
