@@ -1,6 +1,8 @@
 //! The `switchyard` binary: the CLI definition and glue. Each subcommand lives in
 //! `commands/<name>.rs` and calls into `switchyard-app`; errors become exit codes
 //! (1 deploy failed and traffic stayed on a healthy version, 2 bad input, 3 environment).
+//! Under `--output json` a command prints one JSON object carrying `"schema": 1`
+//! (`commands::SCHEMA`), a failed one `{"schema": 1, "error": {"code", "message"}}`.
 
 mod commands;
 
@@ -106,6 +108,13 @@ pub enum Command {
     Adopt(commands::adopt::AdoptArgs),
     /// v1 up, load running, blue-green to v2, and a summary of every request.
     Demo(commands::demo::DemoArgs),
+    /// Print a shell completion script: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `switchyard man > switchyard.1`.
+    Man,
 }
 
 /// `SWITCHYARD_LOG`, else errors only; `serve` also says what it does (nginx restarted,
@@ -140,6 +149,12 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(document) = (cli.output == Output::Json)
+                .then(|| commands::error_json(&e))
+                .flatten()
+            {
+                println!("{document}");
+            }
             eprintln!("error: {}", e.message);
             ExitCode::from(e.code as u8)
         }

@@ -3,7 +3,7 @@
 use switchyard_app::AppError;
 use switchyard_engine::{Name, Store};
 
-use super::{json, open_lazy, timestamp};
+use super::{json_list, open_lazy, timestamp};
 use crate::Cli;
 
 pub async fn run(cli: &Cli, service: Option<&str>, limit: usize) -> Result<(), AppError> {
@@ -15,7 +15,7 @@ pub async fn run(cli: &Cli, service: Option<&str>, limit: usize) -> Result<(), A
         .store
         .history(name.as_ref().map(|n: &Name| n), limit)
         .map_err(|e| AppError::environment(e.to_string()))?;
-    if json(cli, &history) {
+    if json_list(cli, "deployments", &history) {
         return Ok(());
     }
     println!(
