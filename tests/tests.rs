@@ -8,6 +8,7 @@ mod adopt;
 mod canary;
 mod cli;
 mod container;
+mod contrib;
 mod docker_down;
 mod dynamic;
 mod e2e;
