@@ -330,7 +330,8 @@ fn switchyard(sandbox: &Sandbox, args: &[&str]) -> Output {
         .arg("--config")
         .arg(&sandbox.config_path)
         .args(args)
-        .env("SWITCHYARD_LOG", "warn")
+        // Undelivered notifications are logged by default.
+        .env_remove("SWITCHYARD_LOG")
         .output()
         .unwrap()
 }

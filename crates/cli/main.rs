@@ -117,12 +117,12 @@ pub enum Command {
     Man,
 }
 
-/// `SWITCHYARD_LOG`, else errors only; `serve` also says what it does (nginx restarted,
-/// the access log rotated).
+/// `SWITCHYARD_LOG`, else errors only and undelivered notifications; `serve` also says what
+/// it does (nginx restarted, the access log rotated).
 fn log_filter(command: &Command) -> tracing_subscriber::EnvFilter {
     let default = match command {
         Command::Serve(_) => "warn,switchyard_app=info,switchyard_nginx=info",
-        _ => "error",
+        _ => "error,switchyard_app::notify=warn",
     };
     tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))

@@ -115,14 +115,21 @@ impl<T: Serialize + ?Sized> Serialize for Keyed<'_, T> {
     }
 }
 
-/// Prints `value` (a struct) as one JSON object with `"schema"` on stdout when `--output
-/// json`; returns whether it did.
+/// Prints `value` as one JSON object with `"schema"` on stdout when `--output json`;
+/// returns whether it did. A struct or map gets `"schema"` first, unless it carries its own;
+/// anything else is put under `"items"` (a list is better given a name with [`json_list`]).
 fn json<T: Serialize>(cli: &Cli, value: &T) -> bool {
-    let document = Document {
-        schema: SCHEMA,
-        body: value,
-    };
-    cli.output == Output::Json && print_json(&document)
+    if cli.output != Output::Json {
+        return false;
+    }
+    match serde_json::to_value(value).expect("serializable") {
+        serde_json::Value::Object(map) if map.contains_key("schema") => print_json(value),
+        serde_json::Value::Object(_) => print_json(&Document {
+            schema: SCHEMA,
+            body: value,
+        }),
+        _ => print_json(&Keyed("items", value)),
+    }
 }
 
 /// [`json`] for a list: one object holding `items` under `key`.
