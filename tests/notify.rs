@@ -4,7 +4,7 @@
 //! succeeded for a good deploy (through two refused attempts), started and failed for a
 //! version that never gets healthy, Slack's `{"text"}` body, and a deploy of the binary whose
 //! webhooks are unreachable or never answer: it succeeds with 0 failed requests, logs the
-//! host only, and has delivered what it could before it exits.
+//! host only, and has delivered what it could before it exits; so does its rollback.
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -370,6 +370,17 @@ async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers
         ]
     );
     responses_from(&load, "v2", 100).await;
+    // `switchyard rollback` is a rollback that succeeded.
+    let back = switchyard(&sandbox, &["rollback", "web"]);
+    assert_exit(&back, 0);
+    let rollback: Vec<(String, String)> = received.events("/hook")[2..].to_vec();
+    let expected: Vec<(String, String)> = ["started", "rolled_back", "succeeded"]
+        .iter()
+        .map(|e| (e.to_string(), "v1".to_owned()))
+        .collect();
+    assert_eq!(rollback, expected);
+    assert_eq!(received.on("/hook")[2]["kind"], "rollback");
+    responses_from(&load, "v1", 200).await;
     let report = load.stop().await;
     assert_no_failures(&report);
 
