@@ -397,3 +397,52 @@ async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers
     assert!(took < Duration::from_secs(20), "took {took:?}");
     sandbox.shutdown().await.unwrap();
 }
+
+/// Short holds so a canary takes seconds: the judge needs 20 requests in a 3 s window.
+const FAST_CANARY: &str = r#"steps = [20, 100]
+hold = "2s"
+interval = "1s"
+window = "3s"
+min_requests = 20
+inconclusive_limit = 10"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_canary_notifies_started_promoted_and_succeeded() {
+    let (addr, received) = webhook(0).await;
+    let tables = notify_table(&format!("http://{addr}/hook"), "");
+    let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |mut o| {
+        o.canary = FAST_CANARY.to_owned();
+        o.tables = tables;
+        o
+    })
+    .await
+    else {
+        return;
+    };
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    let load = crate::support::load(sandbox.url(), 8);
+    responses_from(&load, "v1", 100).await;
+    let progress = Progress::new(false);
+    let targets = sandbox.live().config.notify.clone();
+    let notifier = Notifier::new(&targets, &progress, "web", Trigger::Deploy);
+    sandbox
+        .deploy_canary("v2", &notifier)
+        .await
+        .expect("v2 is promoted");
+    notifier.finish(None, Duration::from_secs(5)).await;
+    responses_from(&load, "v2", 100).await;
+    let report = load.stop().await;
+    assert_no_failures(&report);
+    let events: Vec<String> = received
+        .events("/hook")
+        .into_iter()
+        .filter(|(_, to)| to == "v2")
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(events, ["started", "promoted", "succeeded"]);
+    drop(notifier);
+    sandbox.shutdown().await.unwrap();
+}
