@@ -204,6 +204,7 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
     let status = project.run(&["status", "--output", "json"]);
     assert_exit(&status, 0);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = &status["services"];
     assert_eq!(status[0]["version"], "v2");
     assert_eq!(status[0]["color"], "green");
     let instances = status[0]["instances"].as_array().unwrap();
@@ -247,7 +248,7 @@ async fn deploy_status_plan_history_and_rollback_through_the_cli() {
 
     let history = project.run(&["history", "--output", "json"]);
     let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
-    let rows: Vec<(String, String, String)> = history
+    let rows: Vec<(String, String, String)> = history["deployments"]
         .as_array()
         .unwrap()
         .iter()

@@ -160,7 +160,7 @@ fn status_says_what_the_store_knows_and_that_docker_is_down() {
     let json = install.run(&["--output", "json", "status"]);
     assert_exit(&json, 0);
     let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(parsed[0]["version"], "v1");
+    assert_eq!(parsed["services"][0]["version"], "v1");
     assert!(text(&json.stderr).contains("docker engine unreachable"));
 }
 

@@ -67,7 +67,10 @@ fn status(sandbox: &Sandbox) -> (String, Value) {
     let json = switchyard(sandbox, &["--output", "json", "status"]);
     assert_exit(&json, 0);
     let parsed: Value = serde_json::from_slice(&json.stdout).unwrap();
-    (text(&human.stdout), parsed[0]["listen_check"].clone())
+    (
+        text(&human.stdout),
+        parsed["services"][0]["listen_check"].clone(),
+    )
 }
 
 async fn scrape(addr: SocketAddr) -> String {

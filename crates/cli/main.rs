@@ -1,6 +1,8 @@
 //! The `switchyard` binary: the CLI definition and glue. Each subcommand lives in
 //! `commands/<name>.rs` and calls into `switchyard-app`; errors become exit codes
 //! (1 deploy failed and traffic stayed on a healthy version, 2 bad input, 3 environment).
+//! Under `--output json` a command prints one JSON object carrying `"schema": 1`
+//! (`commands::SCHEMA`), a failed one `{"schema": 1, "error": {"code", "message"}}`.
 
 mod commands;
 
@@ -110,14 +112,21 @@ pub enum Command {
     Adopt(commands::adopt::AdoptArgs),
     /// v1 up, load running, blue-green to v2, and a summary of every request.
     Demo(commands::demo::DemoArgs),
+    /// Print a shell completion script: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `switchyard man > switchyard.1`.
+    Man,
 }
 
-/// `SWITCHYARD_LOG`, else errors only; `serve` also says what it does (nginx restarted,
-/// the access log rotated).
+/// `SWITCHYARD_LOG`, else errors only and undelivered notifications; `serve` also says what
+/// it does (nginx restarted, the access log rotated).
 fn log_filter(command: &Command) -> tracing_subscriber::EnvFilter {
     let default = match command {
         Command::Serve(_) => "warn,switchyard_app=info,switchyard_nginx=info",
-        _ => "error",
+        _ => "error,switchyard_app::notify=warn",
     };
     tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
@@ -144,6 +153,12 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(document) = (cli.output == Output::Json)
+                .then(|| commands::error_json(&e))
+                .flatten()
+            {
+                println!("{document}");
+            }
             eprintln!("error: {}", e.message);
             ExitCode::from(e.code as u8)
         }

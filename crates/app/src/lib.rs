@@ -11,6 +11,7 @@
 //!   version. [`init`]: `switchyard init`, a starter config.
 //! - [`evidence`]: what a deploy leaves behind: its disruption at the proxy and, when it
 //!   failed, the replicas' logs, exit codes and health responses.
+//! - [`notify`]: `[[notify]]` webhooks told about deploys.
 //! - [`demo`]: `switchyard demo`. [`load`]: the load generator. [`progress`]: human output.
 
 pub mod adopt;
@@ -20,6 +21,7 @@ pub mod init;
 pub mod live;
 pub mod load;
 pub mod logs;
+pub mod notify;
 pub mod progress;
 pub mod sandbox;
 pub mod secrets;

@@ -4,6 +4,7 @@
 
 use switchyard_app::evidence::{Kept, Recorder};
 use switchyard_app::live::Live;
+use switchyard_app::notify::{Notifier, Trigger, FLUSH_WITHIN};
 use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
 use switchyard_engine::config::StrategyKind;
@@ -24,7 +25,8 @@ pub async fn deploy(
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let recorder = Recorder::new(&live, &progress);
+    let notifier = Notifier::new(&live.config.notify, &progress, service, Trigger::Deploy);
+    let recorder = Recorder::new(&live, &notifier);
     let deployer = recorder.deployer();
     let result = match strategy.unwrap_or(spec.strategy) {
         StrategyKind::BlueGreen => deployer.deploy(spec, &version).await,
@@ -36,7 +38,7 @@ pub async fn deploy(
             deployer.roll(spec, &version, kind).await
         }
     };
-    finish(cli, &recorder, spec, result).await
+    finish(cli, &recorder, &notifier, spec, result).await
 }
 
 pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
@@ -45,20 +47,25 @@ pub async fn rollback(cli: &Cli, service: &str) -> Result<(), AppError> {
     live.ensure_nginx().await?;
     let progress = Progress::new(cli.output == Output::Human);
     say_routing(cli, &live);
-    let recorder = Recorder::new(&live, &progress);
+    let notifier = Notifier::new(&live.config.notify, &progress, service, Trigger::Rollback);
+    let recorder = Recorder::new(&live, &notifier);
     let result = recorder.deployer().rollback(spec).await;
-    finish(cli, &recorder, spec, result).await
+    finish(cli, &recorder, &notifier, spec, result).await
 }
 
-/// Keeps the deploy's evidence, then reports: the deploy's own output and what it cost at
-/// the proxy, or (on stderr, before the error) where its evidence is.
+/// Keeps the deploy's evidence, lets the notifications go out (bounded), then reports: the
+/// deploy's own output and what it cost at the proxy, or (on stderr, before the error) where
+/// its evidence is.
 async fn finish(
     cli: &Cli,
     recorder: &Recorder<'_>,
+    notifier: &Notifier<'_>,
     spec: &switchyard_engine::ServiceSpec,
     result: Result<DeployReport, DeployError>,
 ) -> Result<(), AppError> {
     let kept = recorder.keep(spec, &result).await;
+    let error = result.as_ref().err().map(|e| e.to_string());
+    notifier.finish(error.as_deref(), FLUSH_WITHIN).await;
     for w in &kept.warnings {
         eprintln!("warning: evidence: {w}");
     }

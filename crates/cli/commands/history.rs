@@ -7,7 +7,7 @@ use switchyard_app::AppError;
 use switchyard_engine::{DeploymentId, DeploymentRecord, JournalEntry, Name, Store};
 use switchyard_store::SqliteStore;
 
-use super::{json, open_lazy, timestamp};
+use super::{json, json_list, open_lazy, timestamp};
 use crate::Cli;
 
 /// The format of `history --show ID --output json`.
@@ -54,7 +54,7 @@ pub async fn run(
         let disruption = kept.and_then(|k| k.disruption);
         rows.push(Row { record, disruption });
     }
-    if json(cli, &rows) {
+    if json_list(cli, "deployments", &rows) {
         return Ok(());
     }
     println!(

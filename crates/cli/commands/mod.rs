@@ -1,12 +1,15 @@
-//! One module per subcommand; [`run`] dispatches.
+//! One module per subcommand; [`run`] dispatches. [`json`] and [`json_list`] print the one
+//! JSON document of `--output json`, with its `"schema"`.
 
 pub mod adopt;
+mod completions;
 mod control;
 pub mod demo;
 mod deploy;
 mod history;
 pub mod init;
 mod logs;
+mod man;
 mod plan;
 pub mod proxy;
 mod prune;
@@ -14,6 +17,8 @@ mod remove;
 pub mod serve;
 mod status;
 mod validate;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use switchyard_app::live::Live;
@@ -58,6 +63,8 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
         Command::Init(args) => init::run(cli, args),
         Command::Adopt(args) => adopt::run(cli, args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Completions { shell } => completions::run(*shell),
+        Command::Man => man::run(),
     }
 }
 
@@ -85,16 +92,91 @@ fn open_lazy(cli: &Cli) -> Result<Live, AppError> {
     Live::open_lazy(settings::load(&cli.config)?)
 }
 
-/// Prints `value` as JSON on stdout when `--output json`; returns whether it did.
-fn json<T: Serialize>(cli: &Cli, value: &T) -> bool {
-    if cli.output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("serializable")
-        );
-        return true;
+/// The version of the shape of every `--output json` document, carried as its `"schema"`.
+pub const SCHEMA: u32 = 1;
+
+/// Whether this run printed its JSON document already (an error after it adds none).
+static PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// `value` (a struct or a map) with `"schema"` first.
+#[derive(Serialize)]
+struct Document<'a, T: Serialize> {
+    schema: u32,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// `value` under `key`, with `"schema"` first: `{"schema": 1, "services": [...]}`.
+struct Keyed<'a, T: Serialize + ?Sized>(&'a str, &'a T);
+
+impl<T: Serialize + ?Sized> Serialize for Keyed<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("schema", &SCHEMA)?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
     }
-    false
+}
+
+/// Prints `value` as one JSON object with `"schema"` on stdout when `--output json`;
+/// returns whether it did. A struct or map gets `"schema"` first, unless it carries its own;
+/// anything else is put under `"items"` (a list is better given a name with [`json_list`]).
+fn json<T: Serialize>(cli: &Cli, value: &T) -> bool {
+    if cli.output != Output::Json {
+        return false;
+    }
+    match serde_json::to_value(value).expect("serializable") {
+        serde_json::Value::Object(map) if map.contains_key("schema") => print_json(value),
+        serde_json::Value::Object(_) => print_json(&Document {
+            schema: SCHEMA,
+            body: value,
+        }),
+        _ => print_json(&Keyed("items", value)),
+    }
+}
+
+/// [`json`] for a list: one object holding `items` under `key`.
+fn json_list<T: Serialize>(cli: &Cli, key: &str, items: &[T]) -> bool {
+    cli.output == Output::Json && print_json(&Keyed(key, items))
+}
+
+fn print_json<T: Serialize>(document: &T) -> bool {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(document).expect("serializable")
+    );
+    PRINTED.store(true, Ordering::SeqCst);
+    true
+}
+
+/// The JSON document of a failed command, unless it printed its own already:
+/// `{"schema": 1, "error": {"code": 3, "message": "..."}}`.
+pub fn error_json(e: &AppError) -> Option<String> {
+    if PRINTED.load(Ordering::SeqCst) {
+        return None;
+    }
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        code: i32,
+        message: &'a str,
+    }
+    let error = Failed {
+        code: e.code,
+        message: &e.message,
+    };
+    let document = Keyed("error", &error);
+    Some(serde_json::to_string_pretty(&document).expect("serializable"))
+}
+
+/// Writes generated output (a completion script, a man page) to stdout.
+fn write_stdout(bytes: &[u8]) -> Result<(), AppError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| AppError::environment(format!("writing to stdout: {e}")))
 }
 
 /// `2026-11-24T22:40:01Z` from milliseconds since the epoch.

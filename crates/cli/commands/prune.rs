@@ -6,7 +6,7 @@ use switchyard_app::live::AnyRuntime;
 use switchyard_app::AppError;
 use switchyard_engine::{ServiceSpec, Source, Store};
 
-use super::{json, open_lazy};
+use super::{json_list, open_lazy};
 use crate::Cli;
 
 #[derive(Serialize)]
@@ -63,7 +63,7 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
             left: pruned.kept,
         });
     }
-    if json(cli, &all) {
+    if json_list(cli, "services", &all) {
         return Ok(());
     }
     for p in &all {

@@ -13,7 +13,7 @@ use switchyard_engine::{Host, InstanceStatus, Lock, Prober, Runtime, ServiceSpec
 use switchyard_store::SqliteStore;
 
 use super::proxy::listen_report;
-use super::{json, open_lazy};
+use super::{json_list, open_lazy};
 use crate::Cli;
 
 #[derive(Serialize)]
@@ -90,7 +90,7 @@ pub async fn run(cli: &Cli, service: Option<&str>) -> Result<(), AppError> {
         all.push(status);
     }
     let down = unreachable.map(|e| format!("runtime: {e}; instance states are unknown"));
-    if json(cli, &all) {
+    if json_list(cli, "services", &all) {
         // stdout stays one JSON document.
         if let Some(down) = &down {
             eprintln!("{down}");

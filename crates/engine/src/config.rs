@@ -21,6 +21,7 @@ mod canary;
 mod checker;
 pub mod container;
 pub mod front;
+pub mod notify;
 mod presets;
 mod raw;
 mod rolling;
@@ -29,6 +30,7 @@ mod service;
 pub use canary::CanarySpec;
 use checker::Checker;
 pub use front::{FrontSpec, ProxyTimeouts, TlsFiles};
+pub use notify::{NotifyEvent, NotifyFormat, NotifySpec};
 use raw::RawConfig;
 pub use rolling::{OnFailure, RollingSpec};
 
@@ -45,6 +47,8 @@ pub struct Config {
     pub serve_listen: SocketAddr,
     /// `[registry]`: credentials for pulling images (else Docker's own config.json).
     pub registry: Option<RegistryConfig>,
+    /// `[[notify]]`: webhooks told about deploys.
+    pub notify: Vec<NotifySpec>,
 }
 
 /// A registry login. The password is read from `password_file` when a pull needs it, never

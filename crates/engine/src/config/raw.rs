@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::canary::RawCanary;
 use super::front::{RawTimeouts, RawTls};
+use super::notify::RawNotify;
 use super::rolling::RawRolling;
 
 #[derive(Deserialize)]
@@ -26,6 +27,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) serve: RawServe,
     pub(super) registry: Option<Spanned<RawRegistry>>,
+    #[serde(default)]
+    pub(super) notify: Vec<Spanned<RawNotify>>,
 }
 
 #[derive(Deserialize)]

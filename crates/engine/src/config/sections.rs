@@ -57,6 +57,7 @@ impl Checker<'_> {
                 })
             })
         });
+        let notify = self.notify(&raw.notify);
         Config {
             proxy,
             state_path,
@@ -65,6 +66,7 @@ impl Checker<'_> {
             metrics,
             serve_listen,
             registry,
+            notify,
         }
     }
 
