@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::canary::RawCanary;
 use super::front::{RawTimeouts, RawTls};
+use super::hooks::RawHooks;
 use super::rolling::RawRolling;
 
 #[derive(Deserialize)]
@@ -129,6 +130,8 @@ pub(super) struct RawService {
     pub(super) timeouts: Option<Spanned<RawTimeouts>>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) hooks: RawHooks,
 }
 
 #[derive(Deserialize)]
