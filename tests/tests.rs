@@ -12,6 +12,7 @@ mod docker_down;
 mod dynamic;
 mod e2e;
 mod front;
+mod hooks;
 mod init;
 mod nginx;
 mod proxy;

@@ -13,6 +13,7 @@
 
 pub mod adopt;
 pub mod demo;
+pub mod hooks;
 pub mod init;
 pub mod live;
 pub mod load;
