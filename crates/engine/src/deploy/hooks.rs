@@ -7,7 +7,9 @@
 //!
 //! Every hook is journaled before it runs (`hook`) and after (`hook_ran`, with its summary
 //! and the tail of its output), and reported to the observer. The fold ignores both: a hook
-//! moves no traffic.
+//! moves no traffic. A deploy resumed forward runs `pre_deploy` first unless its journal
+//! shows it passed ([`passed`]), `pre_traffic` on the batches it still starts, and
+//! `post_deploy` when done; a rollback, explicit, automatic or a resume's, runs `on_rollback`.
 
 use tokio::time::Instant;
 
@@ -140,6 +142,20 @@ impl Rollout<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `journal` records a `pre_deploy` hook that passed.
+pub(super) fn passed(journal: &[JournalEntry]) -> bool {
+    journal.iter().any(|e| {
+        matches!(
+            e.step,
+            Step::HookRan {
+                hook: HookPoint::PreDeploy,
+                ok: true,
+                ..
+            }
+        )
+    })
 }
 
 /// A failed hook as a failure: its summary and the last line it printed.

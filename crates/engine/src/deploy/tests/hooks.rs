@@ -298,3 +298,83 @@ async fn a_canary_whose_pre_traffic_fails_never_shifts() {
     assert_eq!(w.hooks.calls.borrow()[1].strategy, "canary");
     w.assert_consistent("v1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hooked_deploy_killed_after_any_step_is_settled_by_the_next_deploy() {
+    let steps = {
+        let w = hooked().await;
+        let before = w.journal_steps().len();
+        w.deploy("v2").await.unwrap();
+        w.journal_steps().len() - before
+    };
+    for n in 1..=steps {
+        for persist in [true, false] {
+            let w = hooked().await;
+            w.shared.kill_after_journal(n, persist);
+            let _ = tokio::time::timeout(Duration::from_secs(3600), w.deploy("v2")).await;
+            assert!(w.shared.is_dead(), "step {n}: the kill switch fired");
+            w.shared.revive();
+            w.host.restart();
+            w.deploy("v2")
+                .await
+                .unwrap_or_else(|e| panic!("step {n}: {e}"));
+            w.assert_consistent("v2");
+            let history = w.store.history(None, 10).unwrap();
+            assert!(
+                history.iter().all(|d| d.outcome != Outcome::Running),
+                "step {n}: {history:#?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_killed_before_its_pre_deploy_ran_runs_it_on_resume_before_any_start() {
+    let w = hooked().await;
+    // Journal write 1 is the pre_deploy intent: killed before the hook ran.
+    w.killed_during(1, w.deploy("v2")).await;
+    assert!(w.hooks.points().is_empty(), "{:?}", w.hooks.points());
+    let from = w.shared.calls().len();
+    let report = w.deploy("v2").await.unwrap();
+    let calls = &w.shared.calls()[from..];
+    assert!(
+        position(calls, "hooks.pre_deploy v2") < position(calls, "runtime.start"),
+        "{calls:#?}"
+    );
+    assert_eq!(
+        w.hooks.points(),
+        [
+            HookPoint::PreDeploy,
+            HookPoint::PreTraffic,
+            HookPoint::PostDeploy
+        ],
+        "the resumed deploy runs every hook once"
+    );
+    assert_eq!(
+        hooks_journaled(&w, report.deployment),
+        [
+            (HookPoint::PreDeploy, true),
+            (HookPoint::PreTraffic, true),
+            (HookPoint::PostDeploy, true)
+        ]
+    );
+    w.assert_consistent("v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_killed_after_its_pre_deploy_passed_does_not_run_it_again() {
+    let w = hooked().await;
+    // Writes 1 and 2 are the pre_deploy intent and outcome.
+    w.killed_during(2, w.deploy("v2")).await;
+    assert_eq!(w.hooks.points(), [HookPoint::PreDeploy]);
+    w.deploy("v2").await.unwrap();
+    assert_eq!(
+        w.hooks.points(),
+        [
+            HookPoint::PreDeploy,
+            HookPoint::PreTraffic,
+            HookPoint::PostDeploy
+        ]
+    );
+    w.assert_consistent("v2");
+}
