@@ -117,6 +117,11 @@ async fn go_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     };
     d.journal(record.id, &rollout.spec.name, step)?;
     restore(d, &mut rollout, old.as_ref(), &message).await?;
+    if old.is_some() {
+        // Told as a rollback: from the interrupted version to the one restored.
+        rollout.previous = Some(record.to_version.clone());
+        rollout.after_hook(d, HookPoint::OnRollback).await?;
+    }
     match (wanted, old) {
         (Wanted::Rollback, Some(old)) => {
             rollout.target = old.version.clone();

@@ -378,3 +378,19 @@ async fn a_deploy_killed_after_its_pre_deploy_passed_does_not_run_it_again() {
     );
     w.assert_consistent("v2");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_killed_mid_way_and_undone_by_rollback_runs_on_rollback() {
+    let w = hooked().await;
+    // Killed after pre_deploy passed, then `rollback` undoes the deploy.
+    w.killed_during(2, w.deploy("v2")).await;
+    w.hooks.calls.borrow_mut().clear();
+    w.deployer().rollback(&w.spec).await.unwrap();
+    assert_eq!(w.hooks.points(), [HookPoint::OnRollback]);
+    let call = w.hooks.calls.borrow()[0].clone();
+    assert_eq!(
+        (call.version.as_str(), call.previous.as_deref()),
+        ("v1", Some("v2"))
+    );
+    w.assert_consistent("v1");
+}
