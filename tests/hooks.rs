@@ -361,3 +361,81 @@ async fn pre_traffic_reaches_the_new_replicas_and_webhooks_are_signed() {
     server.abort();
     sandbox.shutdown().await.unwrap();
 }
+
+/// What the binary's test leaves: its processes and the nginx it started, removed on drop.
+struct CliProject(tempfile::TempDir);
+
+impl Drop for CliProject {
+    fn drop(&mut self) {
+        let dir = self.0.path();
+        crate::support::clean_up(
+            dir.join("switchyard.toml"),
+            &dir.join("nginx/logs/nginx.pid"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_each_hook_with_the_tail_of_its_output() {
+    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
+        return;
+    };
+    let project = CliProject(tempfile::tempdir().unwrap());
+    let dir = project.0.path();
+    let (smoke, _) = smoke_hook(dir, &app, "v2");
+    let notify = script(dir, "notify", "echo \"told about $SWITCHYARD_VERSION\"");
+    let config = format!(
+        r#"[proxy]
+prefix = "nginx"
+control = "127.0.0.1:{control}"
+[state]
+path = "state/switchyard.db"
+[runtime]
+kind = "process"
+[[service]]
+name = "web"
+listen = "127.0.0.1:{listen}"
+command = [{app:?}]
+replicas = 2
+stop_timeout = "5s"
+health = {{ path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s" }}
+{smoke}
+hooks.post_deploy = {{ command = [{notify:?}] }}
+"#,
+        control = crate::support::free_port(),
+        listen = crate::support::free_port(),
+        app = app.display().to_string(),
+        notify = notify.display().to_string(),
+    );
+    std::fs::write(dir.join("switchyard.toml"), config).unwrap();
+    let run = |version: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(dir.join("switchyard.toml"))
+            .args(["deploy", "web", "--version", version])
+            .output()
+            .unwrap()
+    };
+    let v1 = run("v1");
+    crate::support::assert_exit(&v1, 0);
+    let said = crate::support::text(&v1.stderr);
+    for line in [
+        "pre_traffic hook ran: exit 0",
+        "  | smoke test passed",
+        "post_deploy hook ran: exit 0",
+        "  | told about v1",
+    ] {
+        assert!(said.contains(line), "{line:?} in:\n{said}");
+    }
+    let v2 = run("v2");
+    crate::support::assert_exit(&v2, 1);
+    let said = crate::support::text(&v2.stderr);
+    for line in [
+        "pre_traffic hook FAILED: exit 1",
+        "  | smoke test failed on v2",
+        "pre_traffic hook failed: exit 1: smoke test failed on v2",
+    ] {
+        assert!(said.contains(line), "{line:?} in:\n{said}");
+    }
+    assert!(!said.contains("post_deploy hook"), "{said}");
+}
