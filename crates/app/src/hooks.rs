@@ -35,9 +35,20 @@ pub const SIGNATURE_HEADER: &str = "X-Switchyard-Signature";
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs hooks for real: commands with tokio, webhooks with reqwest.
-#[derive(Default)]
 pub struct HookRunner {
     client: reqwest::Client,
+}
+
+impl Default for HookRunner {
+    /// A client that follows no redirect: a 3xx answer fails the hook rather than re-sending
+    /// the payload (and its signature) somewhere else.
+    fn default() -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        HookRunner { client }
+    }
 }
 
 impl Hooks for HookRunner {

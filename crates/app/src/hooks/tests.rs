@@ -154,6 +154,13 @@ async fn a_webhook_answering_outside_2xx_fails_with_its_answer() {
         (run.ok, run.summary.as_str(), run.output.as_str()),
         (false, "HTTP 500", "migrations locked")
     );
+    let url = answering(302, "elsewhere").await;
+    let run = HookRunner::default().run(&webhook(&url, None), &call).await;
+    assert_eq!(
+        (run.ok, run.summary.as_str()),
+        (false, "HTTP 302"),
+        "not followed"
+    );
     let url = answering(204, "").await;
     let run = HookRunner::default().run(&webhook(&url, None), &call).await;
     assert_eq!((run.ok, run.summary.as_str()), (true, "HTTP 204"));

@@ -79,6 +79,14 @@ fn unknown_hook_points_and_fields_are_refused() {
     ));
     assert_eq!(errs[0].field, "service.hooks.pre_deploy.secret_file");
     let errs = errors(&with_hooks(
+        "post_deploy = { url = \"https://127.0.0.1/hook\" }\n",
+    ));
+    assert!(
+        errs[0].message.contains("https webhooks are not supported"),
+        "{}",
+        errs[0]
+    );
+    let errs = errors(&with_hooks(
         "post_deploy = { url = \"http:///nohost\", timeout = \"0s\" }\n",
     ));
     let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
