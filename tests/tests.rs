@@ -15,6 +15,7 @@ mod dynamic;
 mod e2e;
 mod evidence;
 mod front;
+mod hooks;
 mod init;
 mod nginx;
 mod notify;

@@ -308,7 +308,8 @@ impl PhaseTimes {
                 Event::Reloaded { .. } | Event::Shifted { .. } | Event::RolledBack { .. } => {
                     &mut t.reload
                 }
-                Event::Analysis { .. } | Event::Paused { .. } => &mut t.hold,
+                // A hook is waited on like a hold: time switchyard spends on something else.
+                Event::Analysis { .. } | Event::Paused { .. } | Event::Hook { .. } => &mut t.hold,
                 Event::Drained { .. } => &mut t.drain,
                 Event::Stopped { .. } | Event::Removed { .. } => &mut t.stop,
                 Event::Done { .. } => &mut t.finish,

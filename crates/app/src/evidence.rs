@@ -156,6 +156,7 @@ impl<'a> Recorder<'a> {
             router: &self.live.router,
             store: &self.live.store,
             host: &self.live.host,
+            hooks: &self.live.hooks,
             observer: &self.events,
         }
     }

@@ -17,6 +17,7 @@
 pub mod adopt;
 pub mod demo;
 pub mod evidence;
+pub mod hooks;
 pub mod init;
 pub mod live;
 pub mod load;

@@ -222,6 +222,8 @@ pub struct Live {
     pub store: SqliteStore,
     pub host: SystemHost,
     pub prober: HttpProber,
+    /// Runs the services' `[service.hooks]`.
+    pub hooks: crate::hooks::HookRunner,
 }
 
 impl Live {
@@ -277,6 +279,7 @@ impl Live {
             store,
             host: SystemHost,
             prober: HttpProber::default(),
+            hooks: crate::hooks::HookRunner::default(),
         })
     }
 
@@ -357,6 +360,7 @@ impl Live {
             router: &self.router,
             store: &self.store,
             host: &self.host,
+            hooks: &self.hooks,
             observer,
         }
     }

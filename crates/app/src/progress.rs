@@ -43,6 +43,14 @@ pub fn percent(weight_bp: u32) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
+/// The last lines of a hook's output worth printing: the journal keeps the rest.
+const HOOK_LINES: usize = 10;
+
+fn hook_output_tail(output: &str) -> Vec<&str> {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(HOOK_LINES)..].to_vec()
+}
+
 fn mark(slot: &Mutex<Option<Instant>>) {
     *slot.lock().expect("progress lock") = Some(Instant::now());
 }
@@ -137,6 +145,22 @@ impl Observer for Progress {
                 self.line(format!("stopped {instance} (kept for rollback)"))
             }
             Event::Removed { instance } => self.line(format!("removed {instance}")),
+            Event::Hook {
+                hook,
+                ok,
+                summary,
+                output,
+                elapsed_ms,
+            } => {
+                let how = if *ok { "ran" } else { "FAILED" };
+                self.line(format!(
+                    "{} hook {how}: {summary} ({elapsed_ms} ms)",
+                    hook.as_str()
+                ));
+                for line in hook_output_tail(output) {
+                    self.line(format!("  | {line}"));
+                }
+            }
             Event::Done {
                 deployment,
                 outcome,

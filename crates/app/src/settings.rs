@@ -71,6 +71,7 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
             }
         }
     }
+    crate::hooks::resolve(&mut config, base, path)?;
     container::check_bind_sources(&config, path)?;
     front::check(&mut config, &text, path)?;
     Ok(config)

@@ -22,6 +22,7 @@ mod checker;
 pub mod container;
 pub mod front;
 pub mod notify;
+pub mod hooks;
 mod presets;
 mod raw;
 mod rolling;
@@ -31,6 +32,7 @@ pub use canary::CanarySpec;
 use checker::Checker;
 pub use front::{FrontSpec, ProxyTimeouts, TlsFiles};
 pub use notify::{NotifyEvent, NotifyFormat, NotifySpec};
+pub use hooks::{HookAction, HookSpec, HooksSpec};
 use raw::RawConfig;
 pub use rolling::{OnFailure, RollingSpec};
 
@@ -165,6 +167,8 @@ pub struct ServiceSpec {
     pub secret_files: BTreeMap<String, PathBuf>,
     /// What `env_file` and `secret_files` held when the deploy began (empty until read).
     pub secrets: crate::model::Secrets,
+    /// `[service.hooks]`: commands or webhooks run at fixed points of a deploy.
+    pub hooks: HooksSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]

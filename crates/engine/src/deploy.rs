@@ -14,6 +14,7 @@ pub mod adopt;
 pub mod canary;
 pub mod fold;
 mod health;
+mod hooks;
 mod ops;
 pub mod remove;
 mod resume;
@@ -43,6 +44,8 @@ pub struct Deployer<'a, R, P, N, S, H> {
     pub router: &'a N,
     pub store: &'a S,
     pub host: &'a H,
+    /// The service's `[service.hooks]`, run at their points ([`hooks`]).
+    pub hooks: &'a dyn Hooks,
     pub observer: &'a dyn Observer,
 }
 

@@ -1,6 +1,7 @@
 //! Recording fakes of every seam, for the engine's unit tests: [`FakeRuntime`] (also the
-//! [`Prober`]), [`FakeRouter`], [`MemStore`], [`FakeHost`], [`FakeMetrics`], sharing one
-//! [`Shared`] call log and kill switch. The runtime, router and store live in submodules.
+//! [`Prober`]), [`FakeRouter`], [`MemStore`], [`FakeHost`], [`FakeMetrics`], [`FakeHooks`],
+//! sharing one [`Shared`] call log and kill switch. The runtime, router, store and hooks live
+//! in submodules.
 //!
 //! The kill switch simulates `kill -9` right after the Nth journal write (persisted or not):
 //! from then on every store write fails and every runtime and router call never returns,
@@ -11,10 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+mod hooks;
 mod router;
 mod runtime;
 mod store;
 use crate::seams::*;
+pub use hooks::FakeHooks;
 pub use router::FakeRouter;
 pub use runtime::FakeRuntime;
 pub use store::MemStore;

@@ -380,6 +380,18 @@ pub enum Step {
     Halted {
         reason: String,
     },
+    /// Intent: the service's `hook` runs now.
+    Hook {
+        hook: HookPoint,
+    },
+    /// How the hook ended: `summary` (`exit 0`, `timed out after 30s`, `HTTP 500`) and the
+    /// tail of what it printed or answered.
+    HookRan {
+        hook: HookPoint,
+        ok: bool,
+        summary: String,
+        output: String,
+    },
 }
 
 impl Step {
@@ -409,6 +421,8 @@ impl Step {
             Step::Restore { .. } => "restore",
             Step::Halted { .. } => "halted",
             Step::Failing { .. } => "failing",
+            Step::Hook { .. } => "hook",
+            Step::HookRan { .. } => "hook_ran",
         }
     }
 }
@@ -443,10 +457,12 @@ pub enum Cause {
     Aborted,
     /// The process was killed; the next run went back.
     Interrupted,
+    /// A `pre_deploy` or `pre_traffic` hook failed.
+    Hook,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 8] = [
+    pub const ALL: [Cause; 9] = [
         Cause::Prepare,
         Cause::Start,
         Cause::Unhealthy,
@@ -455,6 +471,7 @@ impl Cause {
         Cause::NoData,
         Cause::Aborted,
         Cause::Interrupted,
+        Cause::Hook,
     ];
 }
 
@@ -467,6 +484,28 @@ words!(Cause {
     NoData => "no_data",
     Aborted => "aborted",
     Interrupted => "interrupted",
+    Hook => "hook",
+});
+
+/// The points of a deploy where a service's hooks run (`[service.hooks]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    /// Before any replica starts; a failure stops the deploy.
+    PreDeploy,
+    /// After a batch of new replicas is healthy, before it gets traffic; a failure removes it.
+    PreTraffic,
+    /// After the deploy completed; a failure is reported, the deploy stays done.
+    PostDeploy,
+    /// After a rollback, explicit or automatic.
+    OnRollback,
+}
+
+words!(HookPoint {
+    PreDeploy => "pre_deploy",
+    PreTraffic => "pre_traffic",
+    PostDeploy => "post_deploy",
+    OnRollback => "on_rollback",
 });
 
 /// A failed move: why, typed, and what a person reads.

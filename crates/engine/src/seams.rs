@@ -1,6 +1,7 @@
 //! The seams through which the engine reaches the world: [`Runtime`] (containers or
 //! processes), [`Prober`] (HTTP health checks), [`Router`] (nginx), [`Store`] (SQLite),
-//! [`Host`] (clock and process table) and [`Observer`] (progress for humans and benchmarks).
+//! [`Host`] (clock and process table), [`Hooks`] (a service's deploy hooks) and [`Observer`]
+//! (progress for humans and benchmarks).
 //!
 //! Each has one real implementation in its own crate and a recording fake in
 //! [`crate::fakes`]. Async seams use native `async fn` in traits; the engine is generic over
@@ -10,11 +11,14 @@
 // a deploy on one task: no caller needs the futures to be `Send`.
 #![allow(async_fn_in_trait)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::HookSpec;
 use crate::model::*;
 use crate::names::{Name, RequestKey, RouteMatch};
 
@@ -253,6 +257,58 @@ pub trait Host {
     fn process_alive(&self, pid: u32) -> bool;
 }
 
+/// What a hook is told about the deployment it runs for: the environment of a command
+/// (`SWITCHYARD_SERVICE`, …) and, as it serializes, the JSON body of a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookCall {
+    pub hook: HookPoint,
+    pub service: String,
+    /// The version deployed; for `on_rollback`, the version traffic went back to.
+    pub version: String,
+    /// The version live before; for `on_rollback`, the one rolled back from. None if none.
+    pub previous: Option<String>,
+    pub deployment: DeploymentId,
+    pub strategy: String,
+    /// `pre_traffic`: the batch of new replicas, not yet in nginx (a smoke test reaches them
+    /// directly); `post_deploy` and `on_rollback`: what nginx serves now; `pre_deploy`: none.
+    pub replicas: Vec<SocketAddr>,
+}
+
+/// How one hook ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookRun {
+    pub ok: bool,
+    /// `exit 0`, `exit 3`, `killed by signal 9`, `timed out after 30s`, `HTTP 500`, or why
+    /// it could not run.
+    pub summary: String,
+    /// The tail of what it printed (stdout and stderr) or answered, capped.
+    pub output: String,
+}
+
+/// A boxed future, so that [`Hooks`] can be a trait object.
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = HookRun> + 'a>>;
+
+/// Runs a service's deploy hooks: commands or webhooks, each within its timeout. Never
+/// fails: what went wrong is the [`HookRun`]'s summary.
+pub trait Hooks {
+    fn run<'a>(&'a self, hook: &'a HookSpec, call: &'a HookCall) -> HookFuture<'a>;
+}
+
+/// Hooks for a deployer that runs none: every hook passes without running.
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn run<'a>(&'a self, _: &'a HookSpec, _: &'a HookCall) -> HookFuture<'a> {
+        Box::pin(async {
+            HookRun {
+                ok: true,
+                summary: "not run".into(),
+                output: String::new(),
+            }
+        })
+    }
+}
+
 /// Progress, for a human (the CLI) or a benchmark (timestamps of phases).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -319,6 +375,14 @@ pub enum Event {
     RolledBack {
         generation: u64,
         reason: String,
+    },
+    /// A hook ran.
+    Hook {
+        hook: HookPoint,
+        ok: bool,
+        summary: String,
+        output: String,
+        elapsed_ms: u64,
     },
 }
 

@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::canary::RawCanary;
 use super::front::{RawTimeouts, RawTls};
 use super::notify::RawNotify;
+use super::hooks::RawHooks;
 use super::rolling::RawRolling;
 
 #[derive(Deserialize)]
@@ -132,6 +133,8 @@ pub(super) struct RawService {
     pub(super) timeouts: Option<Spanned<RawTimeouts>>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) hooks: RawHooks,
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,7 @@ impl Checker<'_> {
         let container = self.container(raw, runtime);
         let secret_files = self.secret_files(s);
         let front = self.front(s);
+        let hooks = self.hooks(&s.hooks);
         Some(ServiceSpec {
             name: name?,
             listen: listen?,
@@ -64,6 +65,7 @@ impl Checker<'_> {
             env_file: s.env_file.as_ref().map(|f| f.get_ref().into()),
             secret_files,
             secrets: Default::default(),
+            hooks,
         })
     }
 

@@ -6,6 +6,7 @@ use super::presets::{
 use super::*;
 
 mod front;
+mod hooks;
 mod rolling;
 
 const GOOD: &str = r#"

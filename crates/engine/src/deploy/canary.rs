@@ -66,8 +66,11 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let serving = self.running(Some(&old)).await?;
         let kind = StrategyKind::Canary;
         let id = self.begin(spec, DeployKind::Deploy, kind, Some(&old), version, color)?;
+        self.pre_deploy(spec, id, kind, Some(&old), version).await?;
         let mut rollout = Rollout::new(spec, id, kind, serving);
         rollout.towards(version, color, vec![], true);
+        rollout.previous = Some(old.version.clone());
+        rollout.smoke = true;
         let gate = Gate {
             d: self,
             spec,
@@ -84,6 +87,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             }
         }
         self.complete(spec, id, "canary promoted").await?;
+        rollout.after_hook(self, HookPoint::PostDeploy).await?;
         let from = Some(old.version);
         Ok(rollout_report(rollout, DeployKind::Deploy, from, started))
     }
@@ -217,11 +221,22 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 failure.message
             ));
         }
+        // Told as a rollback: from the canary to the stable version.
+        rollout.previous = Some(std::mem::replace(&mut rollout.target, old.version.clone()));
+        if let Err(e) = rollout.after_hook(self, HookPoint::OnRollback).await {
+            return e;
+        }
+        let warnings: String = rollout
+            .warnings
+            .borrow()
+            .iter()
+            .map(|w| format!("; warning: {w}"))
+            .collect();
         self.failed(
             &rollout,
             old.version.to_string(),
             failure.cause,
-            failure.message,
+            format!("{}{warnings}", failure.message),
         )
     }
 

@@ -64,6 +64,8 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         DeployKind::Rollback => retained(d, spec, record)?,
     };
     rollout.towards(&record.to_version, record.color, reuse, true);
+    rollout.previous = record.from_version.clone();
+    rollout.smoke = record.kind == DeployKind::Deploy;
     let asked = match wanted {
         Wanted::Deploy(v) => record.kind == DeployKind::Deploy && v == &record.to_version,
         Wanted::Rollback => record.kind == DeployKind::Rollback,
@@ -73,7 +75,16 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     // A first deploy that already served has nothing to go back to: it is finished instead.
     let forced = !finish && old.is_none() && !rollout.serving.is_empty();
     if finish || forced {
-        let report = go_forward(d, rollout, old, &reason, forced).await?;
+        // Killed before its pre_deploy hook passed: nothing of it started; run it now.
+        if finish && record.kind == DeployKind::Deploy && !super::hooks::passed(journal) {
+            d.pre_deploy(spec, id, kind, old.as_ref(), &record.to_version)
+                .await?;
+        }
+        let after = match record.kind {
+            DeployKind::Deploy => HookPoint::PostDeploy,
+            DeployKind::Rollback => HookPoint::OnRollback,
+        };
+        let report = go_forward(d, rollout, old, &reason, forced, after).await?;
         return Ok(
             report.map(|r| rollout_report(r, record.kind, record.from_version.clone(), started))
         );
@@ -106,6 +117,11 @@ async fn go_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     };
     d.journal(record.id, &rollout.spec.name, step)?;
     restore(d, &mut rollout, old.as_ref(), &message).await?;
+    if old.is_some() {
+        // Told as a rollback: from the interrupted version to the one restored.
+        rollout.previous = Some(record.to_version.clone());
+        rollout.after_hook(d, HookPoint::OnRollback).await?;
+    }
     match (wanted, old) {
         (Wanted::Rollback, Some(old)) => {
             rollout.target = old.version.clone();
@@ -145,6 +161,7 @@ async fn go_forward<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
     old: Option<Slot>,
     reason: &str,
     forced: bool,
+    after: HookPoint,
 ) -> Result<Option<Rollout<'r>>, DeployError> {
     let (spec, id) = (rollout.spec, rollout.id);
     if rollout.has_gap() && !spec.rolling.allow_downtime && old.is_some() {
@@ -174,6 +191,7 @@ async fn go_forward<'r, R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         false => format!("{reason}; completed on resume"),
     };
     d.complete(spec, id, &done).await?;
+    rollout.after_hook(d, after).await?;
     Ok((!forced).then_some(rollout))
 }
 

@@ -85,6 +85,11 @@ pub(super) struct Rollout<'r> {
     gap_from: Option<Instant>,
     /// The version the runtime was readied for ([`Runtime::prepare`]), once per target.
     pub(super) prepared: Option<Version>,
+    /// The version live before this deployment, for its hooks.
+    pub(super) previous: Option<Version>,
+    /// Whether each batch of new replicas runs the `pre_traffic` hook before it gets
+    /// traffic: a deploy's, never a rollback's or a restore's.
+    pub(super) smoke: bool,
 }
 
 impl<'r> Rollout<'r> {
@@ -119,6 +124,8 @@ impl<'r> Rollout<'r> {
             last_reload: None,
             gap_from: None,
             prepared: None,
+            previous: None,
+            smoke: false,
         }
     }
 
@@ -266,7 +273,14 @@ impl<'r> Rollout<'r> {
         if added.is_empty() {
             return Ok((added, 0));
         }
-        match health::journaled(d, self.spec, self.id, &added).await? {
+        let healthy = match health::journaled(d, self.spec, self.id, &added).await? {
+            Ok(healthy_ms) => match self.pre_traffic(d, &added).await? {
+                None => Ok(healthy_ms),
+                Some(failure) => Err(failure),
+            },
+            Err(failure) => Err(failure),
+        };
+        match healthy {
             Ok(healthy_ms) => Ok((added, healthy_ms)),
             Err(failure) => {
                 self.discard(d, &added).await?;

@@ -56,8 +56,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let serving = self.running(old.as_ref()).await?;
         refuse_gap(spec, strategy, serving.len() as u16)?;
         let id = self.begin(spec, kind, strategy, old.as_ref(), version, color)?;
+        if kind == DeployKind::Deploy {
+            self.pre_deploy(spec, id, strategy, old.as_ref(), version)
+                .await?;
+        }
         let mut rollout = Rollout::new(spec, id, strategy, serving);
         rollout.towards(version, color, reuse, true);
+        rollout.previous = old.as_ref().map(|s| s.version.clone());
+        rollout.smoke = kind == DeployKind::Deploy;
         match rollout.converge(self).await {
             Ok(()) => {}
             Err(Halt::Env(e)) => return Err(e),
@@ -70,6 +76,11 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             false => "deployed".to_owned(),
         };
         self.complete(spec, id, &done).await?;
+        let after = match kind {
+            DeployKind::Deploy => HookPoint::PostDeploy,
+            DeployKind::Rollback => HookPoint::OnRollback,
+        };
+        rollout.after_hook(self, after).await?;
         let from = old.map(|s| s.version);
         Ok(rollout_report(rollout, kind, from, started))
     }
@@ -127,8 +138,16 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             }
             return self.failed(&rollout, rollout.describe_serving(), failure.cause, reason);
         }
+        let failed_version = rollout.target.clone();
         match restore(self, &mut rollout, old.as_ref(), &reason).await {
             Ok(stays_on) => {
+                if old.is_some() {
+                    // Told as a rollback: from the failed version to the one restored.
+                    rollout.previous = Some(failed_version);
+                    if let Err(e) = rollout.after_hook(self, HookPoint::OnRollback).await {
+                        return e;
+                    }
+                }
                 let warnings: String = rollout
                     .warnings
                     .borrow()
@@ -235,6 +254,7 @@ async fn go_back<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         .map(|i| i.id.clone())
         .collect();
     rollout.towards(&old.version, old.color, old.instances.clone(), false);
+    rollout.smoke = false;
     match rollout.converge(d).await {
         Ok(()) => {}
         Err(Halt::Env(e)) => return Err(e),

@@ -25,6 +25,7 @@ struct World {
     router: FakeRouter,
     store: MemStore,
     host: FakeHost,
+    hooks: FakeHooks,
     spec: ServiceSpec,
 }
 
@@ -64,6 +65,7 @@ impl World {
             router: FakeRouter::new(&shared),
             store: MemStore::new(&shared),
             host: FakeHost::default(),
+            hooks: FakeHooks::new(&shared),
             spec: config.services[0].clone(),
             shared,
         }
@@ -85,6 +87,7 @@ impl World {
             router: &self.router,
             store: &self.store,
             host: &self.host,
+            hooks: &self.hooks,
             observer: &Quiet,
         }
     }
@@ -494,6 +497,7 @@ async fn a_rollback_whose_second_restart_fails_leaves_the_retained_slot_whole() 
 
 mod adopt;
 mod canary;
+mod hooks;
 mod killed;
 mod legacy;
 mod prepare;
