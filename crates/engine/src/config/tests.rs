@@ -7,6 +7,7 @@ use super::*;
 
 mod front;
 mod rolling;
+mod serve;
 
 const GOOD: &str = r#"
 [proxy]
