@@ -1,5 +1,5 @@
-//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server (127.0.0.1 by
-//! default; any other address only with [`ServeOptions::allow_remote`]) and returns a
+//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server (loopback
+//! only: [`check_listen`]) and returns a
 //! [`Server`] handle with the bound address and a graceful [`Server::shutdown`]; the binary
 //! and the tests run the same code in-process.
 //!
@@ -20,6 +20,9 @@
 //!   - `switchyard_proxy_up`: whether the nginx master runs (`serve/supervise.rs`).
 //! - `GET /api/status`: JSON, see `serve/status.rs`.
 //! - `GET /healthz`: 200 `ok`.
+//! - `/api/v1/…`: the authenticated API (`serve/api.rs`): status, history, deployments and
+//!   their event streams, detached deploys and rollbacks, promote and abort. `/metrics`,
+//!   `/healthz` and (for now) `/api/status` need no token.
 //!
 //! Every series exists at 0 before it counts anything, and counters never go down. The
 //! store is SQLite, read synchronously: handlers and the background loops read it on
@@ -30,6 +33,7 @@
 //! nginx that is down is started again).
 
 mod accesslog;
+mod api;
 mod exposition;
 mod health;
 mod history;
@@ -83,8 +87,8 @@ const SUPERVISOR_GRACE: Duration = Duration::from_secs(25);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// Accept a non-loopback listen address. `/metrics` and `/api/status` have no
-    /// authentication, so this is off by default.
+    /// Asked for a non-loopback listen address: refused all the same until serve serves
+    /// TLS ([`check_listen`]).
     pub allow_remote: bool,
     /// How often the active instances' health paths are probed.
     pub health_every: Duration,
@@ -106,15 +110,36 @@ impl ServeOptions {
     }
 }
 
-/// Refuses a listen address off the loopback interface unless `allow_remote`.
+/// Refuses a listen address off the loopback interface: the API's bearer token must not
+/// cross the network in clear, and serve does not serve TLS yet. `allow_remote` no longer
+/// opens one (it did before the API had a token).
 pub fn check_listen(listen: SocketAddr, allow_remote: bool) -> Result<(), AppError> {
-    if listen.ip().is_loopback() || allow_remote {
+    if listen.ip().is_loopback() {
         return Ok(());
     }
+    let flag = if allow_remote {
+        "--allow-remote does not change that"
+    } else {
+        "--allow-remote does not either"
+    };
     Err(AppError::input(format!(
-        "refusing to listen on {listen}: it is not a loopback address, and /metrics and \
-         /api/status have no authentication; pass --allow-remote to serve it anyway"
+        "refusing to listen on {listen}: it is not a loopback address, and a remote listen \
+         needs TLS, which serve does not serve yet (the API's bearer token would cross the \
+         network in clear); {flag}: keep serve on 127.0.0.1 behind a TLS-terminating proxy"
     )))
+}
+
+/// Refuses `[serve] cert` and `key`: serve does not serve TLS yet, and answering plain
+/// HTTP where TLS was asked for would be worse than not starting.
+fn check_tls(config: &Config) -> Result<(), AppError> {
+    match &config.serve.tls {
+        None => Ok(()),
+        Some(tls) => Err(AppError::input(format!(
+            "[serve] cert ({}) and key: serve does not serve TLS yet; remove them and keep \
+             serve on 127.0.0.1 behind a TLS-terminating proxy",
+            tls.cert.display()
+        ))),
+    }
 }
 
 /// Serves `live` on `listen` (`127.0.0.1:0` picks a free port) with default options.
@@ -124,6 +149,7 @@ pub async fn start(live: Live, listen: SocketAddr) -> Result<Server, AppError> {
 
 pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, AppError> {
     check_listen(options.listen, options.allow_remote)?;
+    check_tls(&live.config)?;
     let daemon = Arc::new(Daemon::new(live)?);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -135,7 +161,8 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         .route("/metrics", get(metrics))
         .route("/api/status", get(api_status))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Arc::clone(&daemon));
+        .with_state(Arc::clone(&daemon))
+        .merge(api::routes(Arc::clone(&daemon)));
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -152,7 +179,7 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
     let supervisor = options
         .supervise
         .then(|| tokio::spawn(supervise::supervise(daemon, options.proxy_every, stopped)));
-    tracing::info!("serving /metrics, /api/status and /healthz on http://{addr}");
+    tracing::info!("serving /metrics, /api/status, /api/v1 and /healthz on http://{addr}");
     Ok(Server {
         addr,
         stop: Some(stop),
@@ -240,6 +267,8 @@ struct Daemon {
     proxy: Mutex<proxy::ProxySeries>,
     history: Mutex<history::HistoryMetrics>,
     health: health::HealthBoard,
+    /// The API's token and the logs of the deployments it ran.
+    api: api::Api,
 }
 
 impl Daemon {
@@ -251,6 +280,7 @@ impl Daemon {
             prober,
             ..
         } = live;
+        let api = api::Api::new(&config)?;
         let services: Vec<String> = config.services.iter().map(|s| s.name.to_string()).collect();
         let names: Vec<&str> = services.iter().map(String::as_str).collect();
         let log = &router.layout.access_log;
@@ -278,6 +308,7 @@ impl Daemon {
             last_canary: Mutex::new(last_canary),
             proxy: Mutex::new(proxy::ProxySeries::default()),
             history: Mutex::new(history::HistoryMetrics::default()),
+            api,
         })
     }
 

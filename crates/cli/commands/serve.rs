@@ -13,8 +13,8 @@ pub struct ServeArgs {
     /// Overrides `[serve] listen`.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Accept a listen address that is not loopback (`/metrics` and `/api/status` have no
-    /// authentication).
+    /// Asks for a listen address that is not loopback: refused until serve serves TLS
+    /// (the API's bearer token must not cross the network in clear).
     #[arg(long)]
     pub allow_remote: bool,
 }
