@@ -5,6 +5,7 @@
 mod support;
 
 mod adopt;
+mod api;
 mod canary;
 mod cli;
 mod container;
