@@ -325,7 +325,8 @@ async fn a_detached_deploy_under_load_finishes_while_its_event_stream_reports_ea
     );
     let done = &stream[stream.len() - 2];
     assert_eq!(done.data["outcome"], "succeeded", "{:?}", done.data);
-    assert!(stream[stream.len() - 1].data["error"].is_null());
+    let end = &stream[stream.len() - 1].data;
+    assert!(end["error"].is_null() && end["code"] == 0, "{end}");
     // Streamed as they happened: the end came well after the start.
     let took = done.at - begin.at;
     assert!(
@@ -359,7 +360,11 @@ async fn a_detached_deploy_under_load_finishes_while_its_event_stream_reports_ea
         seen.len() > 3 && seen[..seen.len() - 1].iter().all(|n| *n == "step"),
         "{seen:?}"
     );
-    assert_eq!(replay.last().unwrap().data["outcome"], "succeeded");
+    let end = &replay.last().unwrap().data;
+    assert_eq!(
+        (end["outcome"].as_str(), end["code"].as_i64()),
+        (Some("succeeded"), Some(0))
+    );
     server.shutdown().await.unwrap();
     sandbox.shutdown().await.unwrap();
 }

@@ -5,7 +5,9 @@
 //! - Run elsewhere (the CLI, an earlier serve): its journal, one `step` event per entry,
 //!   polled every [`POLL`] while it runs, then `end`.
 //!
-//! Every `data:` is a JSON object with `"schema": 1` and `"deployment"`. The stream is fed
+//! Every `data:` is a JSON object with `"schema": 1` and `"deployment"`; `end`'s has `code`,
+//! the exit code the CLI would have given (0 done, 1 failed and rolled back, 2, 3), and
+//! `error`. The stream is fed
 //! by a task that ends when the client goes away or the deployment ends.
 
 use std::convert::Infallible;
@@ -68,9 +70,9 @@ fn item_event(id: DeploymentId, item: &Item) -> Sse {
             data["deployment"] = json!(id);
             sse(&name, data)
         }
-        Item::End { error } => sse(
+        Item::End { code, error } => sse(
             "end",
-            with_schema(json!({ "deployment": id, "error": error })),
+            with_schema(json!({ "deployment": id, "code": code, "error": error })),
         ),
     }
 }
@@ -135,6 +137,7 @@ async fn follow_journal(daemon: Arc<Daemon>, id: DeploymentId, tx: mpsc::Sender<
         if record.outcome != Outcome::Running {
             let end = json!({
                 "deployment": id,
+                "code": i32::from(record.outcome != Outcome::Succeeded),
                 "outcome": record.outcome,
                 "message": record.message,
                 "error": null,

@@ -46,8 +46,10 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub enum Item {
     Event(Event),
-    /// The run is over; `error` says why it stopped when it did not finish cleanly.
+    /// The run is over: `code` is the exit code the CLI would have given (0 done, 1 failed
+    /// and rolled back, 2 refused, 3 environment), `error` why it stopped if not 0.
     End {
+        code: i32,
         error: Option<String>,
     },
 }
@@ -112,9 +114,12 @@ struct Fanout<'r> {
 }
 
 impl Fanout<'_> {
-    fn end(&self, error: Option<String>) {
+    fn end(&self, stopped: Option<&Stopped>) {
         if let Some(log) = self.current.lock().expect("fanout lock").take() {
-            log.push(Item::End { error });
+            log.push(Item::End {
+                code: stopped.map_or(0, Stopped::code),
+                error: stopped.map(Stopped::message),
+            });
         }
     }
 }
@@ -125,7 +130,10 @@ impl Observer for Fanout<'_> {
             let mut current = self.current.lock().expect("fanout lock");
             // A resumed deployment settled, then a new one began: the first one's log ends.
             if let Some(previous) = current.take() {
-                previous.push(Item::End { error: None });
+                previous.push(Item::End {
+                    code: 0,
+                    error: None,
+                });
             }
             *current = Some(self.runs.open(*deployment));
             if let Some(named) = self.named.lock().expect("fanout lock").take() {
@@ -155,12 +163,15 @@ impl Stopped {
     /// The answer when it stopped before a deployment was named: 409 while another deploy
     /// holds the lock, 400 for what the caller can fix, 503 when nginx, the runtime or the
     /// store failed.
-    fn response(&self) -> Response {
-        let code = match self {
+    fn code(&self) -> i32 {
+        match self {
             Stopped::Deploy(e) => e.exit_code(),
             Stopped::App(e) => e.code,
-        };
-        let status = match (self, code) {
+        }
+    }
+
+    fn response(&self) -> Response {
+        let status = match (self, self.code()) {
             (Stopped::Deploy(DeployError::Locked { .. }), _) => StatusCode::CONFLICT,
             (_, 2) => StatusCode::BAD_REQUEST,
             (_, 3) => StatusCode::SERVICE_UNAVAILABLE,
@@ -186,7 +197,7 @@ pub async fn start(daemon: Arc<Daemon>, service: String, action: Action) -> Resp
             named: Mutex::new(Some(named)),
         };
         let result = handle.block_on(run(&daemon, &service, action, &fanout));
-        fanout.end(result.as_ref().err().map(Stopped::message));
+        fanout.end(result.as_ref().err());
         result
     });
     if let Ok(id) = name.await {
