@@ -525,3 +525,78 @@ command = ["/bin/true"]
     let loaded = settings::load(&config).unwrap();
     assert_eq!(loaded.serve.token_file, Some(token));
 }
+
+/// `switchyard --remote URL …` with `args`, run without blocking the in-process serve.
+async fn remote(addr: SocketAddr, token: &Path, args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--remote")
+        .arg(format!("http://{addr}"))
+        .arg("--token-file")
+        .arg(token)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the remote command ends")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_through_a_remote_serve_and_exits_as_a_local_deploy() {
+    use crate::support::{assert_exit, text};
+    let (_dir, token) = token_file(0o600);
+    let Some(sandbox) = sandbox("", &token).await else {
+        return;
+    };
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    let server = serve_with(settings::load(&sandbox.config_path).unwrap()).await;
+    let addr = server.addr();
+    let traffic = load(&sandbox);
+
+    let out = remote(addr, &token, &["deploy", SERVICE, "--version", "v2"]).await;
+    assert_exit(&out, 0);
+    let said = text(&out.stderr);
+    assert!(said.contains(": web v1 -> v2 (green slot)"), "{said}");
+    assert!(said.contains("all replicas healthy after"), "{said}");
+    assert!(said.contains("succeeded"), "{said}");
+    assert!(!said.contains(TOKEN), "{said}");
+    let report = traffic.stop().await;
+    assert_no_failures(&report);
+    let (_, status) = authed(addr, "GET", "/api/v1/status", None).await;
+    assert_eq!(status["services"][0]["active"]["version"], "v2", "{status}");
+
+    // A wrong token is refused as bad input, and deploys nothing.
+    let (_other, wrong) = token_file(0o600);
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    let before = deployments(&sandbox);
+    let out = remote(addr, &wrong, &["deploy", SERVICE, "--version", "v3"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("wrong token"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(deployments(&sandbox), before);
+    // So is a version the engine refuses, and a token file others can read.
+    let out = remote(addr, &token, &["deploy", SERVICE, "--version", "v3;x"]).await;
+    assert_exit(&out, 2);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = remote(addr, &wrong, &["deploy", SERVICE, "--version", "v3"]).await;
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("mode 644"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(deployments(&sandbox), before);
+    server.shutdown().await.unwrap();
+    // Nothing answers there any more: an environment error.
+    let out = remote(addr, &token, &["deploy", SERVICE, "--version", "v3"]).await;
+    assert_exit(&out, 3);
+    sandbox.shutdown().await.unwrap();
+}
