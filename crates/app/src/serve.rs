@@ -176,9 +176,14 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         tokio::spawn(health_loop(Arc::clone(&daemon), options.health_every)),
     ];
     let (stop_supervisor, stopped) = watch::channel(false);
-    let supervisor = options
-        .supervise
-        .then(|| tokio::spawn(supervise::supervise(daemon, options.proxy_every, stopped)));
+    let supervised = Arc::clone(&daemon);
+    let supervisor = options.supervise.then(|| {
+        tokio::spawn(supervise::supervise(
+            supervised,
+            options.proxy_every,
+            stopped,
+        ))
+    });
     tracing::info!("serving /metrics, /api/status, /api/v1 and /healthz on http://{addr}");
     Ok(Server {
         addr,
@@ -187,6 +192,7 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         background,
         stop_supervisor,
         supervisor,
+        daemon,
     })
 }
 
@@ -200,6 +206,8 @@ pub struct Server {
     stop_supervisor: watch::Sender<bool>,
     /// Stopped between looks, never in the middle of starting nginx.
     supervisor: Option<JoinHandle<()>>,
+    /// For the API's detached deploys, interrupted on shutdown.
+    daemon: Arc<Daemon>,
 }
 
 impl Server {
@@ -208,9 +216,11 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting, lets requests in flight finish (at most 5 s), stops the loops (an
-    /// nginx start in progress is let finish: nginx outlives serve).
+    /// Interrupts the API's deploys in flight (left to the next deploy or rollback, as a
+    /// killed CLI's are), stops accepting, lets requests in flight finish (at most 5 s),
+    /// stops the loops (an nginx start in progress is let finish: nginx outlives serve).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
+        self.daemon.api.stop(SHUTDOWN_GRACE).await;
         self.background.iter().for_each(JoinHandle::abort);
         let _ = self.stop_supervisor.send(true);
         if let Some(mut supervisor) = self.supervisor.take() {
@@ -242,6 +252,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.daemon.api.interrupt();
         self.background.iter().for_each(JoinHandle::abort);
         if let Some(supervisor) = &self.supervisor {
             supervisor.abort();

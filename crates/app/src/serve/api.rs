@@ -46,6 +46,8 @@ const HISTORY_MAX: usize = 1000;
 pub struct Api {
     token: Option<auth::Token>,
     runs: run::Runs,
+    /// Set when serve stops: the runs still going are interrupted (each holds a receiver).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Api {
@@ -58,7 +60,24 @@ impl Api {
         Ok(Api {
             token,
             runs: run::Runs::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Interrupts the deploys still running here, as a killed CLI would be: each stops at
+    /// its next await, its journal left for the next deploy or rollback to settle. Waits
+    /// at most `grace` for them to let go.
+    pub async fn stop(&self, grace: std::time::Duration) {
+        self.stopping.send_replace(true);
+        let since = std::time::Instant::now();
+        while self.stopping.receiver_count() > 0 && since.elapsed() < grace {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Interrupts them without waiting (a dropped server).
+    pub fn interrupt(&self) {
+        self.stopping.send_replace(true);
     }
 }
 

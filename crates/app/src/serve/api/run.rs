@@ -6,6 +6,10 @@
 //! said ([`RunLog`]: every event so far and a broadcast of the next ones), which
 //! `events.rs` streams.
 //!
+//! Stopping serve interrupts the runs still going at their next await, as a killed CLI
+//! deploy is interrupted: the journal has every step before it was acted on, and the next
+//! deploy or rollback settles it.
+//!
 //! A deploy here is the CLI's: fresh live clients from the same config (secrets read now,
 //! the runtime checked), the managed nginx started if down, the same [`Deployer`] and so the
 //! same lock in the store.
@@ -190,13 +194,22 @@ pub async fn start(daemon: Arc<Daemon>, service: String, action: Action) -> Resp
         Action::Deploy { version, .. } => format!("deploy of {service} {version}"),
         Action::Rollback => format!("rollback of {service}"),
     };
+    let mut stopping = daemon.api.stopping.subscribe();
     let run = tokio::task::spawn_blocking(move || {
         let fanout = Fanout {
             runs: &daemon.api.runs,
             current: Mutex::new(None),
             named: Mutex::new(Some(named)),
         };
-        let result = handle.block_on(run(&daemon, &service, action, &fanout));
+        let result = handle.block_on(async {
+            tokio::select! {
+                result = run(&daemon, &service, action, &fanout) => result,
+                _ = stopping.wait_for(|stop| *stop) => Err(Stopped::App(AppError::environment(
+                    "serve stopped: the deployment was interrupted; the next deploy or rollback settles it",
+                ))),
+            }
+        });
+        drop(stopping);
         fanout.end(result.as_ref().err());
         result
     });
