@@ -185,6 +185,9 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         ))
     });
     tracing::info!("serving /metrics, /api/status, /api/v1 and /healthz on http://{addr}");
+    if !daemon.api.is_open() {
+        tracing::warn!("/api/v1 answers 401 to everything: set [serve] token_file to open it");
+    }
     Ok(Server {
         addr,
         stop: Some(stop),

@@ -34,7 +34,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), AppError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let server = serve::start_with(live, options).await?;
     eprintln!(
-        "switchyard serve: /metrics, /api/status and /healthz on http://{}",
+        "switchyard serve: /metrics, /api/status, /api/v1 and /healthz on http://{}",
         server.addr()
     );
     tokio::select! {

@@ -64,6 +64,11 @@ impl Api {
         })
     }
 
+    /// Whether a token was configured (else every route answers 401).
+    pub fn is_open(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// Interrupts the deploys still running here, as a killed CLI would be: each stops at
     /// its next await, its journal left for the next deploy or rollback to settle. Waits
     /// at most `grace` for them to let go.
