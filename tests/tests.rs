@@ -5,11 +5,12 @@
 mod support;
 
 mod adopt;
+mod api;
 mod canary;
 mod cli;
 mod container;
-mod dashboard;
 mod contrib;
+mod dashboard;
 mod docker_down;
 mod dynamic;
 mod e2e;

@@ -27,6 +27,13 @@ pub struct Cli {
         env = "SWITCHYARD_CONFIG"
     )]
     pub config: PathBuf,
+    /// Run the command in the `switchyard serve` at this URL (http://HOST:PORT), through
+    /// its API; `deploy` only for now.
+    #[arg(long, global = true)]
+    pub remote: Option<String>,
+    /// The API token for `--remote` (a 0600 file).
+    #[arg(long, global = true, env = "SWITCHYARD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output for humans or for programs.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,

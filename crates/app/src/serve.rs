@@ -1,5 +1,5 @@
-//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server (127.0.0.1 by
-//! default; any other address only with [`ServeOptions::allow_remote`]) and returns a
+//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server (loopback
+//! only: [`check_listen`]) and returns a
 //! [`Server`] handle with the bound address and a graceful [`Server::shutdown`]; the binary
 //! and the tests run the same code in-process.
 //!
@@ -20,6 +20,9 @@
 //!   - `switchyard_proxy_up`: whether the nginx master runs (`serve/supervise.rs`).
 //! - `GET /api/status`: JSON, see `serve/status.rs`.
 //! - `GET /healthz`: 200 `ok`.
+//! - `/api/v1/…`: the authenticated API (`serve/api.rs`): status, history, deployments and
+//!   their event streams, detached deploys and rollbacks, promote and abort. `/metrics`,
+//!   `/healthz` and (for now) `/api/status` need no token.
 //!
 //! Every series exists at 0 before it counts anything, and counters never go down. The
 //! store is SQLite, read synchronously: handlers and the background loops read it on
@@ -30,6 +33,7 @@
 //! nginx that is down is started again).
 
 mod accesslog;
+mod api;
 mod dashboard;
 mod exposition;
 mod health;
@@ -84,8 +88,8 @@ const SUPERVISOR_GRACE: Duration = Duration::from_secs(25);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// Accept a non-loopback listen address. `/metrics` and `/api/status` have no
-    /// authentication, so this is off by default.
+    /// Asked for a non-loopback listen address: refused all the same until serve serves
+    /// TLS ([`check_listen`]).
     pub allow_remote: bool,
     /// How often the active instances' health paths are probed.
     pub health_every: Duration,
@@ -107,15 +111,36 @@ impl ServeOptions {
     }
 }
 
-/// Refuses a listen address off the loopback interface unless `allow_remote`.
+/// Refuses a listen address off the loopback interface: the API's bearer token must not
+/// cross the network in clear, and serve does not serve TLS yet. `allow_remote` no longer
+/// opens one (it did before the API had a token).
 pub fn check_listen(listen: SocketAddr, allow_remote: bool) -> Result<(), AppError> {
-    if listen.ip().is_loopback() || allow_remote {
+    if listen.ip().is_loopback() {
         return Ok(());
     }
+    let flag = if allow_remote {
+        "--allow-remote does not change that"
+    } else {
+        "--allow-remote does not either"
+    };
     Err(AppError::input(format!(
-        "refusing to listen on {listen}: it is not a loopback address, and /metrics and \
-         /api/status have no authentication; pass --allow-remote to serve it anyway"
+        "refusing to listen on {listen}: it is not a loopback address, and a remote listen \
+         needs TLS, which serve does not serve yet (the API's bearer token would cross the \
+         network in clear); {flag}: keep serve on 127.0.0.1 behind a TLS-terminating proxy"
     )))
+}
+
+/// Refuses `[serve] cert` and `key`: serve does not serve TLS yet, and answering plain
+/// HTTP where TLS was asked for would be worse than not starting.
+fn check_tls(config: &Config) -> Result<(), AppError> {
+    match &config.serve.tls {
+        None => Ok(()),
+        Some(tls) => Err(AppError::input(format!(
+            "[serve] cert ({}) and key: serve does not serve TLS yet; remove them and keep \
+             serve on 127.0.0.1 behind a TLS-terminating proxy",
+            tls.cert.display()
+        ))),
+    }
 }
 
 /// Serves `live` on `listen` (`127.0.0.1:0` picks a free port) with default options.
@@ -125,6 +150,7 @@ pub async fn start(live: Live, listen: SocketAddr) -> Result<Server, AppError> {
 
 pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, AppError> {
     check_listen(options.listen, options.allow_remote)?;
+    check_tls(&live.config)?;
     let daemon = Arc::new(Daemon::new(live)?);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -137,7 +163,8 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         .route("/metrics", get(metrics))
         .route("/api/status", get(api_status))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Arc::clone(&daemon));
+        .with_state(Arc::clone(&daemon))
+        .merge(api::routes(Arc::clone(&daemon)));
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -151,10 +178,18 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         tokio::spawn(health_loop(Arc::clone(&daemon), options.health_every)),
     ];
     let (stop_supervisor, stopped) = watch::channel(false);
-    let supervisor = options
-        .supervise
-        .then(|| tokio::spawn(supervise::supervise(daemon, options.proxy_every, stopped)));
-    tracing::info!("serving /metrics, /api/status and /healthz on http://{addr}");
+    let supervised = Arc::clone(&daemon);
+    let supervisor = options.supervise.then(|| {
+        tokio::spawn(supervise::supervise(
+            supervised,
+            options.proxy_every,
+            stopped,
+        ))
+    });
+    tracing::info!("serving /metrics, /api/status, /api/v1 and /healthz on http://{addr}");
+    if !daemon.api.is_open() {
+        tracing::warn!("/api/v1 answers 401 to everything: set [serve] token_file to open it");
+    }
     Ok(Server {
         addr,
         stop: Some(stop),
@@ -162,6 +197,7 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         background,
         stop_supervisor,
         supervisor,
+        daemon,
     })
 }
 
@@ -175,6 +211,8 @@ pub struct Server {
     stop_supervisor: watch::Sender<bool>,
     /// Stopped between looks, never in the middle of starting nginx.
     supervisor: Option<JoinHandle<()>>,
+    /// For the API's detached deploys, interrupted on shutdown.
+    daemon: Arc<Daemon>,
 }
 
 impl Server {
@@ -183,9 +221,11 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting, lets requests in flight finish (at most 5 s), stops the loops (an
-    /// nginx start in progress is let finish: nginx outlives serve).
+    /// Interrupts the API's deploys in flight (left to the next deploy or rollback, as a
+    /// killed CLI's are), stops accepting, lets requests in flight finish (at most 5 s),
+    /// stops the loops (an nginx start in progress is let finish: nginx outlives serve).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
+        self.daemon.api.stop(SHUTDOWN_GRACE).await;
         self.background.iter().for_each(JoinHandle::abort);
         let _ = self.stop_supervisor.send(true);
         if let Some(mut supervisor) = self.supervisor.take() {
@@ -217,6 +257,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.daemon.api.interrupt();
         self.background.iter().for_each(JoinHandle::abort);
         if let Some(supervisor) = &self.supervisor {
             supervisor.abort();
@@ -242,6 +283,8 @@ struct Daemon {
     proxy: Mutex<proxy::ProxySeries>,
     history: Mutex<history::HistoryMetrics>,
     health: health::HealthBoard,
+    /// The API's token and the logs of the deployments it ran.
+    api: api::Api,
 }
 
 impl Daemon {
@@ -253,6 +296,7 @@ impl Daemon {
             prober,
             ..
         } = live;
+        let api = api::Api::new(&config)?;
         let services: Vec<String> = config.services.iter().map(|s| s.name.to_string()).collect();
         let names: Vec<&str> = services.iter().map(String::as_str).collect();
         let log = &router.layout.access_log;
@@ -280,6 +324,7 @@ impl Daemon {
             last_canary: Mutex::new(last_canary),
             proxy: Mutex::new(proxy::ProxySeries::default()),
             history: Mutex::new(history::HistoryMetrics::default()),
+            api,
         })
     }
 

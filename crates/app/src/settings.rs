@@ -1,7 +1,8 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
 //! validation (no IO), resolves relative paths against the file's directory and checks
 //! what needs the host: bind volumes' sources (in `container`), `[registry]`'s password file
-//! (in [`registry`]), TLS files and template overrides (in `front`).
+//! (in [`registry`]), TLS files and template overrides (in `front`), and that `[serve]
+//! token_file` is 0600 ([`check_token_file`]).
 
 mod container;
 mod front;
@@ -13,6 +14,35 @@ use switchyard_engine::config::ProxyMode;
 use switchyard_engine::{Config, Source};
 
 use crate::AppError;
+
+/// `[serve] token_file` must be a file only its owner can read (`chmod 600`): whoever
+/// reads it can deploy. Its contents are read by `serve`, never here.
+pub fn check_token_file(token: &Path, config: &Path) -> Result<(), AppError> {
+    match token_file_problem(token) {
+        None => Ok(()),
+        Some(why) => Err(AppError::input(format!(
+            "{}: serve.token_file: {}: {why}",
+            config.display(),
+            token.display()
+        ))),
+    }
+}
+
+/// What is wrong with `token` as a token file, if anything.
+pub fn token_file_problem(token: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(token) {
+        Ok(meta) => meta,
+        Err(e) => return Some(e.to_string()),
+    };
+    if !meta.is_file() {
+        return Some("is not a file".into());
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!("is readable or writable by group or others (mode {mode:03o}); `chmod 600` it")
+    })
+}
 
 pub fn load(path: &Path) -> Result<Config, AppError> {
     let text = std::fs::read_to_string(path)
@@ -72,6 +102,14 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         }
     }
     crate::hooks::resolve(&mut config, base, path)?;
+    if let Some(file) = &mut config.serve.token_file {
+        resolve(file);
+        check_token_file(file, path)?;
+    }
+    if let Some(tls) = &mut config.serve.tls {
+        resolve(&mut tls.cert);
+        resolve(&mut tls.key);
+    }
     container::check_bind_sources(&config, path)?;
     front::check(&mut config, &text, path)?;
     Ok(config)

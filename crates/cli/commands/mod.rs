@@ -13,6 +13,7 @@ mod man;
 mod plan;
 pub mod proxy;
 mod prune;
+mod remote;
 mod remove;
 pub mod serve;
 mod status;
@@ -29,6 +30,19 @@ use switchyard_engine::{Control, Version};
 use crate::{Cli, Command, Output};
 
 pub async fn run(cli: &Cli) -> Result<(), AppError> {
+    if let Some(remote) = &cli.remote {
+        return match &cli.command {
+            Command::Deploy {
+                service,
+                version,
+                strategy,
+            } => {
+                let token = cli.token_file.as_deref();
+                remote::deploy(remote, token, service, version, strategy.as_deref()).await
+            }
+            _ => Err(AppError::input("--remote runs `deploy` only for now")),
+        };
+    }
     match &cli.command {
         Command::Deploy {
             service,

@@ -13,8 +13,8 @@ pub struct ServeArgs {
     /// Overrides `[serve] listen`.
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
-    /// Accept a listen address that is not loopback (`/metrics` and `/api/status` have no
-    /// authentication).
+    /// Asks for a listen address that is not loopback: refused until serve serves TLS
+    /// (the API's bearer token must not cross the network in clear).
     #[arg(long)]
     pub allow_remote: bool,
 }
@@ -34,7 +34,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<(), AppError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let server = serve::start_with(live, options).await?;
     eprintln!(
-        "switchyard serve: /metrics, /api/status and /healthz on http://{}",
+        "switchyard serve: /metrics, /api/status, /api/v1 and /healthz on http://{}",
         server.addr()
     );
     tokio::select! {

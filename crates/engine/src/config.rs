@@ -21,8 +21,8 @@ mod canary;
 mod checker;
 pub mod container;
 pub mod front;
-pub mod notify;
 pub mod hooks;
+pub mod notify;
 mod presets;
 mod raw;
 mod rolling;
@@ -31,8 +31,8 @@ mod service;
 pub use canary::CanarySpec;
 use checker::Checker;
 pub use front::{FrontSpec, ProxyTimeouts, TlsFiles};
-pub use notify::{NotifyEvent, NotifyFormat, NotifySpec};
 pub use hooks::{HookAction, HookSpec, HooksSpec};
+pub use notify::{NotifyEvent, NotifyFormat, NotifySpec};
 use raw::RawConfig;
 pub use rolling::{OnFailure, RollingSpec};
 
@@ -47,6 +47,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where `switchyard serve` listens (`/metrics`, the API); loopback by default.
     pub serve_listen: SocketAddr,
+    /// `[serve]`'s API token and TLS files.
+    pub serve: ServeConfig,
     /// `[registry]`: credentials for pulling images (else Docker's own config.json).
     pub registry: Option<RegistryConfig>,
     /// `[[notify]]`: webhooks told about deploys.
@@ -60,6 +62,22 @@ pub struct RegistryConfig {
     pub server: String,
     pub username: String,
     pub password_file: PathBuf,
+}
+
+/// `[serve]` beyond its listen: the API's bearer token and the TLS pair a non-loopback
+/// listen needs. Relative paths are resolved against the config file by `app`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServeConfig {
+    /// `serve.token_file`: the API token (0600), read when `serve` starts, never kept here.
+    pub token_file: Option<PathBuf>,
+    /// `serve.cert` and `serve.key`, both or neither.
+    pub tls: Option<ServeTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where canary measurements come from.

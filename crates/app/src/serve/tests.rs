@@ -463,12 +463,14 @@ fn lines_of_unknown_services_and_tracks_are_not_exported() {
 }
 
 #[test]
-fn only_loopback_listen_addresses_are_accepted_by_default() {
+fn only_loopback_listen_addresses_are_accepted() {
     let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
     assert!(check_listen(addr("127.0.0.1:9100"), false).is_ok());
     assert!(check_listen(addr("[::1]:9100"), false).is_ok());
     let err = check_listen(addr("0.0.0.0:9100"), false).unwrap_err();
     assert_eq!(err.code, 2);
     assert!(err.message.contains("--allow-remote"), "{}", err.message);
-    assert!(check_listen(addr("0.0.0.0:9100"), true).is_ok());
+    // Until serve serves TLS, not even when asked: the API's token would cross in clear.
+    let err = check_listen(addr("0.0.0.0:9100"), true).unwrap_err();
+    assert!(err.message.contains("TLS"), "{}", err.message);
 }

@@ -9,8 +9,8 @@ use toml::Spanned;
 
 use super::canary::RawCanary;
 use super::front::{RawTimeouts, RawTls};
-use super::notify::RawNotify;
 use super::hooks::RawHooks;
+use super::notify::RawNotify;
 use super::rolling::RawRolling;
 
 #[derive(Deserialize)]
@@ -51,6 +51,9 @@ pub(super) struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServe {
     pub(super) listen: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use super::checker::{parse_addr, Checker};
 use super::container::parse_bytes;
-use super::raw::{RawConfig, RawMetrics, RawProxy};
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawMetrics, RawProxy, RawServe};
 use super::{
     Config, MetricsConfig, ProxyConfig, ProxyMode, RegistryConfig, RoutingChoice, RuntimeChoice,
-    ServiceSpec,
+    ServeConfig, ServeTls, ServiceSpec,
 };
 
 impl Checker<'_> {
@@ -44,6 +46,7 @@ impl Checker<'_> {
                 .check(l, "serve.listen", |l| parse_addr(l))
                 .unwrap_or(default_serve),
         };
+        let serve = self.serve(&raw.serve, serve_listen);
         self.check_fronts(&raw.services, &services, &[proxy.control, serve_listen]);
         let registry = raw.registry.as_ref().and_then(|r| {
             self.check(r, "registry", |r| {
@@ -65,8 +68,52 @@ impl Checker<'_> {
             services,
             metrics,
             serve_listen,
+            serve,
             registry,
             notify,
+        }
+    }
+
+    /// `[serve]`: a token file, and cert and key together; a listen off loopback needs them
+    /// (the bearer token must not cross the network in clear).
+    pub(super) fn serve(&mut self, raw: &RawServe, listen: SocketAddr) -> ServeConfig {
+        let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| PathBuf::from(v.get_ref()));
+        for (value, field) in [
+            (&raw.token_file, "serve.token_file"),
+            (&raw.cert, "serve.cert"),
+            (&raw.key, "serve.key"),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| v.get_ref().is_empty()) {
+                self.push(Some(v.span()), field, "is empty: name a file".into());
+            }
+        }
+        let tls = match (&raw.cert, &raw.key) {
+            (Some(_), Some(_)) => path(&raw.cert).zip(path(&raw.key)),
+            (Some(v), None) | (None, Some(v)) => {
+                let (field, missing) = match raw.cert {
+                    Some(_) => ("serve.cert", "serve.key"),
+                    None => ("serve.key", "serve.cert"),
+                };
+                self.push(Some(v.span()), field, format!("needs {missing} too"));
+                None
+            }
+            (None, None) => None,
+        }
+        .map(|(cert, key)| ServeTls { cert, key });
+        if !listen.ip().is_loopback() && tls.is_none() {
+            let span = raw.listen.as_ref().map(Spanned::span);
+            self.push(
+                span,
+                "serve.listen",
+                format!(
+                    "{listen} is not a loopback address: a remote listen needs TLS \
+                     ([serve] cert and key), or keep 127.0.0.1 and put a TLS proxy in front"
+                ),
+            );
+        }
+        ServeConfig {
+            token_file: path(&raw.token_file),
+            tls,
         }
     }
 

@@ -8,6 +8,7 @@ use super::*;
 mod front;
 mod hooks;
 mod rolling;
+mod serve;
 
 const GOOD: &str = r#"
 [proxy]
