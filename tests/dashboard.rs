@@ -87,7 +87,7 @@ impl Browser {
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected DevTools URL {browser_ws}"));
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let (_, list) = crate::support::get(addr, "/json/list").await;
+        let list = devtools_list(addr).await;
         let targets: Vec<Value> = serde_json::from_str(&list).unwrap();
         let page_ws = targets
             .iter()
@@ -177,6 +177,40 @@ impl Browser {
             .decode(shot["data"].as_str().unwrap())
             .unwrap()
     }
+}
+
+/// `GET /json/list` of the DevTools server, which keeps the connection open: the body is read
+/// by its Content-Length.
+async fn devtools_list(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /json/list HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the DevTools server closed before answering");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("a Content-Length");
+                if body.len() >= length {
+                    return body[..length].to_owned();
+                }
+            }
+        }
+    })
+    .await
+    .expect("the DevTools target list within 10 s")
 }
 
 impl Drop for Browser {
