@@ -147,7 +147,7 @@ async fn a_crashing_version_leaves_its_log_and_exit_code_and_a_good_deploy_recor
     assert!(!report.by_version.contains_key("v2"), "{report}");
 
     let history = json(&switchyard(&config, &["--output", "json", "history"]));
-    let newest = &history[0];
+    let newest = &history["deployments"][0];
     assert_eq!(newest["to_version"], "v3", "{history}");
     let during = &newest["disruption"]["during"]["tracks"]["stable"];
     assert_eq!(during["failed"], 0, "{history}");

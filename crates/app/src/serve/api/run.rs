@@ -27,7 +27,9 @@ use switchyard_engine::{DeploymentId, Event, Observer, Version};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{error, ok};
+use crate::evidence::Recorder;
 use crate::live::Live;
+use crate::notify::{Notifier, Trigger, FLUSH_WITHIN};
 use crate::serve::Daemon;
 use crate::AppError;
 
@@ -255,7 +257,15 @@ async fn run(
         .map_err(Stopped::App)?;
     let spec = live.spec(service).map_err(Stopped::App)?;
     live.ensure_nginx().await.map_err(Stopped::App)?;
-    let deployer = live.deployer(observer);
+    // The same wrappers as a CLI deploy: notifications, and the evidence and disruption
+    // kept for `history` and `deployments/{id}`.
+    let trigger = match action {
+        Action::Rollback => Trigger::Rollback,
+        Action::Deploy { .. } => Trigger::Deploy,
+    };
+    let notifier = Notifier::new(&live.config.notify, observer, service, trigger);
+    let recorder = Recorder::new(&live, &notifier);
+    let deployer = recorder.deployer();
     let result = match action {
         Action::Rollback => deployer.rollback(spec).await,
         Action::Deploy { version, strategy } => match strategy.unwrap_or(spec.strategy) {
@@ -269,5 +279,11 @@ async fn run(
             }
         },
     };
+    let kept = recorder.keep(spec, &result).await;
+    for warning in &kept.warnings {
+        tracing::warn!("API {service}: evidence: {warning}");
+    }
+    let error = result.as_ref().err().map(|e| e.to_string());
+    notifier.finish(error.as_deref(), FLUSH_WITHIN).await;
     result.map_err(Stopped::Deploy)
 }
