@@ -64,6 +64,8 @@ pub enum Command {
     Promote { service: String },
     /// Roll a running canary back now.
     Abort { service: String },
+    /// Hold a running canary at its current step (still judged) until promote or abort.
+    Pause { service: String },
     /// The long-running daemon: `/metrics` for Prometheus and the HTTP API.
     Serve(commands::serve::ServeArgs),
     /// The managed nginx without `serve`: start, stop, or whether it runs and answers.

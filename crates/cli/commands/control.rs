@@ -1,4 +1,4 @@
-//! `switchyard promote` and `switchyard abort`: a request to the running canary of a
+//! `switchyard promote`, `abort` and `pause`: a request to the running canary of a
 //! service, left in the store, where the deploy picks it up at its next check.
 
 use switchyard_app::{settings, AppError};
@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, service: &str, control: Control) -> Result<(), AppError> {
     };
     if deployment.strategy != "canary" {
         return Err(AppError::input(format!(
-            "deployment #{} of {service} is {}: only a canary can be promoted or aborted",
+            "deployment #{} of {service} is {}: only a canary can be promoted, aborted or paused",
             deployment.id, deployment.strategy
         )));
     }

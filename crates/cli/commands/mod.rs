@@ -52,6 +52,7 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
         Command::Rollback { service } => deploy::rollback(cli, service).await,
         Command::Promote { service } => control::run(cli, service, Control::Promote),
         Command::Abort { service } => control::run(cli, service, Control::Abort),
+        Command::Pause { service } => control::run(cli, service, Control::Pause),
         Command::Serve(args) => serve::run(cli, args).await,
         Command::Proxy { command } => proxy::run(cli, command).await,
         Command::Status { service } => status::run(cli, service.as_deref()).await,

@@ -261,11 +261,14 @@ pub enum Control {
     Promote,
     /// Roll back now.
     Abort,
+    /// Hold the canary at its current step (still judged) until promote or abort.
+    Pause,
 }
 
 words!(Control {
     Promote => "promote",
     Abort => "abort",
+    Pause => "pause",
 });
 
 /// The per-service deploy lock. A dead owner pid or a stale heartbeat frees it.

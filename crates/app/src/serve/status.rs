@@ -185,7 +185,12 @@ fn running(tracks: &TrackState) -> Option<RunningDeployment> {
         step: last.map_or("begin", Step::name),
         weight_bp: tracks.canary_bp,
         canary_weight: f64::from(tracks.canary_bp) / 10_000.0,
-        paused: matches!(last, Some(Step::Paused { .. })),
+        // A paused canary is still judged: its checks come after the pause in the journal.
+        paused: journal
+            .iter()
+            .rev()
+            .find(|e| !matches!(e.step, Step::Analysis { .. }))
+            .is_some_and(|e| matches!(e.step, Step::Paused { .. })),
         analysis,
     })
 }

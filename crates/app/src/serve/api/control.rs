@@ -1,8 +1,7 @@
 //! `POST /api/v1/services/{service}/{promote,abort,pause}`: a request to the service's
 //! running canary, left in the store where the deploy picks it up at its next check, as
 //! `switchyard promote` and `switchyard abort` do (whichever process runs the canary).
-//! `pause` answers 501: the engine's `Control` has only promote and abort; a canary pauses
-//! where its `pause` steps say.
+//! `pause` holds the canary at its current step (still judged) until promote or abort.
 
 use std::sync::Arc;
 
@@ -23,12 +22,7 @@ pub async fn control(daemon: Arc<Daemon>, service: Name, what: &str) -> Response
     let control = match what {
         "promote" => Control::Promote,
         "abort" => Control::Abort,
-        "pause" => {
-            return error(
-                StatusCode::NOT_IMPLEMENTED,
-                "pause is not implemented: a canary pauses where its [service.canary] pause steps say; promote or abort it there",
-            )
-        }
+        "pause" => Control::Pause,
         other => return error(StatusCode::NOT_FOUND, &format!("no action {other:?}")),
     };
     let put = tokio::task::spawn_blocking(move || put(&daemon, &service, control)).await;
@@ -58,7 +52,7 @@ fn put(
     };
     if deployment.strategy != "canary" {
         return refuse(format!(
-            "deployment #{} of {service} is {}: only a canary can be promoted or aborted",
+            "deployment #{} of {service} is {}: only a canary can be promoted, aborted or paused",
             deployment.id, deployment.strategy
         ));
     }

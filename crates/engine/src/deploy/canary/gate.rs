@@ -1,6 +1,7 @@
 //! The gate after each canary step: [`Gate::analyze`] (the judge every interval until the
-//! hold is over), [`Gate::pause`] (waiting for `switchyard promote`, still judging), and
-//! [`Gate::control`] (promote or abort requests left in the store).
+//! hold is over, or a pause someone asked for), [`Gate::pause`] (waiting for `switchyard
+//! promote`, still judging), and [`Gate::control`] (promote or abort requests left in the
+//! store; a pause request is taken by `analyze`).
 
 use std::time::Duration;
 
@@ -46,8 +47,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
         let at = percent(weight_bp);
         loop {
             tokio::time::sleep(c.interval).await;
-            if let Some(end) = self.control()? {
-                return Ok(end);
+            match self.d.store.take_control(self.id)? {
+                Some(Control::Pause) => return Box::pin(self.pause(weight_bp)).await,
+                Some(other) => {
+                    if let Some(end) = self.end_for(other) {
+                        return Ok(end);
+                    }
+                }
+                None => {}
             }
             match self.check(weight_bp).await? {
                 Verdict::Pass(_) => {
@@ -160,15 +167,26 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
         }
     }
 
-    /// A promote or abort request left for this deployment, if any.
+    /// A promote or abort request left for this deployment, if any (a pause request, where
+    /// nothing is analyzed or the canary is paused already, is taken and has nothing to do).
     pub(super) fn control(&self) -> Result<Option<StepEnd>, DeployError> {
-        Ok(self.d.store.take_control(self.id)?.map(|c| match c {
-            Control::Promote => StepEnd::Promoted,
-            Control::Abort => StepEnd::RollBack(Failure::new(
+        Ok(self
+            .d
+            .store
+            .take_control(self.id)?
+            .and_then(|c| self.end_for(c)))
+    }
+
+    /// How a request ends a step: promote goes on, abort rolls back, pause does not end one.
+    fn end_for(&self, control: Control) -> Option<StepEnd> {
+        match control {
+            Control::Promote => Some(StepEnd::Promoted),
+            Control::Abort => Some(StepEnd::RollBack(Failure::new(
                 Cause::Aborted,
                 "aborted by `switchyard abort`",
-            )),
-        }))
+            ))),
+            Control::Pause => None,
+        }
     }
 }
 

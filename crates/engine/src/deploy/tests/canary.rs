@@ -214,6 +214,33 @@ async fn a_paused_step_waits_for_promote() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pause_request_holds_the_step_it_arrives_in_until_promote() {
+    let metrics = FakeMetrics::default();
+    let w = with_v1(&metrics).await;
+    metrics.set("v2", 1000.0, 0.0);
+    let deploy = w.canary("v2", &metrics);
+    let operator = async {
+        // Into the first step's hold (no pause steps configured), then pause.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (d, _) = w.store.unfinished(&w.spec.name).unwrap().unwrap();
+        let weight = w.canary_weight();
+        w.store.put_control(d.id, Control::Pause, 0).unwrap();
+        // Far past every hold: still at the step it was paused in, journaled as paused.
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        assert_eq!(w.canary_weight(), weight, "held where the pause arrived");
+        let (_, journal) = w.store.unfinished(&w.spec.name).unwrap().unwrap();
+        assert!(
+            journal.iter().any(|e| e.step.name() == "paused"),
+            "the pause is journaled"
+        );
+        w.store.put_control(d.id, Control::Promote, 0).unwrap();
+    };
+    let (result, ()) = tokio::join!(deploy, operator);
+    result.unwrap();
+    w.assert_consistent("v2");
+}
+
+#[tokio::test(start_paused = true)]
 async fn abort_rolls_back_now() {
     let metrics = FakeMetrics::default();
     let w = with_v1(&metrics).await;
