@@ -13,7 +13,7 @@ use switchyard_engine::{Control, Name, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{assert_no_failures, eventually, responses_from};
+use crate::support::{assert_no_failures, responses_from};
 
 /// Short holds so a whole canary takes seconds: the judge needs 20 requests in a 3 s window.
 pub(crate) const FAST: &str = r#"steps = [20, 50, 100]
@@ -157,17 +157,7 @@ async fn a_paused_canary_keeps_sticky_users_and_routes_testers_by_header() {
     let deploy = sandbox.deploy_canary("v2", &quiet);
     let checks = async {
         let store = &sandbox.live().store;
-        eventually(
-            Duration::from_secs(30),
-            "the canary to pause at 20%",
-            || async {
-                store
-                    .unfinished(&name)
-                    .unwrap()
-                    .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "paused"))
-            },
-        )
-        .await;
+        crate::support::until_paused(store, &name, "20%").await;
         for _ in 0..10 {
             assert_eq!(
                 version_for(sandbox.listen, &[("X-Canary", "always")]).await,

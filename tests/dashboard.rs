@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::support::{assert_no_failures, eventually, require};
+use crate::support::{assert_no_failures, require};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const TOKEN: &str = "dashboard-test-token-0123456789";
@@ -168,6 +168,15 @@ impl Browser {
             .collect()
     }
 
+    /// Every URL the page asked for that is not on `origin` (nor the blank start page).
+    fn requested_elsewhere(&self, origin: &str) -> Vec<String> {
+        let own = format!("{origin}/");
+        self.requested()
+            .into_iter()
+            .filter(|u| !u.starts_with(&own) && u != "about:blank")
+            .collect()
+    }
+
     async fn screenshot(&mut self) -> Vec<u8> {
         use base64::Engine;
         let shot = self
@@ -220,6 +229,23 @@ impl Drop for Browser {
     }
 }
 
+fn require_chromium() -> bool {
+    require(
+        std::path::Path::new(CHROMIUM).exists(),
+        "chromium (apt-get install chromium)",
+    )
+}
+
+/// `switchyard serve` in-process on the sandbox's config, on a free loopback port.
+async fn serve_for(sandbox: &switchyard_app::sandbox::Sandbox) -> serve::Server {
+    let live = Live::open(settings::load(&sandbox.config_path).unwrap())
+        .await
+        .unwrap();
+    serve::start_with(live, ServeOptions::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("serve starts")
+}
+
 fn artifact(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -231,10 +257,7 @@ fn artifact(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it() {
-    if !require(
-        std::path::Path::new(CHROMIUM).exists(),
-        "chromium (apt-get install chromium)",
-    ) {
+    if !require_chromium() {
         return;
     }
     let token_dir = tempfile::tempdir().unwrap();
@@ -259,12 +282,7 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
         .deploy("v1", &Progress::new(false))
         .await
         .expect("v1 deploys");
-    let live = Live::open(settings::load(&sandbox.config_path).unwrap())
-        .await
-        .unwrap();
-    let server = serve::start_with(live, ServeOptions::new("127.0.0.1:0".parse().unwrap()))
-        .await
-        .expect("serve starts");
+    let server = serve_for(&sandbox).await;
     let origin = format!("http://{}", server.addr());
     let load = crate::support::load(sandbox.url(), 8);
     let name = Name::parse(SERVICE).unwrap();
@@ -272,17 +290,7 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
     let deploy = sandbox.deploy_canary("v2", &quiet);
     let browse = async {
         let store = &sandbox.live().store;
-        eventually(
-            Duration::from_secs(30),
-            "the canary to pause at 20%",
-            || async {
-                store
-                    .unfinished(&name)
-                    .unwrap()
-                    .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "paused"))
-            },
-        )
-        .await;
+        crate::support::until_paused(store, &name, "20%").await;
         let mut browser = Browser::launch().await;
         // Without a token: the sign-in form, nothing else.
         browser.navigate(&format!("{origin}/")).await;
@@ -327,10 +335,7 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
         requested.iter().any(|u| u.contains("/api/v1/status")),
         "{requested:?}"
     );
-    let outside: Vec<&String> = requested
-        .iter()
-        .filter(|u| !u.starts_with(&format!("{origin}/")) && *u != "about:blank")
-        .collect();
+    let outside = browser.requested_elsewhere(&origin);
     assert!(
         outside.is_empty(),
         "requests off serve's origin: {outside:?}"
@@ -346,21 +351,13 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
 /// other origin, and its headers forbid other origins and framing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_asks_for_the_token_and_loads_nothing_from_outside() {
-    if !require(
-        std::path::Path::new(CHROMIUM).exists(),
-        "chromium (apt-get install chromium)",
-    ) {
+    if !require_chromium() {
         return;
     }
     let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |o| o).await else {
         return;
     };
-    let live = Live::open(settings::load(&sandbox.config_path).unwrap())
-        .await
-        .unwrap();
-    let server = serve::start_with(live, ServeOptions::new("127.0.0.1:0".parse().unwrap()))
-        .await
-        .expect("serve starts");
+    let server = serve_for(&sandbox).await;
     let out = std::process::Command::new("curl")
         .args(["-s", "-D", "-", "-o", "/dev/null"])
         .arg(format!("http://{}/", server.addr()))
@@ -393,10 +390,7 @@ async fn the_dashboard_asks_for_the_token_and_loads_nothing_from_outside() {
         requested.iter().any(|u| u == &format!("{origin}/")),
         "{requested:?}"
     );
-    let outside: Vec<&String> = requested
-        .iter()
-        .filter(|u| !u.starts_with(&format!("{origin}/")) && *u != "about:blank")
-        .collect();
+    let outside = browser.requested_elsewhere(&origin);
     assert!(
         outside.is_empty(),
         "requests off serve's origin: {outside:?}"

@@ -167,6 +167,26 @@ pub async fn responses_from(load: &switchyard_app::load::Load, version: &str, n:
     .await;
 }
 
+/// Waits (30 s at most) until the running canary of `service` has paused.
+pub async fn until_paused(
+    store: &switchyard_store::SqliteStore,
+    service: &switchyard_engine::Name,
+    at: &str,
+) {
+    use switchyard_engine::Store;
+    eventually(
+        Duration::from_secs(30),
+        &format!("the canary to pause at {at}"),
+        || async {
+            store
+                .unfinished(service)
+                .unwrap()
+                .is_some_and(|(_, j)| j.iter().any(|e| e.step.name() == "paused"))
+        },
+    )
+    .await;
+}
+
 /// The invariant of every end-to-end test: no request failed while traffic moved, and none
 /// was sent twice (the load generator never re-sends unless a test asks it to).
 pub fn assert_no_failures(report: &switchyard_app::load::LoadReport) {
