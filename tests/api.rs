@@ -350,6 +350,10 @@ async fn a_detached_deploy_under_load_finishes_while_its_event_stream_reports_ea
     assert!(body["journal"].as_array().unwrap().len() > 3, "{body}");
     let (_, history) = authed(addr, "GET", "/api/v1/history?service=web&limit=1", None).await;
     assert_eq!(history["deployments"][0]["id"], id, "{history}");
+    // An API deploy keeps its disruption like a CLI one: none failed at the proxy.
+    let summary = history["deployments"][0]["disruption_summary"].as_str();
+    assert!(summary.is_some_and(|s| s.starts_with("0 of ")), "{history}");
+    assert!(body["deployment"]["disruption"].is_object(), "{body}");
     let (_, status) = authed(addr, "GET", "/api/v1/status", None).await;
     assert_eq!(status["services"][0]["active"]["version"], "v2", "{status}");
 

@@ -3,8 +3,10 @@
 //! logs of the deployments run here ([`run::Runs`]); [`routes`] mounts:
 //!
 //! - `GET status`: what `/api/status` gives;
-//! - `GET history?service=&limit=`: deployments, newest first (20 unless `limit`);
-//! - `GET deployments/{id}`: the deployment row, its journal and its outcome;
+//! - `GET history?service=&limit=`: deployments, newest first (20 unless `limit`), each with
+//!   its disruption at the proxy;
+//! - `GET deployments/{id}`: the deployment row (with its disruption), its journal, its
+//!   outcome and, for a failure, its evidence;
 //! - `GET deployments/{id}/events`: a server-sent event stream of its steps (`events.rs`);
 //! - `POST services/{service}/deploy` with `{"version": "v2", "strategy": "canary"}`
 //!   (strategy optional) and `POST services/{service}/rollback`: run detached, 202
@@ -210,7 +212,12 @@ async fn history(State(daemon): State<Arc<Daemon>>, RawQuery(query): RawQuery) -
     };
     let read = blocking(&daemon, move |d| {
         let store = d.store.lock().expect("store lock");
-        store.history(service.as_ref(), limit)
+        let mut rows = Vec::new();
+        for record in store.history(service.as_ref(), limit)? {
+            let disruption = store.evidence(record.id)?.and_then(|k| k.disruption);
+            rows.push(with_disruption(json!(record), disruption));
+        }
+        Ok(rows)
     })
     .await;
     match read {
@@ -219,23 +226,48 @@ async fn history(State(daemon): State<Arc<Daemon>>, RawQuery(query): RawQuery) -
     }
 }
 
+/// A deployment row with what it cost at the proxy, as stored and as one line
+/// (`disruption_summary`: "0 of 5,123 (before 0 of 4,980)"), as `history` prints it.
+fn with_disruption(
+    mut row: serde_json::Value,
+    disruption: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let summary = disruption
+        .clone()
+        .and_then(|v| serde_json::from_value::<crate::evidence::Disruption>(v).ok())
+        .map(|d| d.summary());
+    if let Some(fields) = row.as_object_mut() {
+        fields.insert("disruption".into(), json!(disruption));
+        fields.insert("disruption_summary".into(), json!(summary));
+    }
+    row
+}
+
 async fn deployment(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
     let id = match deployment_id(&id) {
         Ok(id) => id,
         Err(refusal) => return refused(refusal),
     };
     let read = blocking(&daemon, move |d| {
-        d.store.lock().expect("store lock").deployment(id)
+        let store = d.store.lock().expect("store lock");
+        let Some(found) = store.deployment(id)? else {
+            return Ok(None);
+        };
+        Ok(Some((found, store.evidence(id)?)))
     })
     .await;
     match read {
-        Ok(Some((record, journal))) => ok(
+        Ok(Some(((record, journal), kept))) => ok(
             StatusCode::OK,
             &json!({
                 "outcome": record.outcome,
                 "message": record.message,
-                "deployment": record,
+                "deployment": with_disruption(
+                    json!(record),
+                    kept.as_ref().and_then(|k| k.disruption.clone()),
+                ),
                 "journal": journal,
+                "evidence": kept.and_then(|k| k.failure),
             }),
         ),
         Ok(None) => error(StatusCode::NOT_FOUND, &events::no_such(id)),
