@@ -21,6 +21,7 @@ use switchyard_engine::{Name, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::ServeChild;
 use crate::support::{assert_no_failures, eventually, require_dynamic, require_e2e};
 
 const TOKEN: &str = "test-token-9f2c1d";
@@ -605,18 +606,6 @@ async fn the_cli_deploys_through_a_remote_serve_and_exits_as_a_local_deploy() {
     let out = remote(addr, &token, &["deploy", SERVICE, "--version", "v3"]).await;
     assert_exit(&out, 3);
     sandbox.shutdown().await.unwrap();
-}
-
-/// A `switchyard serve` child, stopped by its PID if the test fails.
-struct ServeChild(std::process::Child);
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,6 +26,7 @@ use switchyard_engine::{Control, Host, MetricSource, Name, Store, Version};
 use switchyard_prometheus::testing::start_or_skip;
 use switchyard_prometheus::{PromSource, QueryTemplates};
 
+use crate::support::ServeChild;
 use crate::support::{assert_no_failures, eventually, free_port, get, require_e2e};
 
 const REQUESTS: &str = "switchyard_proxy_requests_total";
@@ -399,18 +400,6 @@ async fn a_paused_canary_shows_in_status_and_metrics_and_an_abort_counts_as_a_ro
     assert!(status_json(addr).await["services"][0]["deployment"].is_null());
     server.shutdown().await.unwrap();
     sandbox.shutdown().await.unwrap();
-}
-
-/// A `switchyard serve` child, stopped by its PID if the test fails.
-struct ServeChild(Child);
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,18 @@ pub async fn responses_from(load: &switchyard_app::load::Load, version: &str, n:
     .await;
 }
 
+/// A `switchyard serve` child process, stopped by its PID if the test fails.
+pub struct ServeChild(pub std::process::Child);
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Waits (30 s at most) until the running canary of `service` has paused.
 pub async fn until_paused(
     store: &switchyard_store::SqliteStore,
