@@ -309,7 +309,11 @@ impl PhaseTimes {
                     &mut t.reload
                 }
                 // A hook is waited on like a hold: time switchyard spends on something else.
-                Event::Analysis { .. } | Event::Paused { .. } | Event::Hook { .. } => &mut t.hold,
+                Event::Analysis { .. }
+                | Event::Paused { .. }
+                | Event::Hook { .. }
+                | Event::Watching { .. }
+                | Event::Watched { .. } => &mut t.hold,
                 Event::Drained { .. } => &mut t.drain,
                 Event::Stopped { .. } | Event::Removed { .. } => &mut t.stop,
                 Event::Done { .. } => &mut t.finish,

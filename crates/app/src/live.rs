@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchyard_docker::pull::PullSettings;
 use switchyard_docker::DockerRuntime;
-use switchyard_engine::config::{ProxyMode, RuntimeChoice};
-use switchyard_engine::deploy::Deployer;
+use switchyard_engine::config::{ProxyMode, RuntimeChoice, StrategyKind};
+use switchyard_engine::deploy::{Deployer, Unwatched};
 use switchyard_engine::*;
 use switchyard_nginx::{Layout, ManagedNginx, NginxRouter, Templates};
 use switchyard_process::ProcessRuntime;
@@ -199,10 +199,12 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
-/// The canary judge's metric source the config chose: Prometheus, or nginx's access log.
+/// The judge's metric source the config chose: Prometheus, or nginx's access log; none for
+/// a deploy nothing judges.
 pub enum AnyMetrics {
     Prometheus(PromSource),
     Embedded(EmbeddedMetrics),
+    Unwatched(Unwatched),
 }
 
 impl MetricSource for AnyMetrics {
@@ -210,6 +212,7 @@ impl MetricSource for AnyMetrics {
         match self {
             AnyMetrics::Prometheus(p) => p.measure(query).await,
             AnyMetrics::Embedded(e) => e.measure(query).await,
+            AnyMetrics::Unwatched(u) => u.measure(query).await,
         }
     }
 }
@@ -298,6 +301,20 @@ impl Live {
                 })?;
                 Ok(AnyMetrics::Embedded(EmbeddedMetrics { watch }))
             }
+        }
+    }
+
+    /// What judges a deploy of `spec` by `kind`: the config's metric source when a canary
+    /// or the post-cutover watch (`watch`) needs one; nothing otherwise, so a plain deploy
+    /// tails no log.
+    pub fn deploy_metrics(
+        &self,
+        spec: &ServiceSpec,
+        kind: StrategyKind,
+    ) -> Result<AnyMetrics, AppError> {
+        match kind == StrategyKind::Canary || !spec.watch.is_zero() {
+            true => self.metrics(spec.name.as_str()),
+            false => Ok(AnyMetrics::Unwatched(Unwatched)),
         }
     }
 

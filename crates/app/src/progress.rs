@@ -132,8 +132,26 @@ impl Observer for Progress {
                     Verdict::Inconclusive(r) => ("inconclusive", r),
                     Verdict::Fail(r) => ("FAIL", r),
                 };
-                self.line(format!("canary at {}%: {what}: {why}", percent(*weight_bp)))
+                match *weight_bp {
+                    // The post-cutover watch judges the version that has all the traffic.
+                    10_000 => self.line(format!("watch: {what}: {why}")),
+                    _ => self.line(format!("canary at {}%: {what}: {why}", percent(*weight_bp))),
+                }
             }
+            Event::Watching { for_ms, kept } => {
+                let previous = match kept {
+                    0 => "the previous version stopped and kept, as the strategy's bounds require".to_owned(),
+                    n => format!("the previous version kept running on {n} replica(s)"),
+                };
+                self.line(format!(
+                    "watching the new version for {:?} after cutover, {previous}: a failed check routes back at once",
+                    std::time::Duration::from_millis(*for_ms)
+                ))
+            }
+            Event::Watched { checks, promoted } => match promoted {
+                true => self.line(format!("watch ended by `switchyard promote` after {checks} check(s)")),
+                false => self.line(format!("watch passed: {checks} check(s) without a failure")),
+            },
             Event::Paused { weight_bp } => self.line(format!(
                 "canary at {}% paused: run `switchyard promote` to go on or `switchyard abort` to roll back",
                 percent(*weight_bp)

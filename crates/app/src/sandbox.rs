@@ -285,33 +285,25 @@ impl Sandbox {
         version: &str,
         observer: &dyn Observer,
     ) -> Result<DeployReport, AppError> {
-        let version = self.image_for(version).await?;
-        let metrics = self.live().metrics(SERVICE)?;
-        Ok(self
-            .live()
-            .deployer(observer)
-            .canary(self.spec(), &version, &metrics)
-            .await?)
+        self.deploy_with(version, StrategyKind::Canary, observer)
+            .await
     }
 
-    /// Deploys `version` with the strategy `kind` (rolling, in-place or blue-green).
+    /// Deploys `version` with the strategy `kind`, watched after its cutover when the spec
+    /// says `watch`.
     pub async fn deploy_with(
         &self,
         version: &str,
         kind: StrategyKind,
         observer: &dyn Observer,
     ) -> Result<DeployReport, AppError> {
-        if kind == StrategyKind::Canary {
-            return self.deploy_canary(version, observer).await;
-        }
         let version = self.image_for(version).await?;
-        let deployer = self.live().deployer(observer);
-        Ok(match kind {
-            StrategyKind::Rolling | StrategyKind::InPlace => {
-                deployer.roll(self.spec(), &version, kind).await?
-            }
-            _ => deployer.deploy(self.spec(), &version).await?,
-        })
+        let metrics = self.live().deploy_metrics(self.spec(), kind)?;
+        Ok(self
+            .live()
+            .deployer(observer)
+            .run(self.spec(), &version, kind, &metrics)
+            .await?)
     }
 
     pub async fn rollback(&self, observer: &dyn Observer) -> Result<DeployReport, AppError> {

@@ -7,7 +7,6 @@ use switchyard_app::live::Live;
 use switchyard_app::notify::{Notifier, Trigger, FLUSH_WITHIN};
 use switchyard_app::progress::Progress;
 use switchyard_app::AppError;
-use switchyard_engine::config::StrategyKind;
 use switchyard_engine::deploy::{DeployError, DeployReport};
 
 use super::{json, open, target};
@@ -28,16 +27,9 @@ pub async fn deploy(
     let notifier = Notifier::new(&live.config.notify, &progress, service, Trigger::Deploy);
     let recorder = Recorder::new(&live, &notifier);
     let deployer = recorder.deployer();
-    let result = match strategy.unwrap_or(spec.strategy) {
-        StrategyKind::BlueGreen => deployer.deploy(spec, &version).await,
-        StrategyKind::Canary => {
-            let metrics = live.metrics(service)?;
-            deployer.canary(spec, &version, &metrics).await
-        }
-        kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
-            deployer.roll(spec, &version, kind).await
-        }
-    };
+    let kind = strategy.unwrap_or(spec.strategy);
+    let metrics = live.deploy_metrics(spec, kind)?;
+    let result = deployer.run(spec, &version, kind, &metrics).await;
     finish(cli, &recorder, &notifier, spec, result).await
 }
 

@@ -187,6 +187,10 @@ pub struct ServiceSpec {
     pub secrets: crate::model::Secrets,
     /// `[service.hooks]`: commands or webhooks run at fixed points of a deploy.
     pub hooks: HooksSpec,
+    /// `watch`: how long a deploy keeps judging the new version after it takes all traffic
+    /// (by `[service.canary]`'s interval, window and thresholds), the previous version kept
+    /// ready meanwhile; a failed check routes back at once. Zero: no watch.
+    pub watch: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -21,6 +21,7 @@ mod resume;
 pub mod rolling;
 mod rollout;
 mod run;
+mod watch;
 
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ use crate::config::{ServiceSpec, StrategyKind};
 use crate::model::*;
 use crate::names::{Name, Version};
 use crate::seams::*;
+
+pub use watch::Unwatched;
 
 /// A lock whose heartbeat is older than this is stale even if its pid seems alive
 /// (pid reuse, another host sharing the database).
@@ -166,8 +169,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 (_, kind) => kind,
             };
             let version = slot.version.clone();
-            d.run_rollout(spec, DeployKind::Rollback, &version, kind)
-                .await
+            d.run_rollout(
+                spec,
+                DeployKind::Rollback,
+                &version,
+                kind,
+                None::<&Unwatched>,
+            )
+            .await
         })
         .await
     }

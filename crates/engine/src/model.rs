@@ -358,6 +358,13 @@ pub enum Step {
     Paused {
         weight_bp: u32,
     },
+    /// The new version takes all traffic and is judged for `for_ms` (`watch`), the previous
+    /// version's replicas in `kept` still running out of the upstream; its checks are
+    /// `analysis` steps at 100%.
+    Watching {
+        for_ms: u64,
+        kept: Vec<String>,
+    },
     /// Intent of a move (a blue-green flip, a rolling batch, a canary step, a way back):
     /// nginx is to send the stable track to exactly these instances, and the canary track,
     /// if any, to `canary`'s.
@@ -420,6 +427,7 @@ impl Step {
             Step::Shifted { .. } => "shifted",
             Step::Analysis { .. } => "analysis",
             Step::Paused { .. } => "paused",
+            Step::Watching { .. } => "watching",
             Step::Serve { .. } => "serve",
             Step::Restore { .. } => "restore",
             Step::Halted { .. } => "halted",
@@ -462,10 +470,12 @@ pub enum Cause {
     Interrupted,
     /// A `pre_deploy` or `pre_traffic` hook failed.
     Hook,
+    /// The post-cutover watch failed the new version after it took all traffic.
+    Watch,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 9] = [
+    pub const ALL: [Cause; 10] = [
         Cause::Prepare,
         Cause::Start,
         Cause::Unhealthy,
@@ -475,6 +485,7 @@ impl Cause {
         Cause::Aborted,
         Cause::Interrupted,
         Cause::Hook,
+        Cause::Watch,
     ];
 }
 
@@ -488,6 +499,7 @@ words!(Cause {
     Aborted => "aborted",
     Interrupted => "interrupted",
     Hook => "hook",
+    Watch => "watch",
 });
 
 /// The points of a deploy where a service's hooks run (`[service.hooks]`).

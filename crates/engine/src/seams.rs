@@ -372,6 +372,17 @@ pub enum Event {
     Paused {
         weight_bp: u32,
     },
+    /// The post-cutover watch began: the new version is judged for `for_ms`, its checks
+    /// told as [`Event::Analysis`] at 100%, the previous version kept on `kept` replicas.
+    Watching {
+        for_ms: u64,
+        kept: usize,
+    },
+    /// The watch ended without a failed check after `checks` checks (or `switchyard promote`).
+    Watched {
+        checks: u32,
+        promoted: bool,
+    },
     RolledBack {
         generation: u64,
         reason: String,

@@ -100,6 +100,7 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) drain: RawDrain,
     pub(super) stop_timeout: Option<Spanned<String>>,
+    pub(super) watch: Option<Spanned<String>>,
     pub(super) retain: Option<usize>,
     #[serde(default)]
     pub(super) canary: RawCanary,

@@ -46,6 +46,7 @@ impl Checker<'_> {
         let secret_files = self.secret_files(s);
         let front = self.front(s);
         let hooks = self.hooks(&s.hooks);
+        let watch = self.watch(s, &canary);
         Some(ServiceSpec {
             name: name?,
             listen: listen?,
@@ -66,7 +67,27 @@ impl Checker<'_> {
             secret_files,
             secrets: Default::default(),
             hooks,
+            watch,
         })
+    }
+
+    /// `watch` (none when unset): long enough for at least one check of the judge.
+    fn watch(&mut self, s: &RawService, canary: &super::CanarySpec) -> Duration {
+        let Some(raw) = &s.watch else {
+            return Duration::ZERO;
+        };
+        let interval = canary.interval;
+        self.check(raw, "service.watch", |text| {
+            let watch = parse_duration(text)?;
+            if !watch.is_zero() && watch < interval {
+                return Err(format!(
+                    "{text} is shorter than [service.canary] interval ({}): no check would run; make it at least the interval, or 0 for no watch",
+                    humantime::format_duration(interval)
+                ));
+            }
+            Ok(watch)
+        })
+        .unwrap_or_default()
     }
 
     /// `strategy`, blue-green when unset.

@@ -362,3 +362,36 @@ fn a_registry_needs_every_field() {
     let text = text.replace("username = \"ci\"", "username = \"\"");
     assert_eq!(errors(&text)[0].field, "registry");
 }
+
+#[test]
+fn watch_is_read_and_a_watch_no_check_fits_in_is_located() {
+    let c = Config::parse(
+        &format!("{GOOD}watch = \"2m\"\n"),
+        Path::new("switchyard.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.service("web").unwrap().watch, Duration::from_secs(120));
+    let c = Config::parse(GOOD, Path::new("switchyard.toml")).unwrap();
+    assert_eq!(
+        c.service("web").unwrap().watch,
+        Duration::ZERO,
+        "no watch unless asked"
+    );
+
+    let text = format!("{GOOD}watch = \"5s\"\ncanary = {{ interval = \"10s\" }}\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(
+        (errs[0].line, errs[0].field.as_str()),
+        (14, "service.watch")
+    );
+    assert!(
+        errs[0]
+            .message
+            .contains("shorter than [service.canary] interval (10s)"),
+        "{}",
+        errs[0]
+    );
+    let errs = errors(&format!("{GOOD}watch = \"soon\"\n"));
+    assert_eq!(errs[0].field, "service.watch", "{}", errs[0]);
+}

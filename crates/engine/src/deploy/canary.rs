@@ -13,7 +13,7 @@
 //! stable track alone, a drain, then the canary's removal. Before each change the workers of
 //! the previous one are waited for, so at most one set of old workers drains at a time.
 
-mod gate;
+pub(super) mod gate;
 
 use std::time::Duration;
 
@@ -58,7 +58,13 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let Some(old) = self.store.service(&spec.name)?.active else {
             // Nothing stable to compare with or fall back to: the first version goes live whole.
             return self
-                .run_rollout(spec, DeployKind::Deploy, version, StrategyKind::BlueGreen)
+                .run_rollout(
+                    spec,
+                    DeployKind::Deploy,
+                    version,
+                    StrategyKind::BlueGreen,
+                    None::<&M>,
+                )
                 .await;
         };
         let started = Instant::now();
@@ -79,11 +85,21 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             canary: version,
             metrics,
         };
+        rollout.keep_old = !spec.watch.is_zero();
         match self.canary_moves(&mut rollout, &gate).await {
             Ok(()) => {}
             Err(Halt::Env(e)) => return Err(e),
             Err(Halt::Move(failure)) => {
                 return Err(self.roll_back_canary(rollout, &old, failure).await);
+            }
+        }
+        if rollout.keep_old {
+            match self.watch(&mut rollout, &old, metrics).await {
+                Ok(()) => {}
+                Err(Halt::Env(e)) => return Err(e),
+                Err(Halt::Move(failure)) => {
+                    return Err(self.watch_failed(rollout, old, failure).await);
+                }
             }
         }
         self.complete(spec, id, "canary promoted").await?;
@@ -148,7 +164,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             flip.confirm_ms = Some(reload.confirm_ms);
             flip.drained_ms = drained.waited_ms;
         }
-        rollout.retire(self, &stable).await?;
+        rollout.retire_or_keep(self, stable).await?;
         Ok(())
     }
 

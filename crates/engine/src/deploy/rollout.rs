@@ -90,6 +90,12 @@ pub(super) struct Rollout<'r> {
     /// Whether each batch of new replicas runs the `pre_traffic` hook before it gets
     /// traffic: a deploy's, never a rollback's or a restore's.
     pub(super) smoke: bool,
+    /// Whether replicas that leave the upstream are kept running (in `kept`) rather than
+    /// stopped: a blue-green flip or a canary's promotion under a post-cutover watch.
+    pub(super) keep_old: bool,
+    /// The previous version's replicas drained out of the upstream and still running, for
+    /// the watch to route back to at once.
+    pub(super) kept: Vec<Instance>,
 }
 
 impl<'r> Rollout<'r> {
@@ -126,6 +132,8 @@ impl<'r> Rollout<'r> {
             prepared: None,
             previous: None,
             smoke: false,
+            keep_old: false,
+            kept: Vec::new(),
         }
     }
 
@@ -289,6 +297,19 @@ impl<'r> Rollout<'r> {
         }
     }
 
+    /// Stops replicas that left the upstream, or keeps them running for the watch.
+    pub(super) async fn retire_or_keep<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
+        &mut self,
+        d: &Deployer<'_, R, P, N, S, H>,
+        removed: Vec<Instance>,
+    ) -> Result<(), DeployError> {
+        if self.keep_old {
+            self.kept.extend(removed);
+            return Ok(());
+        }
+        self.retire(d, &removed).await
+    }
+
     /// Instances of the service nginx routes to, on either track.
     fn running(&self) -> usize {
         self.serving.len() + self.canary.as_ref().map_or(0, |c| c.instances.len())
@@ -347,7 +368,7 @@ impl<'r> Rollout<'r> {
             // replacement takes over. Requests fail until it answers.
             self.gap_from = Some(Instant::now());
         }
-        self.retire(d, &removed).await?;
+        self.retire_or_keep(d, removed).await?;
         self.report.batches.push(report);
         Ok(())
     }

@@ -5,6 +5,7 @@ use tokio::time::Instant;
 
 use super::rolling::batches;
 use super::rollout::{Halt, Rollout};
+use super::watch::Unwatched;
 use super::{DeployError, DeployReport, Deployer, Wanted};
 use crate::config::{OnFailure, ServiceSpec, StrategyKind};
 use crate::model::*;
@@ -21,7 +22,28 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         kind: StrategyKind,
     ) -> Result<DeployReport, DeployError> {
         self.locked(spec, "deploy", Wanted::Deploy(version), |d| async move {
-            d.run_rollout(spec, DeployKind::Deploy, version, kind).await
+            d.run_rollout(spec, DeployKind::Deploy, version, kind, None::<&Unwatched>)
+                .await
+        })
+        .await
+    }
+
+    /// Deploys `version` of `spec` by `kind`, the one entry the CLI, the API and the sandbox
+    /// use: a canary is judged by `metrics`, and so is every strategy's post-cutover watch
+    /// (`watch`), which needs a previous version to go back to.
+    pub async fn run<M: MetricSource>(
+        &self,
+        spec: &ServiceSpec,
+        version: &Version,
+        kind: StrategyKind,
+        metrics: &M,
+    ) -> Result<DeployReport, DeployError> {
+        if kind == StrategyKind::Canary {
+            return self.canary(spec, version, metrics).await;
+        }
+        self.locked(spec, "deploy", Wanted::Deploy(version), |d| async move {
+            d.run_rollout(spec, DeployKind::Deploy, version, kind, Some(metrics))
+                .await
         })
         .await
     }
@@ -29,12 +51,15 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
     /// A rollout to `version` within `strategy`'s bounds: a deploy starts fresh replicas; a
     /// rollback restarts the stopped instances of the retained `version`.
     /// A plan that would empty the upstream is refused unless `allow_downtime` is set.
-    pub(super) async fn run_rollout(
+    /// With `metrics`, a deploy that replaces a live version is watched after its cutover
+    /// (`watch`).
+    pub(super) async fn run_rollout<M: MetricSource>(
         &self,
         spec: &ServiceSpec,
         kind: DeployKind,
         version: &Version,
         strategy: StrategyKind,
+        metrics: Option<&M>,
     ) -> Result<DeployReport, DeployError> {
         let started = Instant::now();
         let record = self.store.service(&spec.name)?;
@@ -64,11 +89,27 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         rollout.towards(version, color, reuse, true);
         rollout.previous = old.as_ref().map(|s| s.version.clone());
         rollout.smoke = kind == DeployKind::Deploy;
+        let watched = match (metrics, &old) {
+            (Some(metrics), Some(old)) if !spec.watch.is_zero() => Some((metrics, old.clone())),
+            _ => None,
+        };
+        // Blue-green keeps the previous replicas running for the watch; rolling and in-place
+        // stop them as their bounds require.
+        rollout.keep_old = watched.is_some() && !strategy.is_rolling();
         match rollout.converge(self).await {
             Ok(()) => {}
             Err(Halt::Env(e)) => return Err(e),
             Err(Halt::Move(failure)) => {
                 return Err(self.after_failure(rollout, old, failure).await);
+            }
+        }
+        if let Some((metrics, old)) = watched {
+            match self.watch(&mut rollout, &old, metrics).await {
+                Ok(()) => {}
+                Err(Halt::Env(e)) => return Err(e),
+                Err(Halt::Move(failure)) => {
+                    return Err(self.watch_failed(rollout, old, failure).await);
+                }
             }
         }
         let done = match rollout.reports_batches() {
@@ -108,7 +149,11 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         failure: Failure,
     ) -> DeployError {
         let (spec, id) = (rollout.spec, rollout.id);
-        let paused = spec.bounds(rollout.kind).on_failure == OnFailure::Pause && old.is_some();
+        rollout.keep_old = false;
+        // A failed watch always goes back: the version took all traffic and failed there.
+        let paused = spec.bounds(rollout.kind).on_failure == OnFailure::Pause
+            && old.is_some()
+            && failure.cause != Cause::Watch;
         let reason = match paused {
             true => format!(
                 "{}; paused with {} (on_failure = \"pause\"): run `switchyard rollback {}` to restore the previous version or `switchyard deploy {}` to finish",

@@ -503,6 +503,7 @@ mod legacy;
 mod prepare;
 mod rolling;
 mod simulation;
+mod watch;
 
 #[tokio::test(start_paused = true)]
 async fn remove_takes_the_service_out_of_nginx_before_removing_every_replica() {

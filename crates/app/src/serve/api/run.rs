@@ -268,16 +268,11 @@ async fn run(
     let deployer = recorder.deployer();
     let result = match action {
         Action::Rollback => deployer.rollback(spec).await,
-        Action::Deploy { version, strategy } => match strategy.unwrap_or(spec.strategy) {
-            StrategyKind::BlueGreen => deployer.deploy(spec, &version).await,
-            StrategyKind::Canary => {
-                let metrics = live.metrics(service).map_err(Stopped::App)?;
-                deployer.canary(spec, &version, &metrics).await
-            }
-            kind @ (StrategyKind::Rolling | StrategyKind::InPlace) => {
-                deployer.roll(spec, &version, kind).await
-            }
-        },
+        Action::Deploy { version, strategy } => {
+            let kind = strategy.unwrap_or(spec.strategy);
+            let metrics = live.deploy_metrics(spec, kind).map_err(Stopped::App)?;
+            deployer.run(spec, &version, kind, &metrics).await
+        }
     };
     let kept = recorder.keep(spec, &result).await;
     for warning in &kept.warnings {

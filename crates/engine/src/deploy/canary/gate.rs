@@ -18,14 +18,14 @@ use crate::seams::*;
 const PAUSE_POLL: Duration = Duration::from_millis(500);
 
 /// How a step's wait ended.
-pub(super) enum StepEnd {
+pub(in crate::deploy) enum StepEnd {
     Passed,
     Promoted,
     RollBack(Failure),
 }
 
 /// What a gate judges: the canary `canary` of one deployment against the stable version.
-pub(super) struct Gate<'g, 'd, R, P, N, S, H, M> {
+pub(in crate::deploy) struct Gate<'g, 'd, R, P, N, S, H, M> {
     pub d: &'g Deployer<'d, R, P, N, S, H>,
     pub spec: &'g ServiceSpec,
     pub id: DeploymentId,
@@ -91,6 +91,16 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
     /// One judgement of the canary over the trailing window: measured (with the stable
     /// baseline when configured), journaled and reported.
     async fn check(&self, weight_bp: u32) -> Result<Verdict, DeployError> {
+        self.judge_track(weight_bp, Track::Canary).await
+    }
+
+    /// One judgement of the new version on `track` (the canary track during the steps, the
+    /// stable one once it takes all traffic, where there is no baseline beside it).
+    pub(in crate::deploy) async fn judge_track(
+        &self,
+        weight_bp: u32,
+        track: Track,
+    ) -> Result<Verdict, DeployError> {
         let c = &self.spec.canary;
         let query = |track, version: &Version| TrackWindow {
             service: self.spec.name.clone(),
@@ -98,17 +108,14 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
             version: version.clone(),
             window: c.window,
         };
-        let canary = self
-            .metrics
-            .measure(&query(Track::Canary, self.canary))
-            .await;
+        let canary = self.metrics.measure(&query(track, self.canary)).await;
         let baseline = match c.policy.baseline_margin {
-            Some(_) => Some(
+            Some(_) if track == Track::Canary => Some(
                 self.metrics
                     .measure(&query(Track::Stable, self.stable))
                     .await,
             ),
-            None => None,
+            _ => None,
         };
         let (verdict, measurement) = match (canary, baseline) {
             (Err(e), _) | (_, Some(Err(e))) => {
@@ -169,7 +176,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
 
     /// A promote or abort request left for this deployment, if any (a pause request, where
     /// nothing is analyzed or the canary is paused already, is taken and has nothing to do).
-    pub(super) fn control(&self) -> Result<Option<StepEnd>, DeployError> {
+    pub(in crate::deploy) fn control(&self) -> Result<Option<StepEnd>, DeployError> {
         Ok(self
             .d
             .store

@@ -15,7 +15,7 @@ impl World {
             .await
     }
 
-    fn canary_weight(&self) -> Option<u32> {
+    pub(super) fn canary_weight(&self) -> Option<u32> {
         let sets = self.router.sets.borrow();
         sets.values()
             .next()

@@ -1,0 +1,178 @@
+//! The post-cutover watch (`watch = "2m"`), for every strategy: once the new version takes
+//! all traffic, [`Deployer::watch`] keeps judging it every `[service.canary] interval` over
+//! the trailing `window`, against the same thresholds, until `watch` is over. Meanwhile the
+//! previous version stays ready: blue-green and canary keep its replicas running, out of
+//! the upstream and drained; rolling and in-place, whose point is bounded capacity, stopped
+//! them batch by batch as their bounds require and keep them stopped.
+//!
+//! The first failed check is a fast-track rollback ([`Deployer::watch_failed`]): no new
+//! analysis, no failure limit. Kept replicas that answer their health check now take all
+//! traffic back in one confirmed change, and the new replicas are removed once its workers
+//! are gone; otherwise the previous version is restored in moves within the strategy's
+//! bounds, as after any failed move. Checks without a verdict (too few requests) are told
+//! and journaled but end nothing: the version is live already, and only evidence of harm
+//! takes it out. `switchyard promote` ends the watch early; `switchyard abort` rolls back.
+//!
+//! Crash safety needs nothing new: a process killed during the watch left a journal whose
+//! last change routed to the new replicas, with the old ones out of the upstream, which is
+//! what [`super::resume`] finishes (it stops the kept replicas; the watch is not resumed).
+
+use tokio::time::Instant;
+
+use super::canary::gate::{Gate, StepEnd};
+use super::health::healthy_only;
+use super::rollout::{Halt, Rollout};
+use super::{DeployError, Deployer};
+use crate::judge::{Measurement, Track, TrackWindow, Verdict};
+use crate::model::*;
+use crate::seams::*;
+
+/// A canary's last step and the watch: the new version has all the traffic.
+const ALL: u32 = 10_000;
+
+/// What a rollout without a watch is given for its metrics: never asked.
+pub struct Unwatched;
+
+impl MetricSource for Unwatched {
+    async fn measure(&self, _: &TrackWindow) -> Result<Measurement, MetricError> {
+        Err(MetricError("no metric source: not watched".into()))
+    }
+}
+
+impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, S, H> {
+    /// Judges the rollout's target for `watch` after it took all traffic, then stops the
+    /// replicas the rollout kept running (`rollout.kept`). A failed check or an abort is a
+    /// failed move, for [`Deployer::watch_failed`].
+    pub(super) async fn watch<M: MetricSource>(
+        &self,
+        rollout: &mut Rollout<'_>,
+        old: &Slot,
+        metrics: &M,
+    ) -> Result<(), Halt> {
+        let (spec, id) = (rollout.spec, rollout.id);
+        let kept: Vec<String> = rollout.kept.iter().map(|i| i.id.clone()).collect();
+        let step = Step::Watching {
+            for_ms: spec.watch.as_millis() as u64,
+            kept: kept.clone(),
+        };
+        self.journal(id, &spec.name, step)?;
+        self.observer.event(&Event::Watching {
+            for_ms: spec.watch.as_millis() as u64,
+            kept: kept.len(),
+        });
+        let gate = Gate {
+            d: self,
+            spec,
+            id,
+            stable: &old.version,
+            canary: &rollout.target,
+            metrics,
+        };
+        let until = Instant::now() + spec.watch;
+        let mut checks = 0u32;
+        let promoted = loop {
+            let next = Instant::now() + spec.canary.interval;
+            if next > until {
+                break false;
+            }
+            tokio::time::sleep_until(next).await;
+            match gate.control()? {
+                Some(StepEnd::Promoted) => break true,
+                Some(StepEnd::RollBack(f)) => return Err(Halt::Move(f)),
+                Some(StepEnd::Passed) | None => {}
+            }
+            checks += 1;
+            if let Verdict::Fail(reason) = gate.judge_track(ALL, Track::Stable).await? {
+                let message = format!(
+                    "watching {} after it took all traffic, check {checks}: {reason}",
+                    rollout.target
+                );
+                return Err(Halt::Move(Failure::new(Cause::Watch, message)));
+            }
+        };
+        self.observer.event(&Event::Watched { checks, promoted });
+        let kept = std::mem::take(&mut rollout.kept);
+        rollout.retire(self, &kept).await?;
+        Ok(())
+    }
+
+    /// After a failed watch: all traffic back to the kept replicas at once if every one of
+    /// them answers its health check, the new replicas removed after the drain; otherwise
+    /// the previous version restored in moves ([`Deployer::after_failure`]).
+    pub(super) async fn watch_failed(
+        &self,
+        mut rollout: Rollout<'_>,
+        old: Slot,
+        failure: Failure,
+    ) -> DeployError {
+        let kept = std::mem::take(&mut rollout.kept);
+        rollout.keep_old = false;
+        let ready =
+            !kept.is_empty() && healthy_only(self, rollout.spec, &kept).await.len() == kept.len();
+        if !ready {
+            // Stopped first (they stay in their slot), so the restore brings them back whole.
+            if let Err(e) = rollout.retire(self, &kept).await {
+                return e;
+            }
+            return self.after_failure(rollout, Some(old), failure).await;
+        }
+        let message = format!(
+            "{}; all traffic routed back to {} at once (fast-track rollback, no new analysis)",
+            failure.message, old.version
+        );
+        match self.route_back(&mut rollout, kept, &failure, &message).await {
+            Ok(()) => {}
+            Err(e) => {
+                return DeployError::Environment(format!(
+                    "{message}; routing back failed: {e}; `switchyard status` shows the state, the next deploy or rollback finishes it"
+                ))
+            }
+        }
+        // Told as a rollback: from the failed version to the one restored.
+        rollout.previous = Some(std::mem::replace(&mut rollout.target, old.version.clone()));
+        if let Err(e) = rollout.after_hook(self, HookPoint::OnRollback).await {
+            return e;
+        }
+        let warnings: String = rollout
+            .warnings
+            .borrow()
+            .iter()
+            .map(|w| format!("; warning: {w}"))
+            .collect();
+        self.failed(
+            &rollout,
+            old.version.to_string(),
+            failure.cause,
+            format!("{message}{warnings}"),
+        )
+    }
+
+    /// One confirmed change back to `kept`, its drain, the new replicas removed, finished
+    /// as failed.
+    async fn route_back(
+        &self,
+        rollout: &mut Rollout<'_>,
+        kept: Vec<Instance>,
+        failure: &Failure,
+        message: &str,
+    ) -> Result<(), DeployError> {
+        let (spec, id) = (rollout.spec, rollout.id);
+        let step = Step::Failing {
+            cause: failure.cause,
+            reason: message.to_owned(),
+        };
+        self.journal(id, &spec.name, step)?;
+        let new = rollout.serving.clone();
+        let reload = match rollout.route(self, 0, kept, None).await? {
+            Ok(reload) => reload.expect("the kept replicas are not empty"),
+            Err(f) => return Err(DeployError::Environment(f.message)),
+        };
+        self.observer.event(&Event::RolledBack {
+            generation: reload.generation,
+            reason: failure.message.clone(),
+        });
+        rollout.drain(self, &reload).await?;
+        rollout.discard(self, &new).await?;
+        self.finish(id, Outcome::Failed, message)
+    }
+}
