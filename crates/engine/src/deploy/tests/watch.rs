@@ -155,10 +155,11 @@ async fn kept_replicas_that_stopped_answering_are_restored_in_moves() {
     let breaks = async {
         w.cutover_to("v2").await;
         // One kept v1 replica stops answering, then v2 fails.
+        let v1 = w.store.service(&w.spec.name).unwrap().active.unwrap();
         w.runtime
             .unhealthy_names
             .borrow_mut()
-            .insert("sy-web-blue-0".into());
+            .insert(v1.instances[0].name.clone());
         metrics.set("v2", 1000.0, 0.30);
         tokio::time::sleep(INTERVAL * 2).await;
         w.runtime.unhealthy_names.borrow_mut().clear();
