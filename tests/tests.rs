@@ -27,3 +27,4 @@ mod routing;
 mod secrets;
 mod serve;
 mod stream;
+mod watch;

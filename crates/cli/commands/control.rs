@@ -1,8 +1,8 @@
-//! `switchyard promote`, `abort` and `pause`: a request to the running canary of a
-//! service, left in the store, where the deploy picks it up at its next check.
+//! `switchyard promote`, `abort` and `pause`: a request to the running canary (or watched
+//! deploy) of a service, left in the store, where the deploy picks it up at its next check.
 
 use switchyard_app::{settings, AppError};
-use switchyard_engine::deploy::lock_is_stale;
+use switchyard_engine::deploy::{lock_is_stale, refuses_control};
 use switchyard_engine::{Control, Host, Store};
 use switchyard_store::SqliteStore;
 
@@ -21,11 +21,8 @@ pub fn run(cli: &Cli, service: &str, control: Control) -> Result<(), AppError> {
             control.as_str()
         )));
     };
-    if deployment.strategy != "canary" {
-        return Err(AppError::input(format!(
-            "deployment #{} of {service} is {}: only a canary can be promoted, aborted or paused",
-            deployment.id, deployment.strategy
-        )));
+    if let Some(refused) = refuses_control(&deployment, &journal, service, control) {
+        return Err(AppError::input(refused));
     }
     let host = switchyard_app::live::SystemHost;
     let lock = store.lock(&spec.name).map_err(env)?;

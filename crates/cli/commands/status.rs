@@ -152,7 +152,19 @@ async fn service_status(live: &Sources<'_>, spec: &ServiceSpec) -> Result<Servic
             Step::Halted { reason } => Some(reason.clone()),
             _ => None,
         });
-        if holder_alive {
+        let watching = switchyard_engine::deploy::watching_until(&journal);
+        if let (true, Some(until)) = (holder_alive, watching) {
+            format!(
+                "deployment #{} ({} to {}) is watching {} after cutover for {}s more, the previous version kept ready: `switchyard abort {}` routes back, `switchyard promote {}` ends the watch",
+                d.id,
+                d.kind.as_str(),
+                d.to_version,
+                d.to_version,
+                (until - now).max(0) / 1000,
+                spec.name,
+                spec.name
+            )
+        } else if holder_alive {
             format!("deployment #{} ({} to {}) is in progress, at step `{last}`", d.id, d.kind.as_str(), d.to_version)
         } else if let Some(reason) = halted {
             format!(

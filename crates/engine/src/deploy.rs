@@ -32,7 +32,7 @@ use crate::model::*;
 use crate::names::{Name, Version};
 use crate::seams::*;
 
-pub use watch::Unwatched;
+pub use watch::{refuses_control, watching_until, Unwatched};
 
 /// A lock whose heartbeat is older than this is stale even if its pid seems alive
 /// (pid reuse, another host sharing the database).

@@ -79,6 +79,9 @@ pub struct RunningDeployment {
     pub canary_weight: f64,
     /// Waiting for `switchyard promote` or `switchyard abort`.
     pub paused: bool,
+    /// In the post-cutover watch until then (ms since the epoch): the new version has all
+    /// the traffic, the previous one is kept ready.
+    pub watching_until_ms: Option<i64>,
     pub analysis: Option<Analysis>,
 }
 
@@ -191,6 +194,7 @@ fn running(tracks: &TrackState) -> Option<RunningDeployment> {
             .rev()
             .find(|e| !matches!(e.step, Step::Analysis { .. }))
             .is_some_and(|e| matches!(e.step, Step::Paused { .. })),
+        watching_until_ms: switchyard_engine::deploy::watching_until(journal),
         analysis,
     })
 }

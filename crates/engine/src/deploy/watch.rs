@@ -30,6 +30,42 @@ use crate::seams::*;
 /// A canary's last step and the watch: the new version has all the traffic.
 const ALL: u32 = 10_000;
 
+/// When the watch a deployment's journal is in ends (ms since the epoch), if the last
+/// step other than its checks began one; for `status`.
+pub fn watching_until(journal: &[JournalEntry]) -> Option<i64> {
+    let last = journal
+        .iter()
+        .rev()
+        .find(|e| !matches!(e.step, Step::Analysis { .. }))?;
+    match &last.step {
+        Step::Watching { for_ms, .. } => Some(last.at_ms + *for_ms as i64),
+        _ => None,
+    }
+}
+
+/// Why `control` cannot reach the running deployment `d` (of `service`), if it cannot: a
+/// canary takes promote, abort and pause; a deployment in its post-cutover watch takes
+/// promote (end the watch) and abort (route back); nothing else takes any.
+pub fn refuses_control(
+    d: &DeploymentRecord,
+    journal: &[JournalEntry],
+    service: &str,
+    control: Control,
+) -> Option<String> {
+    let watching = watching_until(journal).is_some();
+    match (d.strategy.as_str(), watching, control) {
+        ("canary", _, _) | (_, true, Control::Promote | Control::Abort) => None,
+        (_, true, Control::Pause) => Some(format!(
+            "deployment #{} of {service} is in its post-cutover watch: it can be promoted (ending the watch) or aborted (routing back), not paused",
+            d.id
+        )),
+        (strategy, false, _) => Some(format!(
+            "deployment #{} of {service} is {strategy}: only a canary, or a deploy in its post-cutover watch (`watch`), can be promoted or aborted, and only a canary paused",
+            d.id
+        )),
+    }
+}
+
 /// What a rollout without a watch is given for its metrics: never asked.
 pub struct Unwatched;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
-use switchyard_engine::deploy::lock_is_stale;
+use switchyard_engine::deploy::{lock_is_stale, refuses_control};
 use switchyard_engine::{Control, Host, Name, Store};
 
 use super::{error, ok};
@@ -50,11 +50,8 @@ fn put(
             control.as_str()
         ));
     };
-    if deployment.strategy != "canary" {
-        return refuse(format!(
-            "deployment #{} of {service} is {}: only a canary can be promoted, aborted or paused",
-            deployment.id, deployment.strategy
-        ));
+    if let Some(refused) = refuses_control(&deployment, &journal, service.as_str(), control) {
+        return refuse(refused);
     }
     let host = SystemHost;
     let lock = store.lock(service)?;
