@@ -26,4 +26,5 @@ mod rolling;
 mod routing;
 mod secrets;
 mod serve;
+mod serve_tls;
 mod stream;
