@@ -4,7 +4,9 @@
 //! get nothing. `switchyard --remote https://…` deploys through it under a non-retrying load
 //! with `--remote-ca` or `SSL_CERT_FILE`, and fails with a TLS error naming `--remote-ca`
 //! without either. Certificate and key files that cannot serve are refused at load, named
-//! with their line and field, before serve listens. (An https webhook is in `hooks.rs`.)
+//! with their line and field, before serve listens. Chromium, trusting the test certificate
+//! by its key's hash, runs the dashboard from its https origin. (An https webhook is in
+//! `hooks.rs`.)
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -168,22 +170,58 @@ async fn plain_http_answer(addr: SocketAddr) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// v1 deployed on a process sandbox (real nginx) under a non-retrying load, and serve
+/// in-process over https on 127.0.0.1 with the test CA's certificate.
+struct HttpsServe {
+    ca: TestCa,
+    token: std::path::PathBuf,
+    sandbox: switchyard_app::sandbox::Sandbox,
+    server: serve::Server,
+    /// `https://127.0.0.1:PORT`.
+    url: String,
+    traffic: switchyard_app::load::Load,
+    _token_dir: tempfile::TempDir,
+}
+
+impl HttpsServe {
+    /// None after a loud skip (no openssl, nginx or demo-app).
+    async fn start() -> Option<HttpsServe> {
+        let ca = TestCa::new()?;
+        let (token_dir, token) = token_file(0o600);
+        let sandbox = sandbox_serving("", &token, &ca.serve_lines()).await?;
+        sandbox
+            .deploy("v1", &Progress::new(false))
+            .await
+            .expect("v1 deploys");
+        let server = serve_with(settings::load(&sandbox.config_path).unwrap()).await;
+        let url = format!("https://127.0.0.1:{}", server.addr().port());
+        let traffic = load(&sandbox);
+        Some(HttpsServe {
+            ca,
+            token,
+            sandbox,
+            server,
+            url,
+            traffic,
+            _token_dir: token_dir,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_deploys_through_an_https_serve_it_trusts_and_refuses_one_it_does_not() {
-    let Some(ca) = TestCa::new() else {
+    let Some(HttpsServe {
+        ca,
+        token,
+        sandbox,
+        server,
+        url,
+        traffic,
+        _token_dir,
+    }) = HttpsServe::start().await
+    else {
         return;
     };
-    let (_dir, token) = token_file(0o600);
-    let Some(sandbox) = sandbox_serving("", &token, &ca.serve_lines()).await else {
-        return;
-    };
-    sandbox
-        .deploy("v1", &Progress::new(false))
-        .await
-        .expect("v1 deploys");
-    let server = serve_with(settings::load(&sandbox.config_path).unwrap()).await;
-    let url = format!("https://127.0.0.1:{}", server.addr().port());
-    let traffic = load(&sandbox);
 
     // Not trusted: the system's roots do not hold the test CA. Nothing is deployed.
     let before = deployments(&sandbox);
@@ -329,4 +367,51 @@ fn certificate_and_key_files_that_cannot_serve_are_named_with_their_line_and_fie
     let config = serve_only_config(dir.path(), &token, &ca.serve_lines());
     let loaded = settings::load(&config).unwrap();
     assert_eq!(loaded.serve.tls, Some(ca.serve_tls()));
+}
+
+/// The dashboard in Chromium (trusting the test certificate alone, by its key's hash) over
+/// https: it signs in, shows the live version and a request rate, read from /api/v1 and
+/// /metrics on its own https origin, and asks for nothing elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_over_https_from_its_own_origin() {
+    if !crate::dashboard::require_chromium() {
+        return;
+    }
+    let Some(HttpsServe {
+        ca,
+        sandbox,
+        server,
+        url: origin,
+        traffic,
+        // Kept: the rest of the struct is dropped here.
+        _token_dir,
+        ..
+    }) = HttpsServe::start().await
+    else {
+        return;
+    };
+    let trust = format!("--ignore-certificate-errors-spki-list={}", ca.spki_sha256());
+    let mut browser = crate::dashboard::Browser::launch_with(&[trust]).await;
+    browser.navigate(&format!("{origin}/#token={TOKEN}")).await;
+    browser
+        .until(
+            "v1 on the stable track",
+            "document.querySelector('[data-track=stable]')?.textContent === 'v1'",
+        )
+        .await;
+    browser
+        .until(
+            "a request rate on the stable track",
+            "Number(document.querySelector('[data-chart=rate]')?.dataset.stable || 0) > 0",
+        )
+        .await;
+    let outside = browser.requested_elsewhere(&origin);
+    assert!(
+        outside.is_empty(),
+        "requests off serve's origin: {outside:?}"
+    );
+    drop(browser);
+    assert_no_failures(&traffic.stop().await);
+    server.shutdown().await.unwrap();
+    sandbox.shutdown().await.unwrap();
 }

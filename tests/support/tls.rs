@@ -111,6 +111,28 @@ impl TestCa {
         self.dir.path().join("other.key")
     }
 
+    /// The base64 SHA-256 of the leaf's public key (SubjectPublicKeyInfo), as Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it: that browser then trusts this
+    /// certificate only.
+    pub fn spki_sha256(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let d = self.dir.path();
+        let cert = self.cert.to_str().unwrap();
+        openssl(
+            d,
+            &["x509", "-in", cert, "-pubkey", "-noout", "-out", "spki.pem"],
+        );
+        openssl(
+            d,
+            &[
+                "pkey", "-pubin", "-in", "spki.pem", "-outform", "der", "-out", "spki.der",
+            ],
+        );
+        let der = std::fs::read(d.join("spki.der")).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(der))
+    }
+
     pub fn serve_tls(&self) -> ServeTls {
         ServeTls {
             cert: self.cert.clone(),
