@@ -24,12 +24,12 @@ use tokio::net::TcpStream;
 use crate::support::ServeChild;
 use crate::support::{assert_no_failures, eventually, require_dynamic, require_e2e};
 
-const TOKEN: &str = "test-token-9f2c1d";
+pub(crate) const TOKEN: &str = "test-token-9f2c1d";
 /// The longest one API exchange or event stream may take.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A 0600 token file in a directory of its own (the sandbox's config names it absolutely).
-fn token_file(mode: u32) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn token_file(mode: u32) -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("api.token");
@@ -40,18 +40,30 @@ fn token_file(mode: u32) -> (tempfile::TempDir, PathBuf) {
 
 /// `canary`: the lines of `[service.canary]`. The sandbox's config names `token`.
 async fn sandbox(canary: &str, token: &Path) -> Option<Sandbox> {
+    sandbox_serving(canary, token, "").await
+}
+
+/// [`sandbox`] with more lines of `[serve]` (`serve_lines`).
+pub(crate) async fn sandbox_serving(
+    canary: &str,
+    token: &Path,
+    serve_lines: &str,
+) -> Option<Sandbox> {
     let app = require_e2e(RuntimeChoice::Process).await?;
     let mut options = SandboxOptions::new(RuntimeChoice::Process, app)
         .replicas(2)
         .env("LATENCY_MS", "2");
     options.canary = canary.to_owned();
-    options.tables = format!("[serve]\ntoken_file = {:?}\n", token.display().to_string());
+    options.tables = format!(
+        "[serve]\ntoken_file = {:?}\n{serve_lines}",
+        token.display().to_string()
+    );
     let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
     require_dynamic(&sandbox.live().router).then_some(sandbox)
 }
 
 /// serve with its own live clients, as `switchyard serve` would run beside the CLI.
-async fn serve_with(config: switchyard_engine::Config) -> Server {
+pub(crate) async fn serve_with(config: switchyard_engine::Config) -> Server {
     let live = Live::open_lazy(config).unwrap();
     let options = ServeOptions {
         supervise: false,
@@ -62,7 +74,7 @@ async fn serve_with(config: switchyard_engine::Config) -> Server {
         .expect("serve starts")
 }
 
-fn load(sandbox: &Sandbox) -> Load {
+pub(crate) fn load(sandbox: &Sandbox) -> Load {
     let mut config = LoadConfig::new(sandbox.url());
     config.connections = 4;
     config.max_requests = 1_000_000;
@@ -197,7 +209,7 @@ fn names(events: &[Received]) -> Vec<&str> {
     events.iter().map(|e| e.name.as_str()).collect()
 }
 
-fn deployments(sandbox: &Sandbox) -> usize {
+pub(crate) fn deployments(sandbox: &Sandbox) -> usize {
     let store = &sandbox.live().store;
     store.history(None, 100).unwrap().len()
 }
@@ -533,14 +545,26 @@ command = ["/bin/true"]
     assert_eq!(loaded.serve.token_file, Some(token));
 }
 
-/// `switchyard --remote URL …` with `args`, run without blocking the in-process serve.
+/// `switchyard --remote http://ADDR …` with `args`, run without blocking the in-process serve.
 async fn remote(addr: SocketAddr, token: &Path, args: &[&str]) -> std::process::Output {
+    remote_at(&format!("http://{addr}"), token, args, &[]).await
+}
+
+/// `switchyard --remote URL …` with `args` and `env`, run without blocking the in-process
+/// serve.
+pub(crate) async fn remote_at(
+    url: &str,
+    token: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> std::process::Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--remote")
-        .arg(format!("http://{addr}"))
+        .arg(url)
         .arg("--token-file")
         .arg(token)
         .args(args)
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
     tokio::time::timeout(PATIENCE, run)

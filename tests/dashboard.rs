@@ -28,7 +28,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const TOKEN: &str = "dashboard-test-token-0123456789";
 
 /// A headless Chromium of this test's own, and one page of it over the DevTools protocol.
-struct Browser {
+pub(crate) struct Browser {
     child: tokio::process::Child,
     page: WebSocketStream<TcpStream>,
     next: u64,
@@ -39,6 +39,11 @@ struct Browser {
 
 impl Browser {
     async fn launch() -> Browser {
+        Browser::launch_with(&[]).await
+    }
+
+    /// [`Browser::launch`] with more command-line switches.
+    pub(crate) async fn launch_with(switches: &[String]) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(CHROMIUM)
             .args([
@@ -61,6 +66,7 @@ impl Browser {
                 "--remote-debugging-port=0",
             ])
             .args(["--window-size=1280,900"])
+            .args(switches)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
@@ -142,12 +148,12 @@ impl Browser {
         self.call("Runtime.evaluate", params).await["result"]["value"].clone()
     }
 
-    async fn navigate(&mut self, url: &str) {
+    pub(crate) async fn navigate(&mut self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;
     }
 
     /// Polls `expression` until it is true.
-    async fn until(&mut self, what: &str, expression: &str) {
+    pub(crate) async fn until(&mut self, what: &str, expression: &str) {
         let since = Instant::now();
         while since.elapsed() < Duration::from_secs(20) {
             if self.eval(expression).await == json!(true) {
@@ -169,7 +175,7 @@ impl Browser {
     }
 
     /// Every URL the page asked for that is not on `origin` (nor the blank start page).
-    fn requested_elsewhere(&self, origin: &str) -> Vec<String> {
+    pub(crate) fn requested_elsewhere(&self, origin: &str) -> Vec<String> {
         let own = format!("{origin}/");
         self.requested()
             .into_iter()
@@ -229,7 +235,7 @@ impl Drop for Browser {
     }
 }
 
-fn require_chromium() -> bool {
+pub(crate) fn require_chromium() -> bool {
     require(
         std::path::Path::new(CHROMIUM).exists(),
         "chromium (apt-get install chromium)",

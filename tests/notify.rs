@@ -4,7 +4,8 @@
 //! succeeded for a good deploy (through two refused attempts), started and failed for a
 //! version that never gets healthy, Slack's `{"text"}` body, and a deploy of the binary whose
 //! webhooks are unreachable or never answer: it succeeds with 0 failed requests, logs the
-//! host only, and has delivered what it could before it exits; so does its rollback.
+//! host only, and has delivered what it could before it exits (to an https webhook too,
+//! trusted through `SSL_CERT_FILE`); so does its rollback.
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -22,6 +23,7 @@ use switchyard_engine::config::RuntimeChoice;
 use switchyard_engine::judge::Verdict;
 use switchyard_engine::{Color, Event, Outcome};
 
+use crate::support::tls::TestCa;
 use crate::support::{
     assert_exit, assert_no_failures, free_port, require_e2e, responses_from, text,
 };
@@ -62,6 +64,11 @@ impl Received {
 /// A webhook server on 127.0.0.1:0 answering 204 (after `refuse` refusals); stops with the
 /// test's runtime.
 async fn webhook(refuse: usize) -> (SocketAddr, Received) {
+    webhook_on(refuse, None).await
+}
+
+/// [`webhook`], over TLS with `tls`'s certificate when given.
+async fn webhook_on(refuse: usize, tls: Option<&TestCa>) -> (SocketAddr, Received) {
     let received = Received::default();
     received.refuse.store(refuse, Ordering::SeqCst);
     let state = received.clone();
@@ -85,6 +92,10 @@ async fn webhook(refuse: usize) -> (SocketAddr, Received) {
             StatusCode::NO_CONTENT
         }
     });
+    if let Some(ca) = tls {
+        let (addr, _) = crate::support::tls::serve_tls(ca, app).await;
+        return (addr, received);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -325,11 +336,13 @@ async fn a_version_that_never_gets_healthy_notifies_started_and_failed() {
     sandbox.shutdown().await.unwrap();
 }
 
-fn switchyard(sandbox: &Sandbox, args: &[&str]) -> Output {
+/// The binary on the sandbox's config, trusting the CAs in `ca_file` (`SSL_CERT_FILE`).
+fn switchyard(sandbox: &Sandbox, args: &[&str], ca_file: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--config")
         .arg(&sandbox.config_path)
         .args(args)
+        .env("SSL_CERT_FILE", ca_file)
         // Undelivered notifications are logged by default.
         .env_remove("SWITCHYARD_LOG")
         .output()
@@ -338,7 +351,13 @@ fn switchyard(sandbox: &Sandbox, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers_before_exit() {
+    let Some(ca) = TestCa::new() else {
+        return;
+    };
     let (addr, received) = webhook(0).await;
+    // An https one too, which the binary trusts through SSL_CERT_FILE (the in-process v1
+    // deploy does not: its notifications there fail on the certificate).
+    let (tls_addr, over_tls) = webhook_on(0, Some(&ca)).await;
     let dead = free_port();
     let hangs = black_hole().await;
     let tables = notify_table(&format!("http://127.0.0.1:{dead}/T0KEN-SECRET"), "")
@@ -346,7 +365,8 @@ async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers
             &format!("http://{hangs}/T0KEN-SECRET"),
             "timeout = \"200ms\"",
         )
-        + &notify_table(&format!("http://{addr}/hook"), "");
+        + &notify_table(&format!("http://{addr}/hook"), "")
+        + &notify_table(&format!("https://{tls_addr}/tls"), "");
     let Some(sandbox) = sandbox(tables, &[]).await else {
         return;
     };
@@ -358,7 +378,7 @@ async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers
     responses_from(&load, "v1", 100).await;
 
     let started = Instant::now();
-    let out = switchyard(&sandbox, &["deploy", "web", "--version", "v2"]);
+    let out = switchyard(&sandbox, &["deploy", "web", "--version", "v2"], &ca.ca);
     let took = started.elapsed();
     assert_exit(&out, 0);
     // Delivered before the process exited: no waiting here.
@@ -371,7 +391,7 @@ async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers
     );
     responses_from(&load, "v2", 100).await;
     // `switchyard rollback` is a rollback that succeeded.
-    let back = switchyard(&sandbox, &["rollback", "web"]);
+    let back = switchyard(&sandbox, &["rollback", "web"], &ca.ca);
     assert_exit(&back, 0);
     let rollback: Vec<(String, String)> = received.events("/hook")[2..].to_vec();
     let expected: Vec<(String, String)> = ["started", "rolled_back", "succeeded"]
@@ -380,6 +400,8 @@ async fn unreachable_webhooks_fail_no_deploy_and_no_request_and_the_cli_delivers
         .collect();
     assert_eq!(rollback, expected);
     assert_eq!(received.on("/hook")[2]["kind"], "rollback");
+    // The https webhook heard the binary's deploy and rollback alike.
+    assert_eq!(over_tls.events("/tls"), received.events("/hook"));
     responses_from(&load, "v1", 200).await;
     let report = load.stop().await;
     assert_no_failures(&report);

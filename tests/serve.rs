@@ -433,7 +433,7 @@ async fn the_serve_command_refuses_a_remote_listen_and_stops_on_sigterm() {
         stderr.contains("refusing to listen on 0.0.0.0:0"),
         "{stderr}"
     );
-    assert!(stderr.contains("--allow-remote"), "{stderr}");
+    assert!(stderr.contains("set [serve] cert and key"), "{stderr}");
     let live = Live::open(settings::load(&config).unwrap()).await.unwrap();
     let err = serve::start(live, "0.0.0.0:0".parse().unwrap())
         .await

@@ -3,7 +3,7 @@
 //! A test that needs Docker or nginx calls [`require_nginx`] / [`require_docker`]: where
 //! `CI` is set a missing component fails the test; elsewhere the test says loudly that it
 //! skipped. Tests wait with [`eventually`], never with bare sleeps. [`stream`] has the
-//! websocket, event-stream and upload clients.
+//! websocket, event-stream and upload clients, [`tls`] a test CA and a TLS server.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod stream;
+pub mod tls;
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -26,5 +26,6 @@ mod rolling;
 mod routing;
 mod secrets;
 mod serve;
+mod serve_tls;
 mod stream;
 mod watch;

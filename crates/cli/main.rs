@@ -27,10 +27,14 @@ pub struct Cli {
         env = "SWITCHYARD_CONFIG"
     )]
     pub config: PathBuf,
-    /// Run the command in the `switchyard serve` at this URL (http://HOST:PORT), through
-    /// its API; `deploy` only for now.
+    /// Run the command in the `switchyard serve` at this URL (https://HOST:PORT, or
+    /// http:// to a serve on loopback), through its API; `deploy` only for now.
     #[arg(long, global = true)]
     pub remote: Option<String>,
+    /// A PEM CA certificate that `--remote https://…` trusts besides the system's roots
+    /// (or SSL_CERT_FILE): the CA of a serve with a self-signed certificate.
+    #[arg(long, global = true, env = "SWITCHYARD_REMOTE_CA", value_name = "FILE")]
+    pub remote_ca: Option<PathBuf>,
     /// The API token for `--remote` (a 0600 file).
     #[arg(long, global = true, env = "SWITCHYARD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,

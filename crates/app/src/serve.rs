@@ -1,7 +1,8 @@
-//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server (loopback
-//! only: [`check_listen`]) and returns a
-//! [`Server`] handle with the bound address and a graceful [`Server::shutdown`]; the binary
-//! and the tests run the same code in-process.
+//! `switchyard serve`: the long-running daemon. [`start`] binds an HTTP server, HTTPS when
+//! `[serve] cert` and `key` are set (`serve/tls.rs`; off loopback only then:
+//! [`check_listen`]), and returns a [`Server`] handle with the bound address and a graceful
+//! [`Server::shutdown`]; the binary and the tests run the same code in-process. Everything
+//! below is served on that one listener.
 //!
 //! - `GET /metrics`: the Prometheus text exposition.
 //!   - From nginx's own access log (`serve/proxy.rs`):
@@ -45,6 +46,7 @@ mod status;
 mod supervise;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod tracks;
 
 use std::collections::BTreeMap;
@@ -88,9 +90,6 @@ const SUPERVISOR_GRACE: Duration = Duration::from_secs(25);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// Asked for a non-loopback listen address: refused all the same until serve serves
-    /// TLS ([`check_listen`]).
-    pub allow_remote: bool,
     /// How often the active instances' health paths are probed.
     pub health_every: Duration,
     /// Whether serve starts a managed nginx that is down (at start and when it dies).
@@ -103,7 +102,6 @@ impl ServeOptions {
     pub fn new(listen: SocketAddr) -> ServeOptions {
         ServeOptions {
             listen,
-            allow_remote: false,
             health_every: HEALTH_EVERY,
             supervise: true,
             proxy_every: PROXY_EVERY,
@@ -111,36 +109,29 @@ impl ServeOptions {
     }
 }
 
-/// Refuses a listen address off the loopback interface: the API's bearer token must not
-/// cross the network in clear, and serve does not serve TLS yet. `allow_remote` no longer
-/// opens one (it did before the API had a token).
-pub fn check_listen(listen: SocketAddr, allow_remote: bool) -> Result<(), AppError> {
-    if listen.ip().is_loopback() {
+/// Refuses a listen address off the loopback interface unless serve speaks TLS there: the
+/// API's bearer token must not cross the network in clear. (The config refuses such a
+/// `[serve] listen` too; this catches `--listen`.)
+pub fn check_listen(listen: SocketAddr, tls: bool) -> Result<(), AppError> {
+    if tls || listen.ip().is_loopback() {
         return Ok(());
     }
-    let flag = if allow_remote {
-        "--allow-remote does not change that"
-    } else {
-        "--allow-remote does not either"
-    };
     Err(AppError::input(format!(
         "refusing to listen on {listen}: it is not a loopback address, and a remote listen \
-         needs TLS, which serve does not serve yet (the API's bearer token would cross the \
-         network in clear); {flag}: keep serve on 127.0.0.1 behind a TLS-terminating proxy"
+         needs TLS (the API's bearer token would cross the network in clear): set [serve] \
+         cert and key, or keep serve on 127.0.0.1 behind a TLS-terminating proxy"
     )))
 }
 
-/// Refuses `[serve] cert` and `key`: serve does not serve TLS yet, and answering plain
-/// HTTP where TLS was asked for would be worse than not starting.
-fn check_tls(config: &Config) -> Result<(), AppError> {
-    match &config.serve.tls {
-        None => Ok(()),
-        Some(tls) => Err(AppError::input(format!(
-            "[serve] cert ({}) and key: serve does not serve TLS yet; remove them and keep \
-             serve on 127.0.0.1 behind a TLS-terminating proxy",
-            tls.cert.display()
-        ))),
-    }
+/// The rustls config of `[serve] cert` and `key`, if set; a file that cannot serve is bad
+/// input, named with its field.
+fn tls_config(config: &Config) -> Result<Option<Arc<tls::ServerConfig>>, AppError> {
+    let Some(files) = &config.serve.tls else {
+        return Ok(None);
+    };
+    tls::server_config(files)
+        .map(Some)
+        .map_err(|e| AppError::input(format!("{}: {e}", e.field)))
 }
 
 /// Serves `live` on `listen` (`127.0.0.1:0` picks a free port) with default options.
@@ -149,8 +140,9 @@ pub async fn start(live: Live, listen: SocketAddr) -> Result<Server, AppError> {
 }
 
 pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, AppError> {
-    check_listen(options.listen, options.allow_remote)?;
-    check_tls(&live.config)?;
+    // Every TLS file is read before anything listens.
+    let tls = tls_config(&live.config)?;
+    check_listen(options.listen, tls.is_some())?;
     let daemon = Arc::new(Daemon::new(live)?);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -166,12 +158,23 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
         .with_state(Arc::clone(&daemon))
         .merge(api::routes(Arc::clone(&daemon)));
     let (stop, stopped) = oneshot::channel::<()>();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Some(config) => {
+                axum::serve(tls::TlsListener::new(listener, config)?, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        }
     });
     let background = vec![
         tokio::spawn(attribute_loop(Arc::clone(&daemon))),
@@ -186,12 +189,13 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
             stopped,
         ))
     });
-    tracing::info!("serving /metrics, /api/status, /api/v1 and /healthz on http://{addr}");
+    tracing::info!("serving /metrics, /api/status, /api/v1 and /healthz on {scheme}://{addr}");
     if !daemon.api.is_open() {
         tracing::warn!("/api/v1 answers 401 to everything: set [serve] token_file to open it");
     }
     Ok(Server {
         addr,
+        scheme,
         stop: Some(stop),
         http: Some(http),
         background,
@@ -205,6 +209,8 @@ pub async fn start_with(live: Live, options: ServeOptions) -> Result<Server, App
 /// requests in flight finish first.
 pub struct Server {
     addr: SocketAddr,
+    /// `https` when serve speaks TLS, else `http`.
+    scheme: &'static str,
     stop: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
@@ -219,6 +225,11 @@ impl Server {
     /// The bound address (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https://addr` or `http://addr`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Interrupts the API's deploys in flight (left to the next deploy or rollback, as a

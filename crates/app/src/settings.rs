@@ -1,8 +1,9 @@
 //! The second stage of loading a config: [`load`] reads the file, runs the engine's
 //! validation (no IO), resolves relative paths against the file's directory and checks
 //! what needs the host: bind volumes' sources (in `container`), `[registry]`'s password file
-//! (in [`registry`]), TLS files and template overrides (in `front`), and that `[serve]
-//! token_file` is 0600 ([`check_token_file`]).
+//! (in [`registry`]), TLS files and template overrides (in `front`), that `[serve]
+//! token_file` is 0600 ([`check_token_file`]) and that `[serve] cert` and `key` serve
+//! (`serve/tls.rs`).
 
 mod container;
 mod front;
@@ -107,8 +108,20 @@ pub fn load(path: &Path) -> Result<Config, AppError> {
         check_token_file(file, path)?;
     }
     if let Some(tls) = &mut config.serve.tls {
+        let at = |p: &Path| front::at(&text, path, &p.display().to_string());
+        let (cert_at, key_at) = (at(&tls.cert), at(&tls.key));
         resolve(&mut tls.cert);
         resolve(&mut tls.key);
+        // Read now, as the front door's files are: `validate` finds a bad one, and `serve`
+        // never listens without it.
+        crate::serve::tls::server_config(tls).map_err(|e| {
+            let at = if e.field == "serve.cert" {
+                cert_at
+            } else {
+                key_at
+            };
+            AppError::input(format!("{at}: {}: {e}", e.field))
+        })?;
     }
     container::check_bind_sources(&config, path)?;
     front::check(&mut config, &text, path)?;

@@ -36,10 +36,7 @@ pub async fn run(cli: &Cli) -> Result<(), AppError> {
                 service,
                 version,
                 strategy,
-            } => {
-                let token = cli.token_file.as_deref();
-                remote::deploy(remote, token, service, version, strategy.as_deref()).await
-            }
+            } => remote::deploy(remote, cli, service, version, strategy.as_deref()).await,
             _ => Err(AppError::input("--remote runs `deploy` only for now")),
         };
     }

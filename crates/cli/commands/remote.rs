@@ -4,30 +4,37 @@
 //! the stream's `end` carries (0 done, 1 failed and rolled back, 2 refused, 3 environment).
 //! The token comes from `--token-file` or `SWITCHYARD_TOKEN_FILE` (0600, as serve's own).
 //!
-//! Plain HTTP only (serve listens on loopback and does not serve TLS yet). The client is
-//! written over `TcpStream` by hand: one request per connection, nothing re-sent.
+//! `https://` verifies serve's certificate against the system's roots (`SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` when set) and `--remote-ca`; `http://` is for a serve on loopback. The
+//! client is written over a `TcpStream` (in TLS, `serve/tls.rs`) by hand: one request per
+//! connection, nothing re-sent.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_app::progress::percent;
+use switchyard_app::serve::tls;
 use switchyard_app::AppError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::Cli;
 
 /// How long the deploy request may take to be answered (serve answers at Begin).
 const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 
 pub async fn deploy(
     remote: &str,
-    token_file: Option<&Path>,
+    cli: &Cli,
     service: &str,
     version: &str,
     strategy: Option<&str>,
 ) -> Result<(), AppError> {
-    let authority = authority(remote)?;
-    let token = read_token(token_file)?;
+    let serve = Serve::parse(remote, cli.remote_ca.as_deref())?;
+    let token = read_token(cli.token_file.as_deref())?;
+    let authority = &serve.authority;
     let mut body = json!({ "version": version });
     if let Some(strategy) = strategy {
         body["strategy"] = json!(strategy);
@@ -38,7 +45,7 @@ pub async fn deploy(
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.to_string().len()
     );
-    let answer = tokio::time::timeout(ANSWER_WITHIN, exchange(&authority, &request))
+    let answer = tokio::time::timeout(ANSWER_WITHIN, serve.exchange(&request))
         .await
         .map_err(|_| {
             AppError::environment(format!("{remote}: no answer within {ANSWER_WITHIN:?}"))
@@ -56,23 +63,137 @@ pub async fn deploy(
             )))
         }
     };
-    follow(&authority, &token, id).await
+    serve.follow(&token, id).await
 }
 
-/// `host:port` of an `http://` URL.
-fn authority(remote: &str) -> Result<String, AppError> {
-    let rest = remote.strip_prefix("http://").ok_or_else(|| {
-        AppError::input(format!(
-            "--remote {remote:?}: use http://HOST:PORT (serve does not serve TLS yet)"
-        ))
-    })?;
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
-        return Err(AppError::input(format!(
-            "--remote {remote:?}: use http://HOST:PORT"
-        )));
+/// The serve `--remote` names: its `host:port`, and how to speak TLS to it for `https://`.
+struct Serve {
+    authority: String,
+    tls: Option<Arc<tls::ClientConfig>>,
+}
+
+/// A connection to serve, plain or TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+impl Serve {
+    /// `http://HOST:PORT` or `https://HOST:PORT`; `ca` (`--remote-ca`) for https only.
+    fn parse(remote: &str, ca: Option<&Path>) -> Result<Serve, AppError> {
+        let usage = || {
+            AppError::input(format!(
+                "--remote {remote:?}: use https://HOST:PORT (or http:// to a serve on loopback)"
+            ))
+        };
+        let (rest, https) = match remote.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (remote.strip_prefix("http://").ok_or_else(usage)?, false),
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(usage());
+        }
+        let tls = match (https, ca) {
+            (false, Some(ca)) => {
+                return Err(AppError::input(format!(
+                    "--remote-ca {}: only an https:// remote is verified with a CA",
+                    ca.display()
+                )))
+            }
+            (false, None) => None,
+            (true, ca) => Some(
+                tls::client_config(ca.map(|ca| ("--remote-ca", ca)))
+                    .map_err(|e| AppError::input(format!("{}: {e}", e.field)))?,
+            ),
+        };
+        Ok(Serve {
+            authority: authority.to_owned(),
+            tls,
+        })
     }
-    Ok(authority.to_owned())
+
+    async fn connect(&self) -> Result<Box<dyn Connection>, AppError> {
+        let authority = &self.authority;
+        let tcp = TcpStream::connect(authority)
+            .await
+            .map_err(|e| AppError::environment(format!("connecting to {authority}: {e}")))?;
+        let Some(config) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        match tls::connect(tcp, authority, Arc::clone(config)).await {
+            Ok(stream) => Ok(Box::new(stream)),
+            Err(e) => Err(AppError::environment(format!(
+                "TLS with {authority}: {e} (serve's certificate must be signed by a CA in the \
+                 system's store, SSL_CERT_FILE or --remote-ca, for the name or address in the \
+                 URL)"
+            ))),
+        }
+    }
+
+    /// One request, its whole answer: (status, JSON body).
+    async fn exchange(&self, request: &str) -> Result<(u16, Value), AppError> {
+        let authority = &self.authority;
+        let mut stream = self.connect().await?;
+        let io = |e: std::io::Error| AppError::environment(format!("{authority}: {e}"));
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.map_err(io)?;
+        let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| {
+            // A serve with a certificate answers plain HTTP with a TLS alert, then closes.
+            let hint = match (raw.starts_with("HTTP/"), &self.tls) {
+                (false, None) => " (if serve has [serve] cert and key, use https://)",
+                _ => "",
+            };
+            AppError::environment(format!("{authority}: an incomplete answer{hint}"))
+        })?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = serde_json::from_str(body).unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// Follows deployment `id`'s event stream to its `end`.
+    async fn follow(&self, token: &str, id: i64) -> Result<(), AppError> {
+        let authority = &self.authority;
+        let mut stream = self.connect().await?;
+        let io = |e: std::io::Error| AppError::environment(format!("{authority}: {e}"));
+        let request = format!(
+            "GET /api/v1/deployments/{id}/events HTTP/1.1\r\nHost: {authority}\r\n\
+             Authorization: Bearer {token}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut lines = Lines::new();
+        let mut sse = Sse::default();
+        let mut buf = [0u8; 8192];
+        // Bounded by the deployment: serve ends the stream after `end`.
+        loop {
+            let n = stream.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                return Err(AppError::environment(format!(
+                    "{authority}: the event stream of deployment #{id} closed before its end \
+                     (the deployment goes on in serve: see `history`)"
+                )));
+            }
+            for (name, data) in sse.feed(&buf[..n])? {
+                if name == "end" {
+                    return match data["code"].as_i64().unwrap_or(3) {
+                        0 => Ok(()),
+                        code => Err(AppError {
+                            code: code as i32,
+                            message: data["error"]
+                                .as_str()
+                                .map_or(format!("deployment #{id} failed"), str::to_owned),
+                        }),
+                    };
+                }
+                if let Some(line) = lines.describe(&data) {
+                    lines.print(line);
+                }
+            }
+        }
+    }
 }
 
 fn read_token(file: Option<&Path>) -> Result<String, AppError> {
@@ -95,71 +216,6 @@ fn read_token(file: Option<&Path>) -> Result<String, AppError> {
         )));
     }
     Ok(token.to_owned())
-}
-
-async fn connect(authority: &str) -> Result<TcpStream, AppError> {
-    TcpStream::connect(authority)
-        .await
-        .map_err(|e| AppError::environment(format!("connecting to {authority}: {e}")))
-}
-
-/// One request, its whole answer: (status, JSON body).
-async fn exchange(authority: &str, request: &str) -> Result<(u16, Value), AppError> {
-    let mut stream = connect(authority).await?;
-    let io = |e: std::io::Error| AppError::environment(format!("{authority}: {e}"));
-    stream.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.map_err(io)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| AppError::environment(format!("{authority}: an incomplete answer")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = serde_json::from_str(body).unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
-/// Follows deployment `id`'s event stream to its `end`.
-async fn follow(authority: &str, token: &str, id: i64) -> Result<(), AppError> {
-    let mut stream = connect(authority).await?;
-    let io = |e: std::io::Error| AppError::environment(format!("{authority}: {e}"));
-    let request = format!(
-        "GET /api/v1/deployments/{id}/events HTTP/1.1\r\nHost: {authority}\r\n\
-         Authorization: Bearer {token}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut lines = Lines::new();
-    let mut sse = Sse::default();
-    let mut buf = [0u8; 8192];
-    // Bounded by the deployment: serve ends the stream after `end`.
-    loop {
-        let n = stream.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            return Err(AppError::environment(format!(
-                "{authority}: the event stream of deployment #{id} closed before its end \
-                 (the deployment goes on in serve: see `history`)"
-            )));
-        }
-        for (name, data) in sse.feed(&buf[..n])? {
-            if name == "end" {
-                return match data["code"].as_i64().unwrap_or(3) {
-                    0 => Ok(()),
-                    code => Err(AppError {
-                        code: code as i32,
-                        message: data["error"]
-                            .as_str()
-                            .map_or(format!("deployment #{id} failed"), str::to_owned),
-                    }),
-                };
-            }
-            if let Some(line) = lines.describe(&data) {
-                lines.print(line);
-            }
-        }
-    }
 }
 
 /// A chunked `text/event-stream` answer, parsed as it arrives.

@@ -59,8 +59,8 @@ pub(super) fn check(config: &mut Config, text: &str, file: &Path) -> Result<(), 
 }
 
 /// `file:line:column` of the first place `value` is written as a TOML string in `text`
-/// (`proxy.templates` is written once).
-fn at(text: &str, file: &Path, value: &str) -> String {
+/// (`proxy.templates`, `serve.cert` and `serve.key` are written once).
+pub(super) fn at(text: &str, file: &Path, value: &str) -> String {
     let quoted = format!("\"{value}\"");
     let offset = text
         .find(&quoted)

@@ -78,3 +78,10 @@ pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("invalid address {s:?}: use IP:PORT, e.g. \"127.0.0.1:8000\""))
 }
+
+/// What follows `http://` or `https://` in a webhook's URL (switchyard's HTTP client speaks
+/// both), or None for any other scheme.
+pub(super) fn after_http_scheme(url: &str) -> Option<&str> {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+}

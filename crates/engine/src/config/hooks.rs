@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::checker::after_http_scheme;
 use super::{parse_duration, Checker};
 use crate::model::HookPoint;
 
@@ -186,21 +187,15 @@ impl Checker<'_> {
     }
 }
 
-/// An `http://` URL with a host and no whitespace. (switchyard's HTTP client is built
-/// without TLS, so an `https://` webhook could never be delivered: refused here, not at the
-/// first deploy.)
+/// An `http://` or `https://` URL with a host and no whitespace.
 fn check_url(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://");
     let bad = |why: &str| {
         Err(format!(
-            "invalid URL {url:?}: {why} (e.g. \"http://127.0.0.1:9999/hook\")"
+            "invalid URL {url:?}: {why} (e.g. \"https://hooks.example/deploy\")"
         ))
     };
-    match rest {
-        None if url.starts_with("https://") => {
-            bad("https webhooks are not supported (no TLS in this build): use http://, e.g. to a local relay")
-        }
-        None => bad("use http://"),
+    match after_http_scheme(url) {
+        None => bad("use http:// or https://"),
         Some(_) if url.chars().any(char::is_whitespace) => bad("it contains whitespace"),
         Some(rest) if rest.split(['/', '?', '#']).next().unwrap_or("").is_empty() => {
             bad("it has no host")

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::checker::after_http_scheme;
 use super::Checker;
 
 /// One webhook and what it is told.
@@ -148,19 +149,16 @@ impl Checker<'_> {
     }
 }
 
-/// An `http://host[:port]/path` URL and its `host[:port]`. The URL itself never appears in
-/// an error: it may carry a token.
+/// An `http(s)://host[:port]/path` URL and its `host[:port]`. The URL itself never appears
+/// in an error: it may carry a token.
 fn parse_url(url: &str) -> Result<(String, String), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(match url.starts_with("https://") {
-            true => "https:// is not supported yet (switchyard is built without TLS): use an http:// URL, e.g. a relay on this host".to_owned(),
-            false => "not an http:// URL".to_owned(),
-        });
+    let Some(rest) = after_http_scheme(url) else {
+        return Err("not an http:// or https:// URL".to_owned());
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.rsplit('@').next().unwrap_or("");
     if host.is_empty() || url.contains(char::is_whitespace) || url.contains(char::is_control) {
-        return Err("not an http:// URL with a host".to_owned());
+        return Err("not an http(s):// URL with a host".to_owned());
     }
     if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
         if port.parse::<u16>().is_err() {
@@ -190,6 +188,9 @@ mod tests {
         let c = parse("[[notify]]\nurl = \"http://hooks.example:8080/T0KEN?x=1\"\n").unwrap();
         let n = &c.notify[0];
         assert_eq!(n.host, "hooks.example:8080");
+        let c = parse("[[notify]]\nurl = \"https://hooks.slack.com/services/T0KEN\"\n").unwrap();
+        assert_eq!(c.notify[0].host, "hooks.slack.com");
+        assert_eq!(c.notify[0].url, "https://hooks.slack.com/services/T0KEN");
         assert_eq!(n.events, NotifyEvent::ALL.to_vec());
         assert_eq!(n.format, NotifyFormat::Json);
         assert_eq!(n.timeout, Duration::from_secs(5));
@@ -213,7 +214,7 @@ mod tests {
         let cases = [
             ("url = \"ftp://x/SECRET\"", "notify.url", 7),
             ("url = \"http:///SECRET\"", "notify.url", 7),
-            ("url = \"https://hooks.slack.com/SECRET\"", "notify.url", 7),
+            ("url = \"https:///SECRET\"", "notify.url", 7),
             ("url = \"http://h:99999/SECRET\"", "notify.url", 7),
             (
                 "url = \"http://h/SECRET\"\nevents = [\"deployed\"]",

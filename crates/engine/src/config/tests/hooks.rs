@@ -36,6 +36,17 @@ post_deploy = { url = "http://127.0.0.1:9999/hook", secret_file = "/etc/switchya
     );
     assert_eq!(post.at.0, 17, "located at its secret_file's line");
     assert!(hooks.on_rollback.is_none());
+    // https too: the client speaks TLS, trusting the system's roots or SSL_CERT_FILE.
+    let text = with_hooks("on_rollback = { url = \"https://hooks.example/rolled\" }\n");
+    let c = Config::parse(&text, Path::new("switchyard.toml")).unwrap();
+    let hook = c.service("web").unwrap().hooks.on_rollback.clone().unwrap();
+    assert_eq!(
+        hook.action,
+        HookAction::Webhook {
+            url: "https://hooks.example/rolled".into(),
+            secret_file: None,
+        }
+    );
 }
 
 #[test]
@@ -79,13 +90,15 @@ fn unknown_hook_points_and_fields_are_refused() {
     ));
     assert_eq!(errs[0].field, "service.hooks.pre_deploy.secret_file");
     let errs = errors(&with_hooks(
-        "post_deploy = { url = \"https://127.0.0.1/hook\" }\n",
+        "post_deploy = { url = \"ftp://127.0.0.1/hook\" }\n",
     ));
     assert!(
-        errs[0].message.contains("https webhooks are not supported"),
+        errs[0].message.contains("use http:// or https://"),
         "{}",
         errs[0]
     );
+    let errs = errors(&with_hooks("post_deploy = { url = \"https:///nohost\" }\n"));
+    assert!(errs[0].message.contains("it has no host"), "{}", errs[0]);
     let errs = errors(&with_hooks(
         "post_deploy = { url = \"http:///nohost\", timeout = \"0s\" }\n",
     ));
