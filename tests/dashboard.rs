@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven over the
 //! DevTools protocol. The page signs in with the token, shows the live version and weights of
-//! a paused canary, and its promote button finishes the canary; every request the page makes
-//! stays on serve's own 127.0.0.1 origin. A screenshot is kept in
-//! `target/test-artifacts/dashboard.png`.
+//! a paused canary, and its promote button finishes the canary; a failed deployment picked in
+//! the history shows its hooks, steps, disruption and evidence as text; every request the page
+//! makes stays on serve's own 127.0.0.1 origin. Screenshots are kept in
+//! `target/test-artifacts/dashboard*.png`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -260,11 +261,7 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
     if !require_chromium() {
         return;
     }
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_token_dir, token_file) = token_file();
     let canary = format!("{}\npause = [20]", crate::canary::FAST);
     let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |mut o| {
         o.canary = canary;
@@ -390,6 +387,118 @@ async fn the_dashboard_asks_for_the_token_and_loads_nothing_from_outside() {
         requested.iter().any(|u| u == &format!("{origin}/")),
         "{requested:?}"
     );
+    let outside = browser.requested_elsewhere(&origin);
+    assert!(
+        outside.is_empty(),
+        "requests off serve's origin: {outside:?}"
+    );
+    drop(browser);
+    server.shutdown().await.unwrap();
+    sandbox.shutdown().await.unwrap();
+}
+
+/// A 0600 token file for serve, in a directory of its own.
+fn token_file() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, file)
+}
+
+/// Regression: a deployment's details were one raw JSON `<pre>`. A v2 whose `pre_traffic`
+/// smoke test fails (under a load that never re-sends: 0 failed) is shown, once picked in the
+/// history, as sections of text: its hook with its output, its steps, what failed at the
+/// proxy per track, the cause and the new replicas; no JSON document anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deployments_evidence_is_rendered_as_readable_sections() {
+    if !require_chromium() {
+        return;
+    }
+    let (_token_dir, token) = token_file();
+    let hook_dir = tempfile::tempdir().unwrap();
+    let Some(sandbox) = crate::e2e::sandbox(RuntimeChoice::Process, |mut o| {
+        let (hook, _) = crate::hooks::smoke_hook(hook_dir.path(), &o.app_binary, "v2");
+        o.tables = format!("[serve]\ntoken_file = {:?}\n", token.display().to_string());
+        o.service_keys(&hook)
+    })
+    .await
+    else {
+        return;
+    };
+    let quiet = Progress::new(false);
+    sandbox.deploy("v1", &quiet).await.expect("v1 deploys");
+    let load = crate::support::load(sandbox.url(), 8);
+    crate::support::responses_from(&load, "v1", 50).await;
+    let err = sandbox
+        .deploy("v2", &quiet)
+        .await
+        .expect_err("the smoke test fails v2");
+    assert!(err.message.contains("pre_traffic hook failed"), "{err}");
+    crate::support::responses_from(&load, "v1", load.snapshot().by_version["v1"].count + 50).await;
+    assert_no_failures(&load.stop().await);
+    let failed = sandbox.live().store.history(None, 1).unwrap()[0].id;
+
+    let server = serve_for(&sandbox).await;
+    let origin = format!("http://{}", server.addr());
+    let mut browser = Browser::launch().await;
+    browser.navigate(&format!("{origin}/#token={TOKEN}")).await;
+    let row = format!(
+        "[...document.querySelectorAll('#history tr.pick')].find((r) => r.cells[0].textContent === '{failed}')"
+    );
+    browser
+        .until(
+            &format!("deployment #{failed} in the history"),
+            &format!("!!{row}"),
+        )
+        .await;
+    browser.eval(&format!("{row}.click(), true")).await;
+    let section = |name: &str| {
+        format!("(document.querySelector('#detail [data-evidence={name}]')?.innerText || '')")
+    };
+    browser
+        .until(
+            "the hook's output",
+            &format!("{}.includes('smoke test failed on v2')", section("hooks")),
+        )
+        .await;
+    let hooks = browser.eval(&section("hooks")).await;
+    let hooks = hooks.as_str().unwrap();
+    assert!(hooks.contains("pre_traffic: FAILED: exit 1"), "{hooks}");
+    let steps = browser.eval(&section("steps")).await;
+    let steps = steps.as_str().unwrap();
+    for step in ["hook_ran", "failing", "remove_new"] {
+        assert!(steps.contains(step), "{step} in:\n{steps}");
+    }
+    let cause = browser.eval(&section("cause")).await;
+    assert!(
+        cause.as_str().unwrap().contains("cause: hook: ")
+            && cause
+                .as_str()
+                .unwrap()
+                .contains("pre_traffic hook failed: exit 1"),
+        "{cause}"
+    );
+    let disruption = browser.eval(&section("disruption")).await;
+    assert!(
+        disruption.as_str().unwrap().contains("stable"),
+        "{disruption}"
+    );
+    let replicas = browser.eval(&section("replicas")).await;
+    let replicas = replicas.as_str().unwrap();
+    assert!(replicas.contains(" v2 127.0.0.1:"), "{replicas}");
+    assert!(replicas.contains("exit code "), "{replicas}");
+    // Text, not a JSON document: no element holds the API's body as written.
+    let raw = browser
+        .eval(
+            "[...document.querySelectorAll('#detail *')].some((e) => /^\\s*[{\\[]\\s*\"/.test(e.textContent)) \
+             || document.getElementById('detail').innerText.includes('\"summary\":')",
+        )
+        .await;
+    assert_eq!(raw, json!(false), "the details show raw JSON");
+    let png = browser.screenshot().await;
+    std::fs::write(artifact("dashboard-evidence.png"), &png).unwrap();
     let outside = browser.requested_elsewhere(&origin);
     assert!(
         outside.is_empty(),

@@ -5,8 +5,8 @@
 //! - `GET status`: what `/api/status` gives;
 //! - `GET history?service=&limit=`: deployments, newest first (20 unless `limit`), each with
 //!   its disruption at the proxy;
-//! - `GET deployments/{id}`: the deployment row (with its disruption), its journal, its
-//!   outcome and, for a failure, its evidence;
+//! - `GET deployments/{id}`: the deployment row (with its disruption), its journal, the
+//!   hooks it ran with their output, its outcome and, for a failure, its evidence;
 //! - `GET deployments/{id}/events`: a server-sent event stream of its steps (`events.rs`);
 //! - `POST services/{service}/deploy` with `{"version": "v2", "strategy": "canary"}`
 //!   (strategy optional) and `POST services/{service}/rollback`: run detached, 202
@@ -266,6 +266,7 @@ async fn deployment(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -
                     json!(record),
                     kept.as_ref().and_then(|k| k.disruption.clone()),
                 ),
+                "hooks": crate::evidence::hooks::ran(&journal),
                 "journal": journal,
                 "evidence": kept.and_then(|k| k.failure),
             }),
