@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven over the
 //! DevTools protocol. The page signs in with the token, shows the live version and weights of
-//! a paused canary, and its promote button finishes the canary; a failed deployment picked in
+//! a paused canary, its latest steps and thresholds, and its promote button finishes it; a failed deployment picked in
 //! the history shows its hooks, steps, disruption and evidence as text; every request the page
 //! makes stays on serve's own 127.0.0.1 origin. Screenshots are kept in
 //! `target/test-artifacts/dashboard*.png`.
@@ -178,10 +178,21 @@ impl Browser {
             .collect()
     }
 
+    fn assert_stayed_on(&self, origin: &str) {
+        let outside = self.requested_elsewhere(origin);
+        assert!(
+            outside.is_empty(),
+            "requests off serve's origin: {outside:?}"
+        );
+    }
+
     async fn screenshot(&mut self) -> Vec<u8> {
         use base64::Engine;
         let shot = self
-            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true }),
+            )
             .await;
         base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().unwrap())
@@ -308,6 +319,16 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
                  && (q('[data-weights=web]') || '').includes('canary 20%'); })()",
             )
             .await;
+        // The deployment's latest steps from its journal, and what the judge holds it to.
+        browser
+            .until(
+                "the canary's latest steps and its thresholds",
+                "(() => { const q = (s) => document.querySelector(s)?.innerText || ''; \
+                 return q('[data-current-steps=web]').includes('paused') \
+                 && q('[data-current-steps=web]').includes('analysis') \
+                 && q('[data-thresholds=web]').includes('error rate at most 1.00%, at least 20 requests'); })()",
+            )
+            .await;
         // The charts have data once two scrapes have passed.
         browser
             .until(
@@ -332,11 +353,7 @@ async fn the_dashboard_shows_a_paused_canary_and_its_promote_button_finishes_it(
         requested.iter().any(|u| u.contains("/api/v1/status")),
         "{requested:?}"
     );
-    let outside = browser.requested_elsewhere(&origin);
-    assert!(
-        outside.is_empty(),
-        "requests off serve's origin: {outside:?}"
-    );
+    browser.assert_stayed_on(&origin);
     drop(browser);
     let traffic = load.stop().await;
     assert_no_failures(&traffic);
@@ -387,11 +404,7 @@ async fn the_dashboard_asks_for_the_token_and_loads_nothing_from_outside() {
         requested.iter().any(|u| u == &format!("{origin}/")),
         "{requested:?}"
     );
-    let outside = browser.requested_elsewhere(&origin);
-    assert!(
-        outside.is_empty(),
-        "requests off serve's origin: {outside:?}"
-    );
+    browser.assert_stayed_on(&origin);
     drop(browser);
     server.shutdown().await.unwrap();
     sandbox.shutdown().await.unwrap();
@@ -431,11 +444,16 @@ async fn a_failed_deployments_evidence_is_rendered_as_readable_sections() {
     sandbox.deploy("v1", &quiet).await.expect("v1 deploys");
     let load = crate::support::load(sandbox.url(), 8);
     crate::support::responses_from(&load, "v1", 50).await;
-    let err = sandbox
-        .deploy("v2", &quiet)
-        .await
-        .expect_err("the smoke test fails v2");
-    assert!(err.message.contains("pre_traffic hook failed"), "{err}");
+    // Through the binary, which keeps the evidence (the sandbox's deploys keep none).
+    let deploy = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&sandbox.config_path)
+        .args(["deploy", SERVICE, "--version", "v2"])
+        .output()
+        .unwrap();
+    crate::support::assert_exit(&deploy, 1);
+    let said = crate::support::text(&deploy.stderr);
+    assert!(said.contains("pre_traffic hook failed"), "{said}");
     crate::support::responses_from(&load, "v1", load.snapshot().by_version["v1"].count + 50).await;
     assert_no_failures(&load.stop().await);
     let failed = sandbox.live().store.history(None, 1).unwrap()[0].id;
@@ -463,32 +481,33 @@ async fn a_failed_deployments_evidence_is_rendered_as_readable_sections() {
             &format!("{}.includes('smoke test failed on v2')", section("hooks")),
         )
         .await;
-    let hooks = browser.eval(&section("hooks")).await;
-    let hooks = hooks.as_str().unwrap();
-    assert!(hooks.contains("pre_traffic: FAILED: exit 1"), "{hooks}");
-    let steps = browser.eval(&section("steps")).await;
-    let steps = steps.as_str().unwrap();
-    for step in ["hook_ran", "failing", "remove_new"] {
-        assert!(steps.contains(step), "{step} in:\n{steps}");
+    let detail = browser
+        .eval("document.getElementById('detail').innerText")
+        .await;
+    let detail = detail.as_str().unwrap().to_owned();
+    let expected: [(&str, &[&str]); 5] = [
+        (
+            "hooks",
+            &["pre_traffic: FAILED: exit 1", "smoke test failed on v2"],
+        ),
+        ("steps", &["hook_ran", "failing", "remove_new"]),
+        (
+            "cause",
+            &["cause: hook: ", "pre_traffic hook failed: exit 1"],
+        ),
+        ("disruption", &["stable"]),
+        ("replicas", &[" v2 127.0.0.1:", "exit code ", "log tail"]),
+    ];
+    for (name, needles) in expected {
+        let shown = browser.eval(&section(name)).await;
+        let shown = shown.as_str().unwrap();
+        for needle in needles {
+            assert!(
+                shown.contains(needle),
+                "{needle:?} in the {name} section; the details show:\n{detail}"
+            );
+        }
     }
-    let cause = browser.eval(&section("cause")).await;
-    assert!(
-        cause.as_str().unwrap().contains("cause: hook: ")
-            && cause
-                .as_str()
-                .unwrap()
-                .contains("pre_traffic hook failed: exit 1"),
-        "{cause}"
-    );
-    let disruption = browser.eval(&section("disruption")).await;
-    assert!(
-        disruption.as_str().unwrap().contains("stable"),
-        "{disruption}"
-    );
-    let replicas = browser.eval(&section("replicas")).await;
-    let replicas = replicas.as_str().unwrap();
-    assert!(replicas.contains(" v2 127.0.0.1:"), "{replicas}");
-    assert!(replicas.contains("exit code "), "{replicas}");
     // Text, not a JSON document: no element holds the API's body as written.
     let raw = browser
         .eval(
@@ -499,11 +518,7 @@ async fn a_failed_deployments_evidence_is_rendered_as_readable_sections() {
     assert_eq!(raw, json!(false), "the details show raw JSON");
     let png = browser.screenshot().await;
     std::fs::write(artifact("dashboard-evidence.png"), &png).unwrap();
-    let outside = browser.requested_elsewhere(&origin);
-    assert!(
-        outside.is_empty(),
-        "requests off serve's origin: {outside:?}"
-    );
+    browser.assert_stayed_on(&origin);
     drop(browser);
     server.shutdown().await.unwrap();
     sandbox.shutdown().await.unwrap();

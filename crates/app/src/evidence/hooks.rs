@@ -123,26 +123,19 @@ mod tests {
                 },
             ),
         ];
-        let hooks = ran(&journal);
-        let brief: Vec<(&str, i64, Option<i64>, bool, &str, &str)> = hooks
-            .iter()
-            .map(|h| {
-                let (hook, summary, output) = (&h.hook, &h.summary, &h.output);
-                (
-                    hook.as_str(),
-                    h.at_ms,
-                    h.took_ms,
-                    h.ok,
-                    summary.as_str(),
-                    output.as_str(),
-                )
-            })
-            .collect();
+        let evidence = |hook: &str, at_ms, took_ms, ok, summary: &str, output: &str| HookEvidence {
+            hook: hook.into(),
+            at_ms,
+            took_ms,
+            ok,
+            summary: summary.into(),
+            output: output.into(),
+        };
         assert_eq!(
-            brief,
+            ran(&journal),
             [
-                ("pre_deploy", 1_000, Some(250), true, "exit 0", "migrated\n"),
-                (
+                evidence("pre_deploy", 1_000, Some(250), true, "exit 0", "migrated\n"),
+                evidence(
                     "pre_traffic",
                     2_000,
                     Some(900),
@@ -150,7 +143,7 @@ mod tests {
                     "exit 1",
                     "smoke failed\n"
                 ),
-                (
+                evidence(
                     "on_rollback",
                     3_000,
                     None,
