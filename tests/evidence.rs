@@ -98,6 +98,7 @@ async fn a_crashing_version_leaves_its_log_and_exit_code_and_a_good_deploy_recor
         "{shown}"
     );
     assert!(shown.contains("wait_healthy"), "the journal: {shown}");
+    assert!(shown.contains("\nhooks: none ran\n"), "{shown}");
 
     let unknown = switchyard(&config, &["history", "--show", "99"]);
     assert_exit(&unknown, 2);
@@ -114,6 +115,7 @@ async fn a_crashing_version_leaves_its_log_and_exit_code_and_a_good_deploy_recor
     assert_eq!(shown["schema"], 1, "{shown}");
     assert_eq!(shown["deployment"]["outcome"], "failed", "{shown}");
     assert!(!shown["journal"].as_array().unwrap().is_empty(), "{shown}");
+    assert_eq!(shown["hooks"], serde_json::json!([]), "{shown}");
     let evidence = &shown["evidence"];
     assert_eq!(evidence["cause"], "unhealthy", "{shown}");
     let replicas = evidence["replicas"].as_array().unwrap();

@@ -4,7 +4,8 @@
 //! are removed while a non-retrying load stays on v1 with 0 failed requests; `post_deploy`
 //! and `on_rollback` webhooks reach a test server on 127.0.0.1 signed with HMAC-SHA256 of the
 //! body, which the test checks with its own key, over https too (the binary trusting the
-//! receiver's test CA through `SSL_CERT_FILE`). The hook scripts are `#!/bin/sh` files run
+//! receiver's test CA through `SSL_CERT_FILE`, [`cli`]); through the binary, what hooks print
+//! is shown and kept, secrets redacted ([`cli`]). The hook scripts are `#!/bin/sh` files run
 //! as the program of an argv.
 
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +21,8 @@ use switchyard_engine::{DeploymentId, HookPoint, Name, Runtime, Step, Store};
 
 use crate::support::tls::TestCa;
 use crate::support::{assert_no_failures, require_dynamic, require_e2e, responses_from};
+
+mod cli;
 
 /// An executable `#!/bin/sh` script `name` in `dir`.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -133,7 +136,7 @@ if [ "$SWITCHYARD_VERSION" = "$2" ]; then echo "migration refused" >&2; exit 3; 
 }
 
 /// A smoke test that asks each new replica for its version, logging `addr version` to `$1`,
-/// and fails on version `$2`.
+/// and fails on version `$2` (the dashboard's test fails a deploy with it too).
 const SMOKE: &str = r#"out="$1"
 IFS=,
 for addr in $SWITCHYARD_REPLICAS; do
@@ -143,7 +146,7 @@ done
 if [ "$SWITCHYARD_VERSION" = "$2" ]; then echo "smoke test failed on $SWITCHYARD_VERSION"; exit 1; fi
 echo "smoke test passed""#;
 
-fn smoke_hook(dir: &Path, app: &Path, fail_on: &str) -> (String, PathBuf) {
+pub(crate) fn smoke_hook(dir: &Path, app: &Path, fail_on: &str) -> (String, PathBuf) {
     let smoke = script(dir, "smoke", SMOKE);
     let log = dir.join("smoked");
     let hook = format!(
@@ -367,161 +370,4 @@ async fn pre_traffic_reaches_the_new_replicas_and_webhooks_are_signed() {
     }
     server.abort();
     sandbox.shutdown().await.unwrap();
-}
-
-/// What the binary's test leaves: its processes and the nginx it started, removed on drop.
-struct CliProject(tempfile::TempDir);
-
-impl Drop for CliProject {
-    fn drop(&mut self) {
-        let dir = self.0.path();
-        crate::support::clean_up(
-            dir.join("switchyard.toml"),
-            &dir.join("nginx/logs/nginx.pid"),
-        );
-    }
-}
-
-/// A project for the binary in `project`'s directory: two replicas of the demo-app on the
-/// process runtime with `hooks` (lines of `hooks.<point> = …`); `deploy(version, env)` runs
-/// `switchyard deploy` there. Returns the service's listen.
-fn cli_project(project: &CliProject, app: &Path, hooks: &str) -> std::net::SocketAddr {
-    let dir = project.0.path();
-    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", crate::support::free_port())
-        .parse()
-        .unwrap();
-    let config = format!(
-        r#"[proxy]
-prefix = "nginx"
-control = "127.0.0.1:{control}"
-[state]
-path = "state/switchyard.db"
-[runtime]
-kind = "process"
-[[service]]
-name = "web"
-listen = "{listen}"
-command = [{app:?}]
-replicas = 2
-stop_timeout = "5s"
-health = {{ path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s" }}
-{hooks}
-"#,
-        control = crate::support::free_port(),
-        app = app.display().to_string(),
-    );
-    std::fs::write(dir.join("switchyard.toml"), config).unwrap();
-    listen
-}
-
-impl CliProject {
-    /// `switchyard deploy web --version VERSION` in the project, with `env` added.
-    fn deploy(&self, version: &str, env: &[(&str, &Path)]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(self.0.path().join("switchyard.toml"))
-            .args(["deploy", "web", "--version", version])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_prints_each_hook_with_the_tail_of_its_output() {
-    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
-        return;
-    };
-    let project = CliProject(tempfile::tempdir().unwrap());
-    let dir = project.0.path();
-    let (smoke, _) = smoke_hook(dir, &app, "v2");
-    let notify = script(dir, "notify", "echo \"told about $SWITCHYARD_VERSION\"");
-    let hooks = format!(
-        "{smoke}\nhooks.post_deploy = {{ command = [{:?}] }}",
-        notify.display().to_string()
-    );
-    cli_project(&project, &app, &hooks);
-    let v1 = project.deploy("v1", &[]);
-    crate::support::assert_exit(&v1, 0);
-    let said = crate::support::text(&v1.stderr);
-    for line in [
-        "pre_traffic hook ran: exit 0",
-        "  | smoke test passed",
-        "post_deploy hook ran: exit 0",
-        "  | told about v1",
-    ] {
-        assert!(said.contains(line), "{line:?} in:\n{said}");
-    }
-    let v2 = project.deploy("v2", &[]);
-    crate::support::assert_exit(&v2, 1);
-    let said = crate::support::text(&v2.stderr);
-    for line in [
-        "pre_traffic hook FAILED: exit 1",
-        "  | smoke test failed on v2",
-        "pre_traffic hook failed: exit 1: smoke test failed on v2",
-    ] {
-        assert!(said.contains(line), "{line:?} in:\n{said}");
-    }
-    assert!(!said.contains("post_deploy hook"), "{said}");
-}
-
-/// The https version of the signed webhooks: the binary, given the test CA by
-/// `SSL_CERT_FILE`, delivers `post_deploy` to a TLS receiver with the same signature; without
-/// it the hook fails on the certificate (and, after the deploy, undoes nothing).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_webhook_is_delivered_signed_to_a_receiver_trusted_by_ssl_cert_file() {
-    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
-        return;
-    };
-    let Some(ca) = TestCa::new() else {
-        return;
-    };
-    let (url, received, server) = webhook_server(Some(&ca)).await;
-    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let project = CliProject(tempfile::tempdir().unwrap());
-    let key = project.0.path().join("hook.key");
-    std::fs::write(&key, "tls-k3y\n").unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let hooks = format!(
-        "hooks.post_deploy = {{ url = {url:?}, secret_file = {:?}, timeout = \"5s\" }}",
-        key.display().to_string()
-    );
-    let listen = cli_project(&project, &app, &hooks);
-    let trusted = [("SSL_CERT_FILE", ca.ca.as_path())];
-    let v1 = project.deploy("v1", &trusted);
-    crate::support::assert_exit(&v1, 0);
-    let load = crate::support::load(format!("http://{listen}/"), 8);
-    responses_from(&load, "v1", 200).await;
-    let v2 = project.deploy("v2", &trusted);
-    crate::support::assert_exit(&v2, 0);
-    let said = crate::support::text(&v2.stderr);
-    assert!(said.contains("post_deploy hook ran: HTTP 200"), "{said}");
-    responses_from(&load, "v2", 200).await;
-    // Not trusted: the deploy is done, the hook failed on the certificate.
-    let v3 = project.deploy("v3", &[]);
-    crate::support::assert_exit(&v3, 0);
-    let said = crate::support::text(&v3.stderr);
-    assert!(said.contains("post_deploy hook FAILED"), "{said}");
-    assert!(said.contains("invalid peer certificate"), "{said}");
-    responses_from(&load, "v3", 200).await;
-    assert_no_failures(&load.stop().await);
-
-    let received = received.lock().unwrap().clone();
-    let versions: Vec<String> = received
-        .iter()
-        .map(|(signature, body)| {
-            assert_eq!(
-                signature.as_deref(),
-                Some(expected_signature(b"tls-k3y", body).as_str())
-            );
-            let body: serde_json::Value = serde_json::from_slice(body).unwrap();
-            body["version"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    assert_eq!(
-        versions,
-        ["v1", "v2"],
-        "v3's hook never reached the receiver"
-    );
-    server.abort();
 }

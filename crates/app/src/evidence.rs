@@ -9,12 +9,15 @@
 //!   tail, exit code and OOM flag, the nginx error-log lines of the deploy mentioning its
 //!   upstreams or replicas, and the judge's checks with the thresholds they were held to.
 //!
+//! The hooks a deployment ran are read back from its journal when shown ([`hooks::ran`]).
+//!
 //! Nothing here adds an environment value: logs hold what the app printed, and every value
 //! of the service's `env_file` and `secrets` is replaced by `[redacted]` wherever it shows.
 //! Evidence that cannot be collected or stored is a warning; it never changes the deploy's
 //! result.
 
 pub mod disruption;
+pub mod hooks;
 pub mod recording;
 
 use std::io::{Read, Seek, SeekFrom};
@@ -28,6 +31,7 @@ use switchyard_nginx::NginxRouter;
 use switchyard_store::SqliteStore;
 
 pub use disruption::Disruption;
+pub use hooks::HookEvidence;
 use recording::{EventLog, RecordingRuntime};
 
 use crate::live::{HttpProber, Live, SystemHost};
@@ -38,8 +42,6 @@ pub const SCHEMA: u32 = 1;
 pub const ERROR_LINES: usize = 50;
 /// At most this much of the error log written during a deploy is read.
 const ERROR_LOG_READ_MAX: u64 = 4 * 1024 * 1024;
-/// Shorter secret values are not searched for: they would match ordinary words.
-const SECRET_MIN_LEN: usize = 4;
 
 /// What a failed deployment left behind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,12 +324,7 @@ pub fn error_lines(log: &Path, from: u64, needles: &[String]) -> Vec<String> {
 
 /// `value` with every secret value of `spec` (`env_file`, `secrets`) replaced in every string.
 pub fn redact(value: serde_json::Value, spec: &ServiceSpec) -> serde_json::Value {
-    let secrets: Vec<&str> = spec
-        .secrets
-        .iter()
-        .map(|(_, v)| v)
-        .filter(|v| v.len() >= SECRET_MIN_LEN)
-        .collect();
+    let secrets = crate::secrets::values(spec);
     if secrets.is_empty() {
         return value;
     }
@@ -337,11 +334,7 @@ pub fn redact(value: serde_json::Value, spec: &ServiceSpec) -> serde_json::Value
 fn redact_with(value: serde_json::Value, secrets: &[&str]) -> serde_json::Value {
     use serde_json::Value;
     match value {
-        Value::String(s) => Value::String(
-            secrets
-                .iter()
-                .fold(s, |s, secret| s.replace(secret, "[redacted]")),
-        ),
+        Value::String(s) => Value::String(crate::secrets::redact(&s, secrets)),
         Value::Array(items) => {
             Value::Array(items.into_iter().map(|v| redact_with(v, secrets)).collect())
         }

@@ -8,8 +8,11 @@
 //! killed. A webhook is a POST of the [`HookCall`] as JSON, signed when the hook has a
 //! `secret_file` with `X-Switchyard-Signature: sha256=<hex HMAC-SHA256 of the body>`; an
 //! answer outside 2xx fails it. The key is read from its file when the hook runs and never
-//! printed.
+//! printed. What a hook prints or answers is kept (journaled, shown, sent on) with the key
+//! and the service's `env_file` and `secrets` values replaced by `[redacted]`
+//! ([`HookRunner::redacting`]).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -37,6 +40,8 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// Runs hooks for real: commands with tokio, webhooks with reqwest.
 pub struct HookRunner {
     client: reqwest::Client,
+    /// Each service's secret values, replaced in what its hooks print or answer.
+    secrets: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for HookRunner {
@@ -47,21 +52,57 @@ impl Default for HookRunner {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        HookRunner { client }
+        HookRunner {
+            client,
+            secrets: BTreeMap::new(),
+        }
     }
 }
 
 impl Hooks for HookRunner {
     fn run<'a>(&'a self, hook: &'a HookSpec, call: &'a HookCall) -> HookFuture<'a> {
         Box::pin(async move {
-            match &hook.action {
+            let run = match &hook.action {
                 HookAction::Command(argv) => run_command(argv, hook.timeout, call).await,
                 HookAction::Webhook { url, secret_file } => {
                     self.post(url, secret_file.as_deref(), hook.timeout, call)
                         .await
                 }
-            }
+            };
+            self.redacted(&call.service, run)
         })
+    }
+}
+
+impl HookRunner {
+    /// A runner that keeps every value of each service's `env_file` and `secrets` in
+    /// `config` (read by [`crate::secrets::read`]) out of what that service's hooks print or
+    /// answer: a hook may read the same secrets as the app.
+    pub fn redacting(config: &Config) -> HookRunner {
+        let secrets = config
+            .services
+            .iter()
+            .map(|s| {
+                let values = crate::secrets::values(s).into_iter().map(str::to_owned);
+                (s.name.to_string(), values.collect())
+            })
+            .collect();
+        HookRunner {
+            secrets,
+            ..HookRunner::default()
+        }
+    }
+
+    fn redacted(&self, service: &str, run: HookRun) -> HookRun {
+        let Some(values) = self.secrets.get(service).filter(|v| !v.is_empty()) else {
+            return run;
+        };
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        HookRun {
+            summary: crate::secrets::redact(&run.summary, &values),
+            output: crate::secrets::redact(&run.output, &values),
+            ..run
+        }
     }
 }
 
@@ -218,9 +259,13 @@ impl HookRunner {
             .post(url)
             .timeout(timeout)
             .header("content-type", "application/json");
+        let mut key_text = None;
         if let Some(file) = secret_file {
             match read_key(file) {
-                Ok(key) => request = request.header(SIGNATURE_HEADER, signature(&key, &body)),
+                Ok(key) => {
+                    request = request.header(SIGNATURE_HEADER, signature(&key, &body));
+                    key_text = String::from_utf8(key).ok();
+                }
                 Err(e) => return failed(e),
             }
         }
@@ -246,10 +291,17 @@ impl HookRunner {
         if let Ok(Ok(bytes)) = read {
             tail.push(&bytes);
         }
+        // A receiver that echoes what it was sent would echo no key, but one that prints
+        // its configuration might.
+        let keys: Vec<&str> = key_text
+            .iter()
+            .map(String::as_str)
+            .filter(|k| k.len() >= crate::secrets::REDACT_MIN_LEN)
+            .collect();
         HookRun {
             ok: status.is_success(),
             summary: format!("HTTP {}", status.as_u16()),
-            output: tail.text(),
+            output: crate::secrets::redact(&tail.text(), &keys),
         }
     }
 }

@@ -275,6 +275,7 @@ impl Live {
             }
         };
         let router = router(&config)?;
+        let hooks = crate::hooks::HookRunner::redacting(&config);
         Ok(Live {
             config,
             runtime,
@@ -282,7 +283,7 @@ impl Live {
             store,
             host: SystemHost,
             prober: HttpProber::default(),
-            hooks: crate::hooks::HookRunner::default(),
+            hooks,
         })
     }
 

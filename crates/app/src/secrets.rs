@@ -1,4 +1,5 @@
-//! Reading a service's `env_file` and `secrets` files when a deploy begins: [`read`].
+//! Reading a service's `env_file` and `secrets` files when a deploy begins: [`read`]; and
+//! keeping their values out of what switchyard keeps or prints: [`values`] and [`redact`].
 //!
 //! Values go into [`ServiceSpec::secrets`], which only runtimes read (into the replica's
 //! environment). No error here ever holds a value: they name the file, the key and the line.
@@ -18,6 +19,27 @@ pub fn read(config: &mut Config) -> Result<(), AppError> {
         spec.secrets = read_service(spec)?;
     }
     Ok(())
+}
+
+/// Shorter secret values are not searched for: they would match ordinary words.
+pub const REDACT_MIN_LEN: usize = 4;
+
+/// The values of `spec`'s `env_file` and `secrets` worth searching for (see
+/// [`REDACT_MIN_LEN`]); none until [`read`] has read them.
+pub fn values(spec: &ServiceSpec) -> Vec<&str> {
+    spec.secrets
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v.len() >= REDACT_MIN_LEN)
+        .collect()
+}
+
+/// `text` with every one of `values` replaced by `[redacted]`.
+pub fn redact(text: &str, values: &[&str]) -> String {
+    values
+        .iter()
+        .filter(|v| !v.is_empty())
+        .fold(text.to_owned(), |t, v| t.replace(v, "[redacted]"))
 }
 
 fn read_service(spec: &ServiceSpec) -> Result<Secrets, AppError> {

@@ -1,8 +1,9 @@
 //! `switchyard history`: past deployments, newest first, each with what it cost at the proxy
-//! (`disruption`); `--show ID` prints one deployment with its journal and its evidence.
+//! (`disruption`); `--show ID` prints one deployment with its journal, the hooks it ran with
+//! their output, and its evidence.
 
 use serde::Serialize;
-use switchyard_app::evidence::{Disruption, FailureEvidence, ReplicaEvidence};
+use switchyard_app::evidence::{hooks, Disruption, FailureEvidence, HookEvidence, ReplicaEvidence};
 use switchyard_app::AppError;
 use switchyard_engine::{DeploymentId, DeploymentRecord, JournalEntry, Name, Store};
 use switchyard_store::SqliteStore;
@@ -27,6 +28,8 @@ struct Shown {
     schema: u32,
     deployment: DeploymentRecord,
     journal: Vec<JournalEntry>,
+    /// The hooks it ran, from the journal.
+    hooks: Vec<HookEvidence>,
     disruption: Option<serde_json::Value>,
     evidence: Option<serde_json::Value>,
 }
@@ -122,6 +125,7 @@ fn show_one(cli: &Cli, store: &SqliteStore, id: DeploymentId) -> Result<(), AppE
     let shown = Shown {
         schema: SHOW_SCHEMA,
         deployment,
+        hooks: hooks::ran(&journal),
         journal,
         disruption,
         evidence,
@@ -159,6 +163,8 @@ fn print_shown(s: &Shown) {
         let mut step = serde_json::to_value(&e.step).unwrap_or_default();
         if let Some(map) = step.as_object_mut() {
             map.remove("step");
+            // Printed under `hooks:`.
+            map.remove("output");
         }
         let detail = match &step {
             serde_json::Value::Object(map) if map.is_empty() => String::new(),
@@ -171,12 +177,36 @@ fn print_shown(s: &Shown) {
             e.step.name()
         );
     }
+    print_hooks(&s.hooks, d.started_ms);
     match s.evidence.as_ref() {
         None => println!("evidence: none kept (it is kept for failed deployments)"),
         Some(value) => match serde_json::from_value::<FailureEvidence>(value.clone()) {
             Ok(evidence) => print_evidence(&evidence),
             Err(_) => println!("evidence: written by a newer switchyard; see --output json"),
         },
+    }
+}
+
+fn print_hooks(hooks: &[HookEvidence], started_ms: i64) {
+    if hooks.is_empty() {
+        println!("hooks: none ran");
+        return;
+    }
+    println!("hooks:");
+    for h in hooks {
+        let took = h.took_ms.map_or(String::new(), |ms| {
+            format!(", took {:.1}s", ms as f64 / 1000.0)
+        });
+        println!(
+            "  {} at +{:.3}s{took}: {}: {}",
+            h.hook,
+            (h.at_ms - started_ms) as f64 / 1000.0,
+            if h.ok { "ok" } else { "FAILED" },
+            h.summary
+        );
+        for line in h.output.lines() {
+            println!("      | {line}");
+        }
     }
 }
 

@@ -269,3 +269,55 @@ fn hook_paths_are_resolved_against_the_config_and_checked() {
         }
     );
 }
+
+/// Regression: what a hook printed was journaled (and shown, and sent on) as printed, so a
+/// hook that read the service's secrets, or a receiver that printed its key, put them in the
+/// state database.
+#[tokio::test]
+async fn what_a_hook_prints_or_answers_keeps_no_secret_value() {
+    let mut config = Config::parse(CONFIG, Path::new("switchyard.toml")).unwrap();
+    let values = [
+        ("DATABASE_URL", "postgres://app:hunter2-pw@db"),
+        ("SHORT", "ab"),
+    ];
+    config.services[0].secrets = switchyard_engine::Secrets::new(
+        values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let runner = HookRunner::redacting(&config);
+    let script = "echo \"migrating postgres://app:hunter2-pw@db as ab\" >&2; exit 1";
+    let spec = command(&["/bin/sh", "-c", script], Duration::from_secs(10));
+    let run = runner.run(&spec, &call(HookPoint::PreDeploy)).await;
+    assert_eq!(
+        (run.ok, run.output.as_str()),
+        (false, "migrating [redacted] as ab\n"),
+        "values too short to search for are left"
+    );
+    // Another service's hooks are not searched for web's values.
+    let mut other = call(HookPoint::PreDeploy);
+    other.service = "api".into();
+    let run = runner.run(&spec, &other).await;
+    assert!(run.output.contains("hunter2-pw"), "{}", run.output);
+
+    // A webhook's key, in its answer.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hook.key");
+    std::fs::write(&key, "k3y-s3cr3t-value\n").unwrap();
+    let url = answering(
+        500,
+        "configured with k3y-s3cr3t-value, db postgres://app:hunter2-pw@db",
+    )
+    .await;
+    let run = runner
+        .run(
+            &webhook(&url, Some(key.as_path())),
+            &call(HookPoint::PostDeploy),
+        )
+        .await;
+    assert_eq!(
+        (run.summary.as_str(), run.output.as_str()),
+        ("HTTP 500", "configured with [redacted], db [redacted]")
+    );
+}

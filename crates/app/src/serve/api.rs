@@ -5,8 +5,9 @@
 //! - `GET status`: what `/api/status` gives;
 //! - `GET history?service=&limit=`: deployments, newest first (20 unless `limit`), each with
 //!   its disruption at the proxy;
-//! - `GET deployments/{id}`: the deployment row (with its disruption), its journal, its
-//!   outcome and, for a failure, its evidence;
+//! - `GET deployments/{id}`: the deployment row (with its disruption), its journal, the
+//!   hooks it ran with their output, its outcome, a canary's thresholds in the config and,
+//!   for a failure, its evidence;
 //! - `GET deployments/{id}/events`: a server-sent event stream of its steps (`events.rs`);
 //! - `POST services/{service}/deploy` with `{"version": "v2", "strategy": "canary"}`
 //!   (strategy optional) and `POST services/{service}/rollback`: run detached, 202
@@ -257,19 +258,30 @@ async fn deployment(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -
     })
     .await;
     match read {
-        Ok(Some(((record, journal), kept))) => ok(
-            StatusCode::OK,
-            &json!({
-                "outcome": record.outcome,
-                "message": record.message,
-                "deployment": with_disruption(
-                    json!(record),
-                    kept.as_ref().and_then(|k| k.disruption.clone()),
-                ),
-                "journal": journal,
-                "evidence": kept.and_then(|k| k.failure),
-            }),
-        ),
+        Ok(Some(((record, journal), kept))) => {
+            // What a canary is judged against: serve's config (a failure's evidence keeps the
+            // thresholds it was held to).
+            let thresholds = daemon
+                .config
+                .service(record.service.as_str())
+                .filter(|_| record.strategy == "canary")
+                .map(|spec| crate::evidence::Thresholds::from(&spec.canary.policy));
+            ok(
+                StatusCode::OK,
+                &json!({
+                    "thresholds": thresholds,
+                    "outcome": record.outcome,
+                    "message": record.message,
+                    "deployment": with_disruption(
+                        json!(record),
+                        kept.as_ref().and_then(|k| k.disruption.clone()),
+                    ),
+                    "hooks": crate::evidence::hooks::ran(&journal),
+                    "journal": journal,
+                    "evidence": kept.and_then(|k| k.failure),
+                }),
+            )
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, &events::no_such(id)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }

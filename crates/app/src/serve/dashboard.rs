@@ -2,7 +2,12 @@
 //! outside: its Content-Security-Policy allows its own origin only). It signs in with the API
 //! token (kept in the tab's `sessionStorage`; `#token=` in the URL signs in too), polls
 //! `/api/v1/status` and `/api/v1/history`, reads `/metrics` for request rate, error rate and
-//! p99 per track, and drives promote, abort and rollback through the API. State-changing
+//! p99 per track, and drives promote, abort and rollback through the API. A deployment picked
+//! in the history is shown from `/api/v1/deployments/{id}` as sections: what failed at the
+//! proxy per track (and before), its steps with their times, the hooks with their output,
+//! and for a failure the judge's checks against their thresholds, each new replica's state,
+//! exit code, OOM flag, last health response and log tail, and nginx's error lines. The page
+//! builds its DOM from text nodes only (never markup from data). State-changing
 //! requests carry the token in the `Authorization` header, which a cross-site form or image
 //! cannot send, so they are safe from cross-site request forgery; the page may not be framed.
 
@@ -42,5 +47,19 @@ mod tests {
         }
         assert!(PAGE.contains("fetch(\"/api/v1/\""), "it reads the API");
         assert!(PAGE.contains("fetch(\"/metrics\")"), "it reads the metrics");
+    }
+
+    #[test]
+    fn the_page_never_parses_data_as_markup() {
+        // Log tails and hook output are whatever a program printed: text nodes only.
+        for needle in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!PAGE.contains(needle), "the dashboard uses {needle}");
+        }
     }
 }
