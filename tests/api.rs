@@ -312,6 +312,10 @@ async fn a_detached_deploy_under_load_finishes_while_its_event_stream_reports_ea
     assert_eq!(status, 202, "{body}");
     let answered = asked.elapsed();
     let id = body["deployment"].as_i64().expect("a deployment id");
+    // Followed from now, while the deploy runs (connected later, on a slow machine, the
+    // stream could only replay a finished deploy).
+    let path = format!("/api/v1/deployments/{id}/events");
+    let stream = tokio::spawn(async move { events(addr, &path).await });
     // Answered at Begin, not at the end: the deploy still runs and holds the lock, which a
     // second deploy (API or CLI alike) finds taken.
     let (status, body) = authed(addr, "POST", &deploy_path, Some(r#"{"version": "v3"}"#)).await;
@@ -320,7 +324,7 @@ async fn a_detached_deploy_under_load_finishes_while_its_event_stream_reports_ea
     let cli = sandbox.deploy("v3", &Progress::new(false)).await;
     assert!(cli.is_err_and(|e| e.code == 2 && e.message.contains("lock")));
 
-    let stream = events(addr, &format!("/api/v1/deployments/{id}/events")).await;
+    let stream = stream.await.expect("the event stream's task");
     let seen = names(&stream);
     assert_eq!(seen.first(), Some(&"begin"), "{seen:?}");
     assert_eq!(&seen[seen.len() - 2..], ["done", "end"], "{seen:?}");
