@@ -94,6 +94,11 @@ async fn a_version_failing_after_cutover_is_routed_back_and_the_switch_fails_not
     let traffic = load.stop().await;
     assert_eq!(traffic.retried, 0, "nothing was re-sent: {traffic}");
     assert!(traffic.failed > 0, "v2 really failed requests: {traffic}");
+    assert_eq!(
+        traffic.failed_by_version.get("v2"),
+        Some(&traffic.failed),
+        "every failure, beyond the ones kept in detail, is v2's own: {traffic}"
+    );
     for failure in &traffic.failures {
         match &failure.kind {
             FailureKind::Status {

@@ -157,6 +157,9 @@ pub struct LoadReport {
     pub failures: Vec<Failure>,
     /// Successful responses by their `x-version` header; those without one are not here.
     pub by_version: BTreeMap<String, VersionSeen>,
+    /// Failed responses (non-2xx) by their `x-version` header, all of them counted (not only
+    /// the kept [`LoadReport::failures`]): what a version failed by itself.
+    pub failed_by_version: BTreeMap<String, u64>,
     /// One per successful request, up to [`MAX_SAMPLES_KEPT`], in completion order.
     pub samples: Vec<Sample>,
     /// Successful requests beyond [`MAX_SAMPLES_KEPT`], counted but not sampled.
@@ -325,6 +328,7 @@ struct Tally {
     failed: u64,
     failures: Vec<Failure>,
     by_version: BTreeMap<String, VersionSeen>,
+    failed_by_version: BTreeMap<String, u64>,
     samples: Vec<Sample>,
     samples_dropped: u64,
     retried: u64,
@@ -386,7 +390,12 @@ impl Shared {
                 }
                 return;
             }
-            Outcome::Status { code, version } => FailureKind::Status { code, version },
+            Outcome::Status { code, version } => {
+                if let Some(v) = &version {
+                    *tally.failed_by_version.entry(v.clone()).or_default() += 1;
+                }
+                FailureKind::Status { code, version }
+            }
             Outcome::Error(error) => FailureKind::Error(error),
         };
         tally.failed += 1;
@@ -409,6 +418,7 @@ impl Shared {
             failed: tally.failed,
             failures: tally.failures.clone(),
             by_version: tally.by_version.clone(),
+            failed_by_version: tally.failed_by_version.clone(),
             samples: tally.samples.clone(),
             samples_dropped: tally.samples_dropped,
             retried: tally.retried,

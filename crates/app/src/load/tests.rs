@@ -170,6 +170,10 @@ async fn counts_ok_failed_and_versions_and_stops_at_max_requests() {
         }));
     assert_eq!(report.by_version["v1"].count, 75);
     assert_eq!(report.by_version["v2"].count, 75);
+    assert_eq!(
+        report.failed_by_version["v1"], 50,
+        "every failure counted by version, beyond the ones kept"
+    );
     assert!(report.by_version["v1"].first <= report.by_version["v2"].last);
     assert_eq!(report.samples.len(), 150);
     assert!(report.percentile(50.0, None).is_some());
@@ -270,6 +274,7 @@ fn percentile_over_a_window() {
         failed: 0,
         failures: Vec::new(),
         by_version: BTreeMap::new(),
+        failed_by_version: BTreeMap::new(),
         // Steady at 10 ms for the first second, then 100–400 ms during a deploy.
         samples: vec![
             sample(0, 10),
