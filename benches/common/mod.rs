@@ -4,10 +4,10 @@
 //! ([`finish`], [`remove_images`]), where raw rows go ([`json_path`]), the machine they ran
 //! on ([`Machine`]), the naive reload-then-stop flow the engine is measured against
 //! ([`naive_flip`], built from [`naive_start`], [`wait_healthy`], [`naive_route`] and
-//! [`naive_stop_at_once`]), a client that never re-sends ([`Wrk`]), and a count of an nginx
-//! master's workers taken on a thread of its own ([`WorkerWatch`]), the knobs ([`knob`],
-//! [`bench_parts`]), a plain HTTP exchange ([`http_call`]) and a process's CPU time
-//! ([`cpu_time`]).
+//! [`naive_stop_at_once`]), a client that never re-sends ([`Wrk`], [`under_wrk`]), a count of
+//! an nginx master's workers taken on a thread of its own ([`WorkerWatch`]), the knobs
+//! ([`knob`], [`bench_parts`]), a plain HTTP exchange ([`http_call`]) and a process's CPU
+//! time ([`cpu_time`]).
 
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -573,6 +573,26 @@ impl Wrk {
             )
         })
     }
+}
+
+/// Runs `work` under wrk on `url`, with no script: wrk starts, runs `warm`, `work` runs, wrk
+/// runs `settle` more and is stopped. wrk's report and what `work` returned, which the
+/// caller looks at after wrk's (a failed deploy still leaves wrk's count to read).
+pub async fn under_wrk<T>(
+    url: &str,
+    (threads, connections): (usize, usize),
+    (warm, settle): (Duration, Duration),
+    work: impl Future<Output = T>,
+) -> anyhow::Result<(WrkReport, T)> {
+    let wrk = Wrk::start(url, threads, connections, Duration::from_secs(120), None)?;
+    tokio::time::sleep(warm).await;
+    let done = work.await;
+    tokio::time::sleep(settle).await;
+    let report = wrk.stop().await?;
+    if report.requests == 0 {
+        bail!("wrk sent no request to {url}");
+    }
+    Ok((report, done))
 }
 
 /// Reads wrk's summary: "N requests in Xs", and when present "Socket errors: connect N,

@@ -78,21 +78,14 @@ async fn rounds_of(host: &Host, rounds: usize) -> anyhow::Result<Vec<Row>> {
 async fn measure(host: &Host, driver: Driver, round: usize) -> anyhow::Result<Row> {
     let version = format!("{}-{round}", driver.name());
     let url = host.sandbox.url();
-    let wrk = Wrk::start(
+    let (report, deployed) = under_wrk(
         &url,
-        WRK_THREADS,
-        CONNECTIONS,
-        Duration::from_secs(120),
-        None,
-    )?;
-    tokio::time::sleep(WARM).await;
-    let deployed = host.deploy(driver, WEB, &version, None).await;
-    tokio::time::sleep(SETTLE).await;
-    let report = wrk.stop().await?;
+        (WRK_THREADS, CONNECTIONS),
+        (WARM, SETTLE),
+        host.deploy(driver, WEB, &version, None),
+    )
+    .await?;
     let wall = deployed?;
-    if report.requests == 0 {
-        bail!("wrk sent no request to {url}");
-    }
     let record = host.last_deployment(WEB).await?;
     if record["to_version"] != version.as_str() || record["outcome"] != "succeeded" {
         bail!("the newest deployment is not a succeeded deploy of {version}: {record}");

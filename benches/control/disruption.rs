@@ -133,26 +133,17 @@ async fn measure_one(
     let log = &host.sandbox.live().router.layout.access_log;
     let log_from = std::fs::metadata(log).map_or(0, |m| m.len());
     let from_ms = unix_ms();
-    let wrk = Wrk::start(
+    let (report, deployed) = under_wrk(
         &url,
-        WRK_THREADS,
-        CONNECTIONS,
-        Duration::from_secs(120),
-        None,
-    )?;
-    tokio::time::sleep(WARM).await;
-    let deployed = host
-        .deploy(Driver::Cli, WEB, &version, Some(strategy))
-        .await;
-    tokio::time::sleep(SETTLE).await;
-    let report = wrk.stop().await?;
+        (WRK_THREADS, CONNECTIONS),
+        (WARM, SETTLE),
+        host.deploy(Driver::Cli, WEB, &version, Some(strategy)),
+    )
+    .await?;
     // nginx logs a request wrk abandoned (499) when it notices, a moment after.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let to_ms = unix_ms();
     deployed?;
-    if report.requests == 0 {
-        bail!("wrk sent no request to {url}");
-    }
     let record = host.last_deployment(WEB).await?;
     if record["to_version"] != version.as_str() {
         bail!("the newest deployment is not {version}: {record}");
