@@ -575,16 +575,17 @@ impl Wrk {
     }
 }
 
-/// Runs `work` under wrk on `url`, with no script: wrk starts, runs `warm`, `work` runs, wrk
-/// runs `settle` more and is stopped. wrk's report and what `work` returned, which the
-/// caller looks at after wrk's (a failed deploy still leaves wrk's count to read).
+/// Runs `work` under wrk on `url` (with `script`, if any): wrk starts, runs `warm`, `work`
+/// runs, wrk runs `settle` more and is stopped. wrk's report and what `work` returned, which
+/// the caller looks at after wrk's (a failed deploy still leaves wrk's count to read).
 pub async fn under_wrk<T>(
     url: &str,
     (threads, connections): (usize, usize),
     (warm, settle): (Duration, Duration),
+    script: Option<&Path>,
     work: impl Future<Output = T>,
 ) -> anyhow::Result<(WrkReport, T)> {
-    let wrk = Wrk::start(url, threads, connections, Duration::from_secs(120), None)?;
+    let wrk = Wrk::start(url, threads, connections, Duration::from_secs(120), script)?;
     tokio::time::sleep(warm).await;
     let done = work.await;
     tokio::time::sleep(settle).await;
@@ -593,6 +594,18 @@ pub async fn under_wrk<T>(
         bail!("wrk sent no request to {url}");
     }
     Ok((report, done))
+}
+
+/// A wrk script that sends every request as a POST with a `bytes`-byte body, written into
+/// `dir`; its path.
+pub fn post_script(dir: &Path, bytes: usize) -> anyhow::Result<PathBuf> {
+    let path = dir.join("post.lua");
+    let script = format!(
+        "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {bytes})\n\
+         wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
+    );
+    std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Reads wrk's summary: "N requests in Xs", and when present "Socket errors: connect N,

@@ -82,6 +82,7 @@ async fn measure(host: &Host, driver: Driver, round: usize) -> anyhow::Result<Ro
         &url,
         (WRK_THREADS, CONNECTIONS),
         (WARM, SETTLE),
+        None,
         host.deploy(driver, WEB, &version, None),
     )
     .await?;

@@ -1,14 +1,14 @@
-//! Part `disruption`: does what a deploy records about itself match what a client saw? Three
+//! Part `disruption`: does what a deploy records about itself match what a client saw? Four
 //! hosts ([`ROUTINGS`]): `[proxy] routing = "reload"` (each route change reloads nginx, whose
-//! exiting workers close keep-alive connections), `routing = "dynamic"`, and dynamic routing
-//! whose old replicas are stopped and exit at once, with requests in flight; each round, each
-//! deploys blue-green and rolling (`max_surge = 1`, 4 route changes) through the
-//! CLI under `wrk -t2 -c64`, started [`WARM`] before the command and stopped [`SETTLE`] after
-//! it. A [`Row`] holds, for one deploy, what wrk counted failing over its run, what the
-//! deploy recorded (`switchyard history --output json`: its window, `started_ms` to
-//! `finished_ms`), and what nginx's access log holds over wrk's whole run, counted by the
-//! same code ([`measure`]) so that a gap splits into "outside the deploy's window" and
-//! "never in the log".
+//! exiting workers close keep-alive connections), `routing = "dynamic"`, and twice dynamic
+//! routing whose old replicas are stopped and exit at once, with requests in flight, once
+//! under GETs and once under POSTs; each round, each deploys blue-green and rolling
+//! (`max_surge = 1`, 4 route changes) through the CLI under `wrk -t2 -c64`, started [`WARM`]
+//! before the command and stopped [`SETTLE`] after it. A [`Row`] holds, for one deploy, what
+//! wrk counted failing over its run, what the deploy recorded (`switchyard history --output
+//! json`: its window, `started_ms` to `finished_ms`), and what nginx's access log holds over
+//! wrk's whole run, counted by the same code ([`measure`]) so that a gap splits into
+//! "outside the deploy's window" and "never in the log".
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Seek};
@@ -30,8 +30,16 @@ const WARM: Duration = Duration::from_millis(1000);
 const SETTLE: Duration = Duration::from_millis(1000);
 /// The hosts: reload routing, dynamic routing, and dynamic routing with old replicas that
 /// are stopped at once and exit at once (`drain.timeout = "0s"`, the demo-app's
-/// `SHUTDOWN_GRACE_MS=0`), so that requests in flight at the stop do fail at the proxy.
-pub const ROUTINGS: [&str; 3] = ["reload", "dynamic", "dynamic, abrupt stop"];
+/// `SHUTDOWN_GRACE_MS=0`), so that requests in flight at the stop do fail at the proxy:
+/// under GETs, which nginx sends again to another peer, and under POSTs, which it does not.
+pub const ROUTINGS: [&str; 4] = [
+    "reload",
+    "dynamic",
+    "dynamic, abrupt stop",
+    "dynamic, abrupt stop, POST",
+];
+/// The body of each POST.
+const POST_BODY: usize = 256;
 pub const STRATEGIES: [&str; 2] = ["blue-green", "rolling"];
 
 #[derive(Debug, Serialize)]
@@ -51,9 +59,11 @@ pub struct Row {
 }
 
 pub async fn run(app: &Path, rounds: usize) -> anyhow::Result<Vec<Row>> {
+    let scripts = tempfile::tempdir().context("a directory for the wrk script")?;
+    let post = post_script(scripts.path(), POST_BODY)?;
     let mut hosts = Vec::new();
     for routing in ROUTINGS {
-        let abrupt = routing.ends_with("abrupt stop");
+        let abrupt = routing.contains("abrupt stop");
         let mut options = SandboxOptions::new(RuntimeChoice::Process, app.to_owned())
             .replicas(REPLICAS)
             .env("LATENCY_MS", &LATENCY_MS.to_string())
@@ -68,10 +78,11 @@ pub async fn run(app: &Path, rounds: usize) -> anyhow::Result<Vec<Row>> {
         let host = Host::start(options, 0, false)
             .await
             .with_context(|| format!("the {routing} host"))?;
-        hosts.push((routing, host));
+        let script = routing.ends_with("POST").then_some(post.as_path());
+        hosts.push((routing, host, script));
     }
     let rows = rounds_of(&hosts, rounds).await;
-    for (routing, host) in hosts {
+    for (routing, host, _) in hosts {
         if let Err(e) = host.shutdown().await {
             eprintln!("shutting the {routing} host down: {e:#}");
         }
@@ -81,17 +92,20 @@ pub async fn run(app: &Path, rounds: usize) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-async fn rounds_of(hosts: &[(&'static str, Host)], rounds: usize) -> anyhow::Result<Vec<Row>> {
-    for (routing, host) in hosts {
+/// A host, its name in [`ROUTINGS`], and wrk's script there.
+type Lane<'s> = (&'static str, Host, Option<&'s Path>);
+
+async fn rounds_of(hosts: &[Lane<'_>], rounds: usize) -> anyhow::Result<Vec<Row>> {
+    for (routing, host, _) in hosts {
         host.deploy(Driver::Cli, WEB, "v0", None)
             .await
             .with_context(|| format!("the first {routing} deploy"))?;
     }
     let mut rows = Vec::new();
     for round in 0..rounds {
-        for (routing, host) in hosts {
+        for (routing, host, script) in hosts {
             for strategy in STRATEGIES {
-                let row = measure_one(host, routing, strategy, round)
+                let row = measure_one(host, routing, *script, strategy, round)
                     .await
                     .with_context(|| format!("round {round}, {routing} {strategy}"))?;
                 eprintln!(
@@ -117,6 +131,7 @@ async fn rounds_of(hosts: &[(&'static str, Host)], rounds: usize) -> anyhow::Res
 async fn measure_one(
     host: &Host,
     routing: &'static str,
+    script: Option<&Path>,
     strategy: &'static str,
     round: usize,
 ) -> anyhow::Result<Row> {
@@ -125,7 +140,7 @@ async fn measure_one(
         .filter_map(|c| match c {
             ',' => None,
             ' ' => Some('-'),
-            c => Some(c),
+            c => Some(c.to_ascii_lowercase()),
         })
         .collect();
     let version = format!("{slug}-{strategy}-{round}");
@@ -137,6 +152,7 @@ async fn measure_one(
         &url,
         (WRK_THREADS, CONNECTIONS),
         (WARM, SETTLE),
+        script,
         host.deploy(Driver::Cli, WEB, &version, Some(strategy)),
     )
     .await?;
