@@ -4,8 +4,10 @@
 //! ([`finish`], [`remove_images`]), where raw rows go ([`json_path`]), the machine they ran
 //! on ([`Machine`]), the naive reload-then-stop flow the engine is measured against
 //! ([`naive_flip`], built from [`naive_start`], [`wait_healthy`], [`naive_route`] and
-//! [`naive_stop_at_once`]), a client that never re-sends ([`Wrk`]), and a count of an nginx
-//! master's workers taken on a thread of its own ([`WorkerWatch`]).
+//! [`naive_stop_at_once`]), a client that never re-sends ([`Wrk`], [`under_wrk`]), a count of
+//! an nginx master's workers taken on a thread of its own ([`WorkerWatch`]), the knobs
+//! ([`knob`], [`bench_parts`]), a plain HTTP exchange ([`http_call`]) and a process's CPU
+//! time ([`cpu_time`]).
 
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
@@ -573,6 +575,39 @@ impl Wrk {
     }
 }
 
+/// Runs `work` under wrk on `url` (with `script`, if any): wrk starts, runs `warm`, `work`
+/// runs, wrk runs `settle` more and is stopped. wrk's report and what `work` returned, which
+/// the caller looks at after wrk's (a failed deploy still leaves wrk's count to read).
+pub async fn under_wrk<T>(
+    url: &str,
+    (threads, connections): (usize, usize),
+    (warm, settle): (Duration, Duration),
+    script: Option<&Path>,
+    work: impl Future<Output = T>,
+) -> anyhow::Result<(WrkReport, T)> {
+    let wrk = Wrk::start(url, threads, connections, Duration::from_secs(120), script)?;
+    tokio::time::sleep(warm).await;
+    let done = work.await;
+    tokio::time::sleep(settle).await;
+    let report = wrk.stop().await?;
+    if report.requests == 0 {
+        bail!("wrk sent no request to {url}");
+    }
+    Ok((report, done))
+}
+
+/// A wrk script that sends every request as a POST with a `bytes`-byte body, written into
+/// `dir`; its path.
+pub fn post_script(dir: &Path, bytes: usize) -> anyhow::Result<PathBuf> {
+    let path = dir.join("post.lua");
+    let script = format!(
+        "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {bytes})\n\
+         wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
+    );
+    std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Reads wrk's summary: "N requests in Xs", and when present "Socket errors: connect N,
 /// read N, write N, timeout N" and "Non-2xx or 3xx responses: N".
 pub fn parse_wrk(text: &str) -> anyhow::Result<WrkReport> {
@@ -671,4 +706,107 @@ impl WorkerWatch {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.thread.join().expect("the worker watch panicked")
     }
+}
+
+/// A whole number above 0 from the environment, or `default` when unset.
+pub fn knob(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{name}={v:?}: expected a whole number above 0"),
+        },
+    }
+}
+
+/// The parts `SWITCHYARD_BENCH_PARTS` names (comma-separated), all of `known` when unset;
+/// an unknown name is refused.
+pub fn bench_parts(known: &[&'static str]) -> anyhow::Result<Vec<&'static str>> {
+    let Ok(asked) = std::env::var("SWITCHYARD_BENCH_PARTS") else {
+        return Ok(known.to_vec());
+    };
+    asked
+        .split(',')
+        .map(str::trim)
+        .map(|p| {
+            known.iter().find(|k| **k == p).copied().with_context(|| {
+                format!(
+                    "SWITCHYARD_BENCH_PARTS: unknown part {p:?}; the parts are {}",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// A loopback port free now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Milliseconds since the Unix epoch, the clock the store's deployment rows and nginx's
+/// access log use.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One HTTP/1.1 request on a fresh connection with `Connection: close` (nothing pooled,
+/// nothing re-sent), `Authorization: Bearer <token>` when given: the status and the body.
+/// Answers with `Content-Length` only (not chunked); fails after `within`.
+pub async fn http_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    within: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(within, exchange)
+        .await
+        .with_context(|| format!("{method} http://{addr}{path}: no answer within {within:?}"))?
+        .with_context(|| format!("{method} http://{addr}{path}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{method} http://{addr}{path}: an incomplete answer"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} http://{addr}{path}: no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The CPU time (user and system) process `pid` has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: field {} is not a number", i + 3))
+    };
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks of 1/100 s (USER_HZ).
+    let ticks = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(ticks * 10))
 }
