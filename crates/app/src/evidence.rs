@@ -175,9 +175,14 @@ impl<'a> Recorder<'a> {
             return kept;
         };
         kept.deployment = Some(record.id);
-        let now = self.live.host.now_ms();
         let from = record.started_ms.max(self.started_ms);
-        let to = record.finished_ms.unwrap_or(now);
+        let to = record.finished_ms.unwrap_or(self.live.host.now_ms());
+        // Requests sent before the end are logged when they end: let those lines come.
+        let late = disruption::LATE_LINES.as_millis() as i64 - (self.live.host.now_ms() - to);
+        if late > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(late as u64)).await;
+        }
+        let now = self.live.host.now_ms();
         let log = &self.live.router.layout.access_log;
         match disruption::measure(log, spec.name.as_str(), from, to) {
             Ok(d) => {

@@ -26,6 +26,9 @@ pub const READ_MAX: u64 = 256 * 1024 * 1024;
 const SLACK_S: f64 = 120.0;
 /// The bisection reads to the first complete line within this much of an offset.
 const PROBE: usize = 64 * 1024;
+/// How long after a deploy ends its measurement waits for the lines of requests still in
+/// flight then (retried on another replica, or answered by a draining one).
+pub const LATE_LINES: Duration = Duration::from_millis(500);
 /// What a request of an upstream without a track (`sy_<service>`) counts under.
 const NO_TRACK_NAME: &str = "default";
 
@@ -120,15 +123,18 @@ pub fn failed_at_proxy(r: &ProxyRecord) -> bool {
     r.status >= 500 || r.status == 499 || r.attempts.iter().any(|a| a.is_error())
 }
 
-/// Counts `records` of `d.service` into `d`'s windows by each record's own time.
+/// Counts `records` of `d.service` into `d`'s windows by when each request began (its line
+/// is written when it ends: a request sent during the deploy and answered, or failed, just
+/// after it counts for the deploy).
 pub fn count<'r>(d: &mut Disruption, records: impl IntoIterator<Item = &'r ProxyRecord>) {
     for r in records {
         if r.service != d.service {
             continue;
         }
-        let window = if d.during.holds(r.time) {
+        let began = r.time - r.request_time.max(0.0);
+        let window = if d.during.holds(began) {
             &mut d.during
-        } else if d.before.holds(r.time) {
+        } else if d.before.holds(began) {
             &mut d.before
         } else {
             continue;
@@ -277,8 +283,8 @@ mod tests {
             line(89.5, "sy_web_stable", A, "500", 500), // before the window before
             line(91.0, "sy_web_stable", A, "200", 200),
             line(92.0, "sy_web_stable", A, "502", 502),
-            line(100.0, "sy_web_stable", A, "200", 200), // the deploy's first millisecond
-            line(101.0, "sy_web_stable", A, "-", 502),   // no response
+            line(100.01, "sy_web_stable", A, "200", 200), // begun in the deploy's first 10 ms
+            line(101.0, "sy_web_stable", A, "-", 502),    // no response
             line(102.0, "sy_web_stable", AB, "-, 200", 200), // reset, then a retry answered
             line(103.0, "sy_web_canary", A, "200", 200),
             line(104.0, "sy_web_canary", A, "-", 499), // the client went away
@@ -310,6 +316,34 @@ mod tests {
         );
         assert!(!d.before.tracks.contains_key("canary"));
         assert_eq!(d.summary(), "3 of 6 (before 1 of 2)");
+    }
+
+    #[test]
+    fn a_request_counts_where_it_began_not_where_its_line_was_written() {
+        let mut d = Disruption::empty("web", 100_000, 110_000);
+        // Sent 1.5 s before the end, retried after the old replica stopped, logged after it.
+        let late = line(111.0, "sy_web_stable", AB, "-, 200", 200)
+            .replace(r#""request_time":0.006"#, r#""request_time":2.5"#);
+        // Sent before the deploy, answered (failed) inside it.
+        let early = line(100.5, "sy_web_stable", A, "502", 502)
+            .replace(r#""request_time":0.006"#, r#""request_time":1.0"#);
+        count(&mut d, &records(&[late, early]));
+        assert_eq!(
+            d.during.tracks["stable"],
+            Counts {
+                requests: 1,
+                failed: 1
+            },
+            "the late line counts for the deploy"
+        );
+        assert_eq!(
+            d.before.tracks["stable"],
+            Counts {
+                requests: 1,
+                failed: 1
+            },
+            "the early one for the window before"
+        );
     }
 
     #[test]
@@ -393,13 +427,14 @@ mod tests {
             parse_line(skipped).map_or(true, |r| r.time < 1900.0),
             "{skipped}"
         );
-        // A deploy from 1950 s to 1960 s: 1,000 requests, 10 failed; as many before.
+        // A deploy from 1950 s to 1960 s: 1,000 requests begun in it (each took 6 ms), 10
+        // failed; as many before.
         let d = measure(&log, "web", 1_950_000, 1_960_000).unwrap();
         assert_eq!(
             d.during.total(),
             Counts {
-                requests: 1001,
-                failed: 11
+                requests: 1000,
+                failed: 10
             }
         );
         assert_eq!(
