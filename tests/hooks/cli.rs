@@ -42,43 +42,18 @@ async fn the_cli_prints_each_hook_with_the_tail_of_its_output() {
     );
     let secret = private_file(dir, "api.key", &format!("{API_KEY}\n"));
     let token = private_file(dir, "serve.token", &format!("{SERVE_TOKEN}\n"));
-    let config = format!(
-        r#"[proxy]
-prefix = "nginx"
-control = "127.0.0.1:{control}"
-[state]
-path = "state/switchyard.db"
-[runtime]
-kind = "process"
-[[service]]
-name = "web"
-listen = "127.0.0.1:{listen}"
-command = [{app:?}]
-replicas = 2
-stop_timeout = "5s"
-health = {{ path = "/health", interval = "100ms", healthy_after = 2, deadline = "20s" }}
-secrets = {{ API_KEY = {secret:?} }}
+    let lines = format!(
+        r#"secrets = {{ API_KEY = {secret:?} }}
 {smoke}
 hooks.post_deploy = {{ command = [{notify:?}, {secret:?}] }}
 [serve]
-token_file = {token:?}
-"#,
-        control = crate::support::free_port(),
-        listen = crate::support::free_port(),
-        app = app.display().to_string(),
+token_file = {token:?}"#,
         notify = notify.display().to_string(),
         secret = secret.display().to_string(),
         token = token.display().to_string(),
     );
-    std::fs::write(dir.join("switchyard.toml"), config).unwrap();
-    let run = |version: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(dir.join("switchyard.toml"))
-            .args(["deploy", "web", "--version", version])
-            .output()
-            .unwrap()
-    };
+    cli_project(&project, &app, &lines);
+    let run = |version: &str| project.deploy(version, &[]);
     let v1 = run("v1");
     crate::support::assert_exit(&v1, 0);
     let said = crate::support::text(&v1.stderr);
@@ -211,8 +186,9 @@ fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// A project for the binary in `project`'s directory: two replicas of the demo-app on the
-/// process runtime with `hooks` (lines of `hooks.<point> = …`); `deploy(version, env)` runs
-/// `switchyard deploy` there. Returns the service's listen.
+/// process runtime with `hooks` (lines after the service's own: `hooks.<point> = …`, and any
+/// table after it); `deploy(version, env)` runs `switchyard deploy` there. Returns the
+/// service's listen.
 fn cli_project(project: &CliProject, app: &Path, hooks: &str) -> std::net::SocketAddr {
     let dir = project.0.path();
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", crate::support::free_port())

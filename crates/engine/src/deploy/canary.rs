@@ -242,12 +242,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         if let Err(e) = rollout.after_hook(self, HookPoint::OnRollback).await {
             return e;
         }
-        let warnings: String = rollout
-            .warnings
-            .borrow()
-            .iter()
-            .map(|w| format!("; warning: {w}"))
-            .collect();
+        let warnings = rollout.warnings_suffix();
         self.failed(
             &rollout,
             old.version.to_string(),

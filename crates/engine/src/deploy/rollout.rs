@@ -373,6 +373,15 @@ impl<'r> Rollout<'r> {
         Ok(())
     }
 
+    /// The non-fatal problems so far, each as "; warning: …", to end a message with.
+    pub(super) fn warnings_suffix(&self) -> String {
+        self.warnings
+            .borrow()
+            .iter()
+            .map(|w| format!("; warning: {w}"))
+            .collect()
+    }
+
     /// "v1 on 2 replicas, v2 on 2".
     pub(super) fn describe_serving(&self) -> String {
         let mut versions: Vec<(String, usize)> = Vec::new();

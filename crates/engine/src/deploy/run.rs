@@ -193,12 +193,7 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                         return e;
                     }
                 }
-                let warnings: String = rollout
-                    .warnings
-                    .borrow()
-                    .iter()
-                    .map(|w| format!("; warning: {w}"))
-                    .collect();
+                let warnings = rollout.warnings_suffix();
                 let message = match rollout.reports_batches() {
                     true => format!("{reason}; the replaced replicas were restored{warnings}"),
                     false => format!("{reason}{warnings}"),
