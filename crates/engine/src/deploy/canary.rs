@@ -237,7 +237,19 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 failure.message
             ));
         }
-        // Told as a rollback: from the canary to the stable version.
+        self.rolled_back(rollout, old, failure.cause, failure.message)
+            .await
+    }
+
+    /// After traffic went back to `old` and the new version was taken away: `on_rollback`
+    /// (told as a rollback from the failed version to `old`), and the failed deploy's error.
+    pub(super) async fn rolled_back(
+        &self,
+        mut rollout: Rollout<'_>,
+        old: &Slot,
+        cause: Cause,
+        message: String,
+    ) -> DeployError {
         rollout.previous = Some(std::mem::replace(&mut rollout.target, old.version.clone()));
         if let Err(e) = rollout.after_hook(self, HookPoint::OnRollback).await {
             return e;
@@ -246,8 +258,8 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         self.failed(
             &rollout,
             old.version.to_string(),
-            failure.cause,
-            format!("{}{warnings}", failure.message),
+            cause,
+            format!("{message}{warnings}"),
         )
     }
 

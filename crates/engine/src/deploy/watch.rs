@@ -164,18 +164,8 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
                 ))
             }
         }
-        // Told as a rollback: from the failed version to the one restored.
-        rollout.previous = Some(std::mem::replace(&mut rollout.target, old.version.clone()));
-        if let Err(e) = rollout.after_hook(self, HookPoint::OnRollback).await {
-            return e;
-        }
-        let warnings = rollout.warnings_suffix();
-        self.failed(
-            &rollout,
-            old.version.to_string(),
-            failure.cause,
-            format!("{message}{warnings}"),
-        )
+        self.rolled_back(rollout, &old, failure.cause, message)
+            .await
     }
 
     /// One confirmed change back to `kept`, its drain, the new replicas removed, finished
