@@ -228,12 +228,20 @@ impl Tail {
         }
     }
 
+    /// The tail as text. After a cut, the partial first line goes too: it could hold the
+    /// end of a secret whose start was cut, which redaction could not recognise.
     fn text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.bytes);
-        match self.cut {
-            0 => text.into_owned(),
-            cut => format!("[{cut} earlier bytes cut]\n{text}"),
+        if self.cut == 0 {
+            return String::from_utf8_lossy(&self.bytes).into_owned();
         }
+        let partial = self
+            .bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(self.bytes.len(), |at| at + 1);
+        let cut = self.cut + partial;
+        let text = String::from_utf8_lossy(&self.bytes[partial..]);
+        format!("[{cut} earlier bytes cut]\n{text}")
     }
 }
 

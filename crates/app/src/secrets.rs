@@ -34,11 +34,13 @@ pub fn values(spec: &ServiceSpec) -> Vec<&str> {
         .collect()
 }
 
-/// `text` with every one of `values` replaced by `[redacted]`.
+/// `text` with every one of `values` replaced by `[redacted]`, the longest first (a value
+/// inside another must not leave the rest of the longer one visible).
 pub fn redact(text: &str, values: &[&str]) -> String {
+    let mut values: Vec<&str> = values.iter().copied().filter(|v| !v.is_empty()).collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     values
         .iter()
-        .filter(|v| !v.is_empty())
         .fold(text.to_owned(), |t, v| t.replace(v, "[redacted]"))
 }
 

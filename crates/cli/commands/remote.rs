@@ -92,6 +92,21 @@ impl Serve {
         if authority.is_empty() || authority.contains('/') {
             return Err(usage());
         }
+        // The bearer token crosses the network in clear over http://: loopback only.
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !https && !loopback {
+            return Err(AppError::input(format!(
+                "--remote {remote:?}: {host} is not loopback, and over http:// the token would cross the network in clear; use https:// (serve with [serve] cert and key)"
+            )));
+        }
         let tls = match (https, ca) {
             (false, Some(ca)) => {
                 return Err(AppError::input(format!(
@@ -365,5 +380,24 @@ impl Lines {
             ),
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Serve;
+
+    #[test]
+    fn plain_http_is_for_loopback_only() {
+        for ok in [
+            "http://127.0.0.1:9100",
+            "http://localhost:9100/",
+            "http://[::1]:9100",
+        ] {
+            assert!(Serve::parse(ok, None).is_ok(), "{ok}");
+        }
+        let err = Serve::parse("http://10.0.0.5:9100", None).err().unwrap();
+        assert!(err.message.contains("cross the network in clear"), "{err}");
+        assert!(Serve::parse("https://10.0.0.5:9100", None).is_ok());
     }
 }

@@ -78,6 +78,12 @@ impl Window {
         let ms = (time_s * 1000.0).round() as i64;
         (self.from_ms..=self.to_ms).contains(&ms)
     }
+
+    /// Whether a request that ran from `began_s` to `ended_s` was in flight in the window.
+    fn overlaps(&self, began_s: f64, ended_s: f64) -> bool {
+        let ms = |t: f64| (t * 1000.0).round() as i64;
+        ms(began_s) <= self.to_ms && ms(ended_s) >= self.from_ms
+    }
 }
 
 /// What one deployment cost at the proxy, and the window before it to compare with.
@@ -123,16 +129,17 @@ pub fn failed_at_proxy(r: &ProxyRecord) -> bool {
     r.status >= 500 || r.status == 499 || r.attempts.iter().any(|a| a.is_error())
 }
 
-/// Counts `records` of `d.service` into `d`'s windows by when each request began (its line
-/// is written when it ends: a request sent during the deploy and answered, or failed, just
-/// after it counts for the deploy).
+/// Counts `records` of `d.service` into `d`'s windows: a request in flight at any moment of
+/// the deploy counts for it (its line is written when it ends, so one sent during the deploy
+/// and answered, or failed, just after it is the deploy's, and so is one begun before it and
+/// cut by it); any other, into the window before by when it began.
 pub fn count<'r>(d: &mut Disruption, records: impl IntoIterator<Item = &'r ProxyRecord>) {
     for r in records {
         if r.service != d.service {
             continue;
         }
         let began = r.time - r.request_time.max(0.0);
-        let window = if d.during.holds(began) {
+        let window = if d.during.overlaps(began, r.time) {
             &mut d.during
         } else if d.before.holds(began) {
             &mut d.before
@@ -319,22 +326,24 @@ mod tests {
     }
 
     #[test]
-    fn a_request_counts_where_it_began_not_where_its_line_was_written() {
+    fn a_request_in_flight_during_the_deploy_counts_for_it_wherever_its_line_was_written() {
         let mut d = Disruption::empty("web", 100_000, 110_000);
         // Sent 1.5 s before the end, retried after the old replica stopped, logged after it.
         let late = line(111.0, "sy_web_stable", AB, "-, 200", 200)
             .replace(r#""request_time":0.006"#, r#""request_time":2.5"#);
-        // Sent before the deploy, answered (failed) inside it.
+        // Sent before the deploy, cut (failed) inside it: the deploy's too.
         let early = line(100.5, "sy_web_stable", A, "502", 502)
             .replace(r#""request_time":0.006"#, r#""request_time":1.0"#);
-        count(&mut d, &records(&[late, early]));
+        // Begun and ended before: the window before's.
+        let before = line(99.0, "sy_web_stable", A, "502", 502);
+        count(&mut d, &records(&[late, early, before]));
         assert_eq!(
             d.during.tracks["stable"],
             Counts {
-                requests: 1,
-                failed: 1
+                requests: 2,
+                failed: 2
             },
-            "the late line counts for the deploy"
+            "the late line and the one cut by the deploy count for it"
         );
         assert_eq!(
             d.before.tracks["stable"],
@@ -342,7 +351,6 @@ mod tests {
                 requests: 1,
                 failed: 1
             },
-            "the early one for the window before"
         );
     }
 
@@ -427,21 +435,22 @@ mod tests {
             parse_line(skipped).map_or(true, |r| r.time < 1900.0),
             "{skipped}"
         );
-        // A deploy from 1950 s to 1960 s: 1,000 requests begun in it (each took 6 ms), 10
-        // failed; as many before.
+        // A deploy from 1950 s to 1960 s: 1,001 requests in flight in it (each took 6 ms: the
+        // one logged at 1950.000 began before and ended in it), 11 failed; before it, the 999
+        // begun from 1940 s that ended before 1950 s, 9 failed.
         let d = measure(&log, "web", 1_950_000, 1_960_000).unwrap();
         assert_eq!(
             d.during.total(),
             Counts {
-                requests: 1000,
-                failed: 10
+                requests: 1001,
+                failed: 11
             }
         );
         assert_eq!(
             d.before.total(),
             Counts {
-                requests: 1000,
-                failed: 10
+                requests: 999,
+                failed: 9
             }
         );
         assert!(d.complete);

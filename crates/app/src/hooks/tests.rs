@@ -111,6 +111,18 @@ async fn output_beyond_the_cap_keeps_its_tail() {
         .output
         .ends_with("line 2999 of forty bytes...........\n"));
     assert!(run.output.len() <= OUTPUT_CAP + 40);
+    // The tail starts at a whole line: a cut line could hold a secret's end.
+    let first = run.output.lines().nth(1).unwrap();
+    assert!(first.starts_with("line "), "{first}");
+}
+
+#[test]
+fn a_secret_inside_another_leaves_nothing_of_the_longer_one() {
+    let text = "token abcd and abcdef";
+    assert_eq!(
+        crate::secrets::redact(text, &["abcd", "abcdef"]),
+        "token [redacted] and [redacted]"
+    );
 }
 
 #[tokio::test]

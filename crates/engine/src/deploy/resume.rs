@@ -70,8 +70,10 @@ pub(super) async fn resume<R: Runtime, P: Prober, N: Router, S: Store, H: Host>(
         Wanted::Deploy(v) => record.kind == DeployKind::Deploy && v == &record.to_version,
         Wanted::Rollback => record.kind == DeployKind::Rollback,
     };
-    // A canary goes forward only if its promotion had already been routed.
-    let finish = asked && (kind != StrategyKind::Canary || rollout.settled());
+    // A canary goes forward only if its promotion had already been routed; a version its
+    // watch failed (or an operator aborted) never does.
+    let judged_out = matches!(folded.failing, Some((Cause::Watch | Cause::Aborted, _)));
+    let finish = asked && !judged_out && (kind != StrategyKind::Canary || rollout.settled());
     // A first deploy that already served has nothing to go back to: it is finished instead.
     let forced = !finish && old.is_none() && !rollout.serving.is_empty();
     if finish || forced {

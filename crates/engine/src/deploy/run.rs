@@ -150,10 +150,11 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
     ) -> DeployError {
         let (spec, id) = (rollout.spec, rollout.id);
         rollout.keep_old = false;
-        // A failed watch always goes back: the version took all traffic and failed there.
+        // A failed or aborted watch always goes back: the version took all traffic and
+        // failed there, or someone asked for the way back (only a watch brings an abort here).
         let paused = spec.bounds(rollout.kind).on_failure == OnFailure::Pause
             && old.is_some()
-            && failure.cause != Cause::Watch;
+            && !matches!(failure.cause, Cause::Watch | Cause::Aborted);
         let reason = match paused {
             true => format!(
                 "{}; paused with {} (on_failure = \"pause\"): run `switchyard rollback {}` to restore the previous version or `switchyard deploy {}` to finish",

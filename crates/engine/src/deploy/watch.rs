@@ -11,11 +11,17 @@
 //! are gone; otherwise the previous version is restored in moves within the strategy's
 //! bounds, as after any failed move. Checks without a verdict (too few requests) are told
 //! and journaled but end nothing: the version is live already, and only evidence of harm
-//! takes it out. `switchyard promote` ends the watch early; `switchyard abort` rolls back.
+//! takes it out. `switchyard promote` ends the watch early; `switchyard abort` rolls back
+//! (both looked for every half second, between checks). Each check measures only since the
+//! cutover (at most `window`): before it, the stable track was the previous version.
 //!
-//! Crash safety needs nothing new: a process killed during the watch left a journal whose
-//! last change routed to the new replicas, with the old ones out of the upstream, which is
-//! what [`super::resume`] finishes (it stops the kept replicas; the watch is not resumed).
+//! Crash safety: a process killed during the watch left a journal whose last change routed
+//! to the new replicas, with the old ones out of the upstream, which is what
+//! [`super::resume`] finishes (it stops the kept replicas; the watch is not resumed). Killed
+//! on the way back, after `failing` (cause `watch` or `aborted`), it is never finished
+//! forward: resume goes back to the previous version, even for `deploy` of the same one.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -29,6 +35,8 @@ use crate::seams::*;
 
 /// A canary's last step and the watch: the new version has all the traffic.
 const ALL: u32 = 10_000;
+/// How often a watch looks for `promote` or `abort` between its checks.
+const POLL: Duration = Duration::from_millis(500);
 
 /// When the watch a deployment's journal is in ends (ms since the epoch), if the last
 /// step other than its checks began one; for `status`.
@@ -54,11 +62,11 @@ pub fn refuses_control(
 ) -> Option<String> {
     let watching = watching_until(journal).is_some();
     match (d.strategy.as_str(), watching, control) {
-        ("canary", _, _) | (_, true, Control::Promote | Control::Abort) => None,
         (_, true, Control::Pause) => Some(format!(
             "deployment #{} of {service} is in its post-cutover watch: it can be promoted (ending the watch) or aborted (routing back), not paused",
             d.id
         )),
+        ("canary", _, _) | (_, true, _) => None,
         (strategy, false, _) => Some(format!(
             "deployment #{} of {service} is {strategy}: only a canary, or a deploy in its post-cutover watch (`watch`), can be promoted or aborted, and only a canary paused",
             d.id
@@ -104,21 +112,32 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             canary: &rollout.target,
             metrics,
         };
-        let until = Instant::now() + spec.watch;
+        let cutover = Instant::now();
+        let until = cutover + spec.watch;
+        let mut next = cutover + spec.canary.interval;
         let mut checks = 0u32;
         let promoted = loop {
-            let next = Instant::now() + spec.canary.interval;
             if next > until {
                 break false;
             }
-            tokio::time::sleep_until(next).await;
+            // Between checks: an abort or promote acts within a poll, and the lock stays fresh.
+            tokio::time::sleep_until(next.min(Instant::now() + POLL)).await;
             match gate.control()? {
                 Some(StepEnd::Promoted) => break true,
                 Some(StepEnd::RollBack(f)) => return Err(Halt::Move(f)),
                 Some(StepEnd::Passed) | None => {}
             }
+            self.store
+                .heartbeat(&spec.name, self.host.pid(), self.host.now_ms())
+                .map_err(DeployError::from)?;
+            if Instant::now() < next {
+                continue;
+            }
+            next += spec.canary.interval;
             checks += 1;
-            if let Verdict::Fail(reason) = gate.judge_track(ALL, Track::Stable).await? {
+            // Only since the cutover: before it, the stable track was the previous version.
+            let window = spec.canary.window.min(cutover.elapsed());
+            if let Verdict::Fail(reason) = gate.judge_track(ALL, Track::Stable, window).await? {
                 let message = format!(
                     "watching {} after it took all traffic, check {checks}: {reason}",
                     rollout.target
@@ -146,10 +165,8 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
         let ready =
             !kept.is_empty() && healthy_only(self, rollout.spec, &kept).await.len() == kept.len();
         if !ready {
-            // Stopped first (they stay in their slot), so the restore brings them back whole.
-            if let Err(e) = rollout.retire(self, &kept).await {
-                return e;
-            }
+            // The restore journals `failing` first, then restarts the kept replicas (the
+            // previous slot's own) and waits until they are healthy, in moves.
             return self.after_failure(rollout, Some(old), failure).await;
         }
         let message = format!(
@@ -188,11 +205,11 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host> Deployer<'_, R, P, N, 
             Ok(reload) => reload.expect("the kept replicas are not empty"),
             Err(f) => return Err(DeployError::Environment(f.message)),
         };
+        rollout.drain(self, &reload).await?;
         self.observer.event(&Event::RolledBack {
             generation: reload.generation,
             reason: failure.message.clone(),
         });
-        rollout.drain(self, &reload).await?;
         rollout.discard(self, &new).await?;
         self.finish(id, Outcome::Failed, message)
     }

@@ -91,22 +91,25 @@ impl<R: Runtime, P: Prober, N: Router, S: Store, H: Host, M: MetricSource>
     /// One judgement of the canary over the trailing window: measured (with the stable
     /// baseline when configured), journaled and reported.
     async fn check(&self, weight_bp: u32) -> Result<Verdict, DeployError> {
-        self.judge_track(weight_bp, Track::Canary).await
+        self.judge_track(weight_bp, Track::Canary, self.spec.canary.window)
+            .await
     }
 
-    /// One judgement of the new version on `track` (the canary track during the steps, the
-    /// stable one once it takes all traffic, where there is no baseline beside it).
+    /// One judgement of the new version on `track` over the trailing `window` (the canary
+    /// track during the steps, the stable one once it takes all traffic, where there is no
+    /// baseline beside it).
     pub(in crate::deploy) async fn judge_track(
         &self,
         weight_bp: u32,
         track: Track,
+        window: Duration,
     ) -> Result<Verdict, DeployError> {
         let c = &self.spec.canary;
         let query = |track, version: &Version| TrackWindow {
             service: self.spec.name.clone(),
             track,
             version: version.clone(),
-            window: c.window,
+            window,
         };
         let canary = self.metrics.measure(&query(track, self.canary)).await;
         let baseline = match c.policy.baseline_margin {

@@ -294,3 +294,54 @@ async fn a_process_killed_while_watching_is_finished_by_the_next_deploy() {
     w.assert_consistent("v2");
     assert_eq!(w.retained_versions(), ["v1"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn killed_on_the_way_back_a_failed_version_is_never_finished_forward() {
+    let metrics = FakeMetrics::default();
+    // Where `failing` is written when the watch fails v2: counted on a dry run.
+    let dry = watched_world(StrategyKind::BlueGreen, &metrics).await;
+    metrics.set("v2", 1000.0, 0.30);
+    let dry_from = dry.journal_steps().len();
+    dry.watched("v2", &metrics).await.unwrap_err();
+    let failing = dry.step_number(dry_from, "failing");
+    let total = dry.journal_steps().len() - dry_from;
+    for n in failing..total {
+        let w = watched_world(StrategyKind::BlueGreen, &metrics).await;
+        w.killed_during(n, w.watched("v2", &metrics)).await;
+        // The same deploy again: the interrupted one goes back to v1, then v2 is deployed
+        // afresh, watched, and fails again: v2 is never activated unwatched.
+        let err = w.watched("v2", &metrics).await.unwrap_err();
+        assert_eq!(
+            failed(&err).1,
+            Cause::Watch,
+            "killed after write {n}: {err}"
+        );
+        w.assert_consistent("v1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_acts_within_a_poll_and_routes_back_even_with_on_failure_pause() {
+    let metrics = FakeMetrics::default();
+    let mut w = watched_world(StrategyKind::Rolling, &metrics).await;
+    w.spec.rolling.on_failure = crate::config::OnFailure::Pause;
+    metrics.set("v2", 1000.0, 0.0);
+    let aborted = async {
+        w.operator("v2", Control::Abort).await;
+        tokio::time::Instant::now()
+    };
+    let (result, sent) = tokio::join!(w.watched("v2", &metrics), aborted);
+    let (id, cause, _) = failed(&result.unwrap_err());
+    assert_eq!(cause, Cause::Aborted);
+    assert!(
+        w.watch_checks(id).is_empty(),
+        "acted before the first check"
+    );
+    // Rolled back (restarts and health waits included) well before the first check was due.
+    assert!(
+        sent.elapsed() < INTERVAL,
+        "{:?} after the abort",
+        sent.elapsed()
+    );
+    w.assert_consistent("v1");
+}
