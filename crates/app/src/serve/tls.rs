@@ -2,8 +2,8 @@
 //! `[serve] cert` and `key` (PEM) into a rustls config, failing with a [`TlsFileError`] that
 //! names the field and the file; [`TlsListener`] is the listener `serve` hands axum when
 //! they are set: it accepts TCP connections and completes each handshake in a task of its
-//! own (bounded by [`HANDSHAKE_WITHIN`]), so one slow client holds up no other. On the other
-//! end, [`client_config`] trusts the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`,
+//! own (bounded by [`HANDSHAKE_WITHIN`], at most [`HANDSHAKES_AT_ONCE`] at once), so one
+//! slow client holds up no other. On the other end, [`client_config`] trusts the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`,
 //! which rustls-native-certs reads instead of the system store when set) plus a CA of the
 //! caller's (`--remote-ca`), and [`connect`] speaks TLS over a connection with it.
 
@@ -152,7 +152,11 @@ impl axum::serve::Listener for TlsListener {
 
 type Handshaken = mpsc::Sender<(server::TlsStream<TcpStream>, SocketAddr)>;
 
+/// How many TLS handshakes run at once, at most.
+pub const HANDSHAKES_AT_ONCE: usize = 256;
+
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, done: Handshaken) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_AT_ONCE));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -163,15 +167,23 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, done: Handsha
                 continue;
             }
         };
+        // Bounded: idle connections that never finish a handshake cannot pile up past
+        // HANDSHAKES_AT_ONCE (each is dropped after HANDSHAKE_WITHIN); beyond it, new ones wait.
+        let Ok(slot) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
         let (acceptor, done) = (acceptor.clone(), done.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let _ = done.send((stream, peer)).await;
                 }
                 // A plain-HTTP request or a client that does not trust the certificate.
                 Ok(Err(e)) => tracing::debug!("TLS handshake with {peer}: {e}"),
-                Err(_) => tracing::debug!("TLS handshake with {peer}: none within 10s"),
+                Err(_) => {
+                    tracing::debug!("TLS handshake with {peer}: none within {HANDSHAKE_WITHIN:?}")
+                }
             }
         });
     }
