@@ -509,6 +509,71 @@ async fn promote_and_abort_through_the_api_drive_a_paused_canary() {
     sandbox.shutdown().await.unwrap();
 }
 
+/// A blue-green deploy in its post-cutover watch, driven through the API: status says it is
+/// watching, `pause` is refused (a watch has no step to hold), `abort` routes back to v1 at
+/// once, under a non-retrying load that loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_through_the_api_routes_a_watched_deploy_back() {
+    let (_dir, token) = token_file(0o600);
+    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
+        return;
+    };
+    let mut options = SandboxOptions::new(RuntimeChoice::Process, app)
+        .replicas(2)
+        .env("LATENCY_MS", "2")
+        .service_keys("watch = \"60s\"");
+    options.canary = crate::canary::FAST.to_owned();
+    options.tables = format!("[serve]\ntoken_file = {:?}\n", token.display().to_string());
+    let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
+    if !require_dynamic(&sandbox.live().router) {
+        return;
+    }
+    sandbox
+        .deploy("v1", &Progress::new(false))
+        .await
+        .expect("v1 deploys");
+    let server = serve_with(settings::load(&sandbox.config_path).unwrap()).await;
+    let addr = server.addr();
+    let traffic = load(&sandbox);
+    let path = format!("/api/v1/services/{SERVICE}/deploy");
+    let (status, answer) = authed(addr, "POST", &path, Some(r#"{"version": "v2"}"#)).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployment"].as_i64().unwrap();
+    eventually(Duration::from_secs(30), "v2 to be watched", || async {
+        let (_, status) = authed(addr, "GET", "/api/v1/status", None).await;
+        let running = &status["services"][0]["deployment"];
+        running["id"] == id && running["watching_until_ms"].is_i64()
+    })
+    .await;
+    let control = |what: &'static str| async move {
+        let path = format!("/api/v1/services/{SERVICE}/{what}");
+        authed(addr, "POST", &path, None).await
+    };
+    let (status, body) = control("pause").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("post-cutover watch"),
+        "{body}"
+    );
+    let (status, body) = control("abort").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(outcome(addr, id).await, "failed");
+    let (_, status) = authed(addr, "GET", "/api/v1/status", None).await;
+    assert_eq!(status["services"][0]["active"]["version"], "v1", "{status}");
+    crate::support::responses_from(
+        &traffic,
+        "v1",
+        traffic.snapshot().by_version["v1"].count + 100,
+    )
+    .await;
+    assert_no_failures(&traffic.stop().await);
+    server.shutdown().await.unwrap();
+    sandbox.shutdown().await.unwrap();
+}
+
 #[test]
 fn a_token_file_readable_by_others_is_refused_at_load() {
     let (dir, token) = token_file(0o640);
