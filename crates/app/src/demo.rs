@@ -5,8 +5,9 @@
 //! connections starts; switchyard deploys v2 blue-green under that load; the load stops and
 //! [`DemoSummary`] reports every request: failures, which version answered, how long after
 //! v2 was healthy the first v2 response and the last v1 response came, and latency in
-//! steady state versus during the deploy. Then canaries (one good, one bad) and two rolling
-//! scenes (rolling, then in-place), each under its own load.
+//! steady state versus during the deploy. Then canaries (one good, one bad), two rolling
+//! scenes (rolling, then in-place) and a bad version deployed blue-green under a post-cutover
+//! watch, each under its own load.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -57,6 +58,8 @@ pub struct DemoSummary {
     pub failures: Vec<String>,
     pub canaries: Vec<canary::CanaryScene>,
     pub rollouts: Vec<rolling::RollingScene>,
+    /// A bad version deployed blue-green under a post-cutover watch.
+    pub watched: Option<canary::CanaryScene>,
 }
 
 pub async fn choose_runtime() -> RuntimeChoice {
@@ -77,7 +80,10 @@ pub async fn run(o: &DemoOptions) -> Result<DemoSummary, AppError> {
     let mut options = SandboxOptions::new(runtime, o.app_binary.clone())
         .replicas(o.replicas)
         .env("LATENCY_MS", &o.latency_ms.to_string())
-        .env("FAILING_VERSIONS", canary::BAD_VERSION)
+        .env(
+            "FAILING_VERSIONS",
+            &format!("{},{}", canary::BAD_VERSION, canary::WATCHED_BAD_VERSION),
+        )
         .env("FAIL_RATE", canary::BAD_FAIL_RATE);
     options.canary = canary::DEMO_CANARY.to_owned();
     let sandbox = Sandbox::start(&options).await?;
@@ -144,6 +150,20 @@ async fn demo_flow(
     let rolled = rolling::scene(sandbox, "v5", StrategyKind::Rolling, o.connections).await?;
     eprintln!("\nin-place to v6, no extra capacity (the freed ports reused), under load:");
     let in_place = rolling::scene(sandbox, "v6", StrategyKind::InPlace, o.connections).await?;
+    eprintln!(
+        "\nblue-green to {} with watch = \"{}s\" ({} fails {} of its requests once it has all traffic), under load:",
+        canary::WATCHED_BAD_VERSION,
+        canary::DEMO_WATCH.as_secs(),
+        canary::WATCHED_BAD_VERSION,
+        canary::BAD_FAIL_RATE
+    );
+    let watched = canary::judged_scene(
+        sandbox,
+        canary::WATCHED_BAD_VERSION,
+        canary::Judged::Watched(canary::DEMO_WATCH),
+        o.connections,
+    )
+    .await?;
     let healthy_at = progress
         .healthy_at
         .lock()
@@ -157,6 +177,7 @@ async fn demo_flow(
         (deploy_start, deploy_end),
     );
     summary.canaries = vec![good, bad];
+    summary.watched = Some(watched);
     summary.rollouts = vec![rolled, in_place];
     Ok(summary)
 }
@@ -211,6 +232,7 @@ fn summarize(
         failures: t.failures.iter().map(|f| format!("{f:?}")).collect(),
         canaries: Vec::new(),
         rollouts: Vec::new(),
+        watched: None,
     }
 }
 
@@ -272,6 +294,9 @@ impl DemoSummary {
         }
         for r in &self.rollouts {
             text.push_str(&r.table());
+        }
+        if let Some(w) = &self.watched {
+            text.push_str(&w.table());
         }
         text
     }

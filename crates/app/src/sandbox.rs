@@ -306,6 +306,27 @@ impl Sandbox {
             .await?)
     }
 
+    /// Deploys `version` blue-green with a post-cutover watch of `watch`, whatever the
+    /// config says.
+    pub async fn deploy_watched(
+        &self,
+        version: &str,
+        watch: std::time::Duration,
+        observer: &dyn Observer,
+    ) -> Result<DeployReport, AppError> {
+        let version = self.image_for(version).await?;
+        let spec = ServiceSpec {
+            watch,
+            ..self.spec().clone()
+        };
+        let metrics = self.live().deploy_metrics(&spec, StrategyKind::BlueGreen)?;
+        Ok(self
+            .live()
+            .deployer(observer)
+            .run(&spec, &version, StrategyKind::BlueGreen, &metrics)
+            .await?)
+    }
+
     pub async fn rollback(&self, observer: &dyn Observer) -> Result<DeployReport, AppError> {
         Ok(self.live().deployer(observer).rollback(self.spec()).await?)
     }

@@ -44,17 +44,18 @@ pub async fn run(args: &DemoArgs) -> Result<(), AppError> {
     };
     let summary = demo::run(&options).await?;
     println!("{}", summary.table());
-    // Only the bad canary's own 5xx may fail: every other failure is the cutover's fault.
+    // Only the bad versions' own 5xx may fail: every other failure is the cutover's fault.
     let elsewhere: u64 = summary
         .canaries
         .iter()
         .map(|c| c.failed_elsewhere)
         .sum::<u64>()
-        + summary.rollouts.iter().map(|r| r.failed).sum::<u64>();
+        + summary.rollouts.iter().map(|r| r.failed).sum::<u64>()
+        + summary.watched.as_ref().map_or(0, |w| w.failed_elsewhere);
     if elsewhere > 0 {
         return Err(AppError {
             code: 1,
-            message: format!("{elsewhere} requests failed that were not the bad canary's own"),
+            message: format!("{elsewhere} requests failed that were not the bad versions' own"),
         });
     }
     if let [good, bad] = summary.canaries.as_slice() {
@@ -64,6 +65,17 @@ pub async fn run(args: &DemoArgs) -> Result<(), AppError> {
                 message: format!(
                     "expected the good canary promoted and the bad one rolled back, got: {}; {}",
                     good.outcome, bad.outcome
+                ),
+            });
+        }
+    }
+    if let Some(w) = &summary.watched {
+        if !w.outcome.starts_with("rolled back") {
+            return Err(AppError {
+                code: 1,
+                message: format!(
+                    "expected the watch to route {} back, got: {}",
+                    w.version, w.outcome
                 ),
             });
         }

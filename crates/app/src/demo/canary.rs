@@ -1,5 +1,7 @@
-//! The demo's canary scenes: a good canary promoted step by step, and a bad one (30 % of its
-//! requests fail) rolled back automatically, each under its own load, summarized per step.
+//! The demo's judged scenes: a good canary promoted step by step, a bad one (30 % of its
+//! requests fail) rolled back automatically, and a blue-green deploy of a bad version under a
+//! post-cutover watch, routed back at its first check; each under its own load, summarized
+//! per step.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -9,7 +11,6 @@ use serde::Serialize;
 use switchyard_engine::judge::{Measurement, Verdict};
 use switchyard_engine::{Event, Observer};
 
-use crate::load::FailureKind;
 use crate::progress::{percent, Progress};
 use crate::sandbox::Sandbox;
 use crate::AppError;
@@ -24,10 +25,15 @@ inconclusive_limit = 10"#;
 
 /// The version the demo makes fail (demo-app's `FAILING_VERSIONS` / `FAIL_RATE` knobs).
 pub const BAD_VERSION: &str = "v4";
+/// The bad version the watch scene deploys blue-green, and how long it is watched.
+pub const WATCHED_BAD_VERSION: &str = "v7";
+pub const DEMO_WATCH: Duration = Duration::from_secs(30);
 pub const BAD_FAIL_RATE: &str = "0.3";
 
 #[derive(Debug, Serialize)]
 pub struct CanaryScene {
+    /// "canary", or "watched blue-green".
+    pub kind: &'static str,
     pub version: String,
     /// "promoted", or "rolled back: <reason>".
     pub outcome: String,
@@ -37,7 +43,8 @@ pub struct CanaryScene {
     /// Failed requests that were not the canary's own 5xx (the cutover's fault): must be 0.
     pub failed_elsewhere: u64,
     pub retried: u64,
-    /// From the first step going live to all traffic back on stable (a rolled-back canary).
+    /// From the first route change (a canary's first step, a blue-green flip) to all traffic
+    /// back on the previous version, when it was rolled back.
     pub first_step_to_rollback_ms: Option<u64>,
     pub duration_ms: u64,
 }
@@ -63,7 +70,7 @@ impl Observer for Recorder {
     fn event(&self, event: &Event) {
         self.progress.event(event);
         match event {
-            Event::Shifted { .. } => {
+            Event::Shifted { .. } | Event::Reloaded { .. } => {
                 self.first_shift
                     .lock()
                     .expect("recorder lock")
@@ -86,9 +93,25 @@ impl Observer for Recorder {
     }
 }
 
+/// How a scene deploys.
+pub enum Judged {
+    Canary,
+    /// Blue-green, watched this long after the cutover.
+    Watched(Duration),
+}
+
 pub async fn scene(
     sandbox: &Sandbox,
     version: &str,
+    connections: usize,
+) -> Result<CanaryScene, AppError> {
+    judged_scene(sandbox, version, Judged::Canary, connections).await
+}
+
+pub async fn judged_scene(
+    sandbox: &Sandbox,
+    version: &str,
+    how: Judged,
     connections: usize,
 ) -> Result<CanaryScene, AppError> {
     sandbox.ensure_image(version).await?;
@@ -100,7 +123,13 @@ pub async fn scene(
         rolled_back: Mutex::default(),
     };
     let started = Instant::now();
-    let result = sandbox.deploy_canary(version, &recorder).await;
+    let (kind, result) = match how {
+        Judged::Canary => ("canary", sandbox.deploy_canary(version, &recorder).await),
+        Judged::Watched(watch) => (
+            "watched blue-green",
+            sandbox.deploy_watched(version, watch, &recorder).await,
+        ),
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let traffic = load.stop().await;
@@ -109,16 +138,14 @@ pub async fn scene(
         Err(e) if e.code == 1 => format!("rolled back: {}", e.message),
         Err(e) => return Err(e),
     };
-    let canary_failure = |k: &FailureKind| matches!(k, FailureKind::Status { code: 500..=599, version: Some(v) } if v == version);
-    let failed_elsewhere = traffic
-        .failures
-        .iter()
-        .filter(|f| !canary_failure(&f.kind))
-        .count() as u64;
+    // Every failure with the version's own header is its own answer; the rest, the switch's.
+    let own = traffic.failed_by_version.get(version).copied().unwrap_or(0);
+    let failed_elsewhere = traffic.failed - own;
     let steps = summarize_steps(&recorder.analyses.lock().expect("recorder lock"));
     let first_shift = *recorder.first_shift.lock().expect("recorder lock");
     let rolled_back = *recorder.rolled_back.lock().expect("recorder lock");
     Ok(CanaryScene {
+        kind,
         version: version.to_owned(),
         outcome,
         steps,
@@ -162,8 +189,8 @@ fn summarize_steps(analyses: &[(u32, Verdict, Measurement)]) -> Vec<StepSummary>
 impl CanaryScene {
     pub fn table(&self) -> String {
         let mut text = format!(
-            "\ncanary {}: {} ({} ms)\n",
-            self.version, self.outcome, self.duration_ms
+            "\n{} {}: {} ({} ms)\n",
+            self.kind, self.version, self.outcome, self.duration_ms
         );
         text.push_str(&format!(
             "  {:>6}  {:>6}  {:<13} {:>9}  {:>10}\n",
@@ -180,7 +207,7 @@ impl CanaryScene {
             ));
         }
         text.push_str(&format!(
-            "  requests {}, failed {} (the canary's own 5xx: {}, anything else: {}), re-sent after an idle keep-alive close {}\n",
+            "  requests {}, failed {} (the version's own 5xx: {}, anything else: {}), re-sent after an idle keep-alive close {}\n",
             self.requests,
             self.failed,
             self.failed - self.failed_elsewhere,
@@ -189,7 +216,7 @@ impl CanaryScene {
         ));
         if let Some(ms) = self.first_step_to_rollback_ms {
             text.push_str(&format!(
-                "  first step live -> all traffic back on stable: {ms} ms\n"
+                "  first route change -> all traffic back on the previous version: {ms} ms\n"
             ));
         }
         text
