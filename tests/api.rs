@@ -49,6 +49,11 @@ pub(crate) async fn sandbox_serving(
     token: &Path,
     serve_lines: &str,
 ) -> Option<Sandbox> {
+    start(options(canary, token, serve_lines).await?).await
+}
+
+/// The options of [`sandbox_serving`], for a test to add to.
+async fn options(canary: &str, token: &Path, serve_lines: &str) -> Option<SandboxOptions> {
     let app = require_e2e(RuntimeChoice::Process).await?;
     let mut options = SandboxOptions::new(RuntimeChoice::Process, app)
         .replicas(2)
@@ -58,6 +63,11 @@ pub(crate) async fn sandbox_serving(
         "[serve]\ntoken_file = {:?}\n{serve_lines}",
         token.display().to_string()
     );
+    Some(options)
+}
+
+/// A sandbox started with `options`, if nginx can route without reloads.
+async fn start(options: SandboxOptions) -> Option<Sandbox> {
     let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
     require_dynamic(&sandbox.live().router).then_some(sandbox)
 }
@@ -294,7 +304,12 @@ async fn without_the_token_or_with_a_wrong_one_the_api_answers_401_and_changes_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_deploy_under_load_finishes_while_its_event_stream_reports_each_step() {
     let (_dir, token) = token_file(0o600);
-    let Some(sandbox) = sandbox("", &token).await else {
+    // Replicas that take a second to listen: the deploy still runs (and holds the lock)
+    // when the test asks for a second one, however slow the machine.
+    let Some(options) = options("", &token, "").await else {
+        return;
+    };
+    let Some(sandbox) = start(options.env("START_DELAY_MS", "1000")).await else {
         return;
     };
     sandbox
@@ -515,19 +530,12 @@ async fn promote_and_abort_through_the_api_drive_a_paused_canary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_through_the_api_routes_a_watched_deploy_back() {
     let (_dir, token) = token_file(0o600);
-    let Some(app) = require_e2e(RuntimeChoice::Process).await else {
+    let Some(options) = options(crate::canary::FAST, &token, "").await else {
         return;
     };
-    let mut options = SandboxOptions::new(RuntimeChoice::Process, app)
-        .replicas(2)
-        .env("LATENCY_MS", "2")
-        .service_keys("watch = \"60s\"");
-    options.canary = crate::canary::FAST.to_owned();
-    options.tables = format!("[serve]\ntoken_file = {:?}\n", token.display().to_string());
-    let sandbox = Sandbox::start(&options).await.expect("sandbox starts");
-    if !require_dynamic(&sandbox.live().router) {
+    let Some(sandbox) = start(options.service_keys("watch = \"60s\"")).await else {
         return;
-    }
+    };
     sandbox
         .deploy("v1", &Progress::new(false))
         .await
