@@ -448,6 +448,12 @@ async fn paused_canary(addr: SocketAddr, version: &str) -> i64 {
     id
 }
 
+/// `POST /api/v1/services/web/{what}` (promote, abort, pause) with the token.
+async fn control(addr: SocketAddr, what: &str) -> (u16, Value) {
+    let path = format!("/api/v1/services/{SERVICE}/{what}");
+    authed(addr, "POST", &path, None).await
+}
+
 async fn outcome(addr: SocketAddr, id: i64) -> Value {
     let path = format!("/api/v1/deployments/{id}");
     let path = &path;
@@ -473,23 +479,14 @@ async fn promote_and_abort_through_the_api_drive_a_paused_canary() {
     let server = serve_with(settings::load(&sandbox.config_path).unwrap()).await;
     let addr = server.addr();
     let traffic = load(&sandbox);
-    let control = |what: &'static str| async move {
-        authed(
-            addr,
-            "POST",
-            &format!("/api/v1/services/{SERVICE}/{what}"),
-            None,
-        )
-        .await
-    };
-    let (status, body) = control("promote").await;
+    let (status, body) = control(addr, "promote").await;
     assert_eq!(status, 409, "nothing runs yet: {body}");
 
     let id = paused_canary(addr, "v2").await;
     // Paused already: a pause request is taken and changes nothing.
-    let (status, body) = control("pause").await;
+    let (status, body) = control(addr, "pause").await;
     assert_eq!(status, 202, "{body}");
-    let (status, body) = control("promote").await;
+    let (status, body) = control(addr, "promote").await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(
         (body["deployment"].as_i64(), body["control"].as_str()),
@@ -500,7 +497,7 @@ async fn promote_and_abort_through_the_api_drive_a_paused_canary() {
     assert_eq!(status["services"][0]["active"]["version"], "v2", "{status}");
 
     let id = paused_canary(addr, "v3").await;
-    let (status, body) = control("abort").await;
+    let (status, body) = control(addr, "abort").await;
     assert_eq!(status, 202, "{body}");
     let stream = events(addr, &format!("/api/v1/deployments/{id}/events")).await;
     let seen = names(&stream);
@@ -553,11 +550,7 @@ async fn abort_through_the_api_routes_a_watched_deploy_back() {
         running["id"] == id && running["watching_until_ms"].is_i64()
     })
     .await;
-    let control = |what: &'static str| async move {
-        let path = format!("/api/v1/services/{SERVICE}/{what}");
-        authed(addr, "POST", &path, None).await
-    };
-    let (status, body) = control("pause").await;
+    let (status, body) = control(addr, "pause").await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]
@@ -566,7 +559,7 @@ async fn abort_through_the_api_routes_a_watched_deploy_back() {
             .contains("post-cutover watch"),
         "{body}"
     );
-    let (status, body) = control("abort").await;
+    let (status, body) = control(addr, "abort").await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(outcome(addr, id).await, "failed");
     let (_, status) = authed(addr, "GET", "/api/v1/status", None).await;
