@@ -297,13 +297,7 @@ impl Sandbox {
         kind: StrategyKind,
         observer: &dyn Observer,
     ) -> Result<DeployReport, AppError> {
-        let version = self.image_for(version).await?;
-        let metrics = self.live().deploy_metrics(self.spec(), kind)?;
-        Ok(self
-            .live()
-            .deployer(observer)
-            .run(self.spec(), &version, kind, &metrics)
-            .await?)
+        self.run(self.spec(), version, kind, observer).await
     }
 
     /// Deploys `version` blue-green with a post-cutover watch of `watch`, whatever the
@@ -314,16 +308,28 @@ impl Sandbox {
         watch: std::time::Duration,
         observer: &dyn Observer,
     ) -> Result<DeployReport, AppError> {
-        let version = self.image_for(version).await?;
         let spec = ServiceSpec {
             watch,
             ..self.spec().clone()
         };
-        let metrics = self.live().deploy_metrics(&spec, StrategyKind::BlueGreen)?;
+        self.run(&spec, version, StrategyKind::BlueGreen, observer)
+            .await
+    }
+
+    /// `version` of `spec` by `kind`, with the metric source it needs.
+    async fn run(
+        &self,
+        spec: &ServiceSpec,
+        version: &str,
+        kind: StrategyKind,
+        observer: &dyn Observer,
+    ) -> Result<DeployReport, AppError> {
+        let version = self.image_for(version).await?;
+        let metrics = self.live().deploy_metrics(spec, kind)?;
         Ok(self
             .live()
             .deployer(observer)
-            .run(&spec, &version, StrategyKind::BlueGreen, &metrics)
+            .run(spec, &version, kind, &metrics)
             .await?)
     }
 
